@@ -1,0 +1,52 @@
+"""wsroute: a pluggable message-routing daemon for long-lived WebSocket upstreams.
+
+This package's public surface is the plugin API below; everything else is
+internal and may change between releases.
+"""
+
+from .exceptions import (
+    CodecError,
+    ConfigError,
+    DecodeError,
+    EncodeError,
+    PluginError,
+    SendError,
+    WsrouteError,
+)
+from .plugin import (
+    Codec,
+    DeadLetter,
+    Duration,
+    Frame,
+    Handler,
+    HandlerContext,
+    Key,
+    Message,
+    Outgoing,
+    Size,
+    StructArg,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Codec",
+    "CodecError",
+    "ConfigError",
+    "DeadLetter",
+    "DecodeError",
+    "Duration",
+    "EncodeError",
+    "Frame",
+    "Handler",
+    "HandlerContext",
+    "Key",
+    "Message",
+    "Outgoing",
+    "PluginError",
+    "SendError",
+    "Size",
+    "StructArg",
+    "WsrouteError",
+    "__version__",
+]

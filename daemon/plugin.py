@@ -1,0 +1,310 @@
+"""The public plugin API: the types a handler or codec plugin sees.
+
+A handler plugin is a class (or a factory callable) with an optional ``Options``
+dataclass and async lifecycle methods::
+
+    from dataclasses import dataclass
+    from wsroute import HandlerContext, Message
+
+    class Printer:
+        "Print each message on one line."
+
+        @dataclass
+        class Options:
+            prefix: str = ""
+
+        def __init__(self, options: Options, ctx: HandlerContext) -> None:
+            self.options = options
+
+        async def handle(self, message: Message) -> None:
+            print(self.options.prefix, message.key, message.body)
+
+``start()`` and ``stop()`` are optional. ``handle`` may be a plain function:
+it then runs in a worker thread, off the event loop.
+
+A codec plugin is a class with an optional ``Options`` dataclass, constructed as
+``Codec(options)``, with a pure ``decode(frame) -> Message`` that raises
+:class:`~wsroute.DecodeError` and nothing else, and ``encode(outgoing) -> bytes | str``.
+
+Nothing in this module does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NewType, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+__all__ = [
+    "Codec",
+    "DeadLetter",
+    "Duration",
+    "Frame",
+    "Handler",
+    "HandlerContext",
+    "Key",
+    "Message",
+    "Outgoing",
+    "Size",
+    "StructArg",
+]
+
+#: A duration in seconds. In TOML it is written with a unit: ``"250ms"``, ``"30s"``, ``"5m"``.
+Duration = NewType("Duration", float)
+#: A size in bytes. In TOML it is written with a unit: ``"512B"``, ``"64KiB"``, ``"1MiB"``.
+Size = NewType("Size", int)
+
+#: A route key: what a codec extracts from a message to pick its routes.
+Key = str | int | float | bool | None
+
+#: ``(struct format, values)``: ``("<i", [2])`` packs a little-endian int32 2.
+StructArg = tuple[str, Sequence[Any]]
+
+
+class Frame:
+    """One frame as read from an upstream, before decoding.
+
+    ``data`` is ``bytes`` for a binary frame and ``str`` for a text frame;
+    ``seq`` counts frames per connection from 1 and is never reset by a
+    reconnect; ``received_at`` is Unix time in seconds.
+    """
+
+    __slots__ = ("connection", "data", "received_at", "seq")
+
+    def __init__(self, connection: str, data: bytes | str, seq: int, received_at: float) -> None:
+        self.connection = connection
+        self.data = data
+        self.seq = seq
+        self.received_at = received_at
+
+    def __repr__(self) -> str:
+        kind = "text" if isinstance(self.data, str) else "binary"
+        return f"Frame({self.connection!r}, seq={self.seq}, {kind}, {len(self.data)} long)"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Why a message was dead-lettered: set on the copy a dead-letter handler receives."""
+
+    reason: str
+    """A short machine-friendly reason: ``decode_error``, ``handler_error``, ``timeout``,
+    ``shutdown``, ``removed``, ``max_deliveries``."""
+    handler: str | None = None
+    """The handler that gave up on the message (``None`` for decode errors)."""
+    error: str | None = None
+    """The error text, when there was one."""
+    attempts: int = 0
+    """How many times the handler tried."""
+
+
+class Message:
+    """A decoded message, as handlers receive it.
+
+    ``key`` is the route key, ``fields`` the header fields a codec extracted
+    (``{"opcode": 2}``), ``body`` the decoded body (JSON value, text or bytes),
+    ``raw`` the frame as received, ``seq`` and ``received_at`` come from the frame.
+    Treat a message as read-only: the same object is delivered to every handler
+    its routes name.
+    """
+
+    __slots__ = (
+        "_ack",
+        "body",
+        "connection",
+        "dead_letter",
+        "fields",
+        "key",
+        "raw",
+        "received_at",
+        "seq",
+    )
+
+    def __init__(
+        self,
+        connection: str,
+        key: Key,
+        body: Any,
+        *,
+        fields: dict[str, Any] | None = None,
+        raw: bytes | str = b"",
+        seq: int = 0,
+        received_at: float = 0.0,
+        dead_letter: DeadLetter | None = None,
+    ) -> None:
+        self.connection = connection
+        self.key = key
+        self.fields: dict[str, Any] = {} if fields is None else fields
+        self.body = body
+        self.raw = raw
+        self.seq = seq
+        self.received_at = received_at
+        self.dead_letter = dead_letter
+        # Set by a source that acknowledges messages (see wsroute.handler.Ack).
+        self._ack: Any = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(connection={self.connection!r}, key={self.key!r}, seq={self.seq}, "
+            f"fields={self.fields!r}, body={self.body!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (
+            self.connection == other.connection
+            and self.key == other.key
+            and self.fields == other.fields
+            and self.body == other.body
+            and self.raw == other.raw
+            and self.seq == other.seq
+            and self.received_at == other.received_at
+            and self.dead_letter == other.dead_letter
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def replace(self, **changes: Any) -> Message:
+        """A copy with some attributes changed (``dead_letter=...``, ``key=...``)."""
+        values: dict[str, Any] = {
+            "fields": self.fields,
+            "raw": self.raw,
+            "seq": self.seq,
+            "received_at": self.received_at,
+            "dead_letter": self.dead_letter,
+        }
+        positional = {"connection": self.connection, "key": self.key, "body": self.body}
+        for name, value in changes.items():
+            if name in positional:
+                positional[name] = value
+            elif name in values:
+                values[name] = value
+            else:
+                raise TypeError(f"Message has no attribute {name!r}")
+        return Message(positional["connection"], positional["key"], positional["body"], **values)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A frame to send upstream, before encoding.
+
+    Exactly the combinations ``on_connect`` allows: ``json`` alone (a text
+    frame), ``struct`` with or without ``json`` (a binary frame: the packed
+    header, then the JSON body), ``text`` alone, or ``raw`` bytes alone.
+    """
+
+    json: Any = None
+    struct: StructArg | None = None
+    text: str | None = None
+    raw: bytes | None = None
+    has_json: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        json: Any = None,
+        struct: StructArg | None = None,
+        text: str | None = None,
+        raw: bytes | None = None,
+        has_json: bool | None = None,
+    ) -> Outgoing:
+        """Check the combination and build the frame description; ``ValueError`` if invalid."""
+        with_json = json is not None if has_json is None else has_json
+        given = [name for name, v in (("text", text), ("raw", raw)) if v is not None]
+        if with_json or struct is not None:
+            given.insert(0, "json/struct")
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of json, struct (optionally with json), text or raw"
+                + (f"; got {', '.join(given)}" if given else "")
+            )
+        if struct is not None:
+            fmt, values = struct
+            if not isinstance(fmt, str):
+                raise ValueError("struct must be (format, values)")
+            struct = (fmt, tuple(values))
+        return cls(json=json, struct=struct, text=text, raw=raw, has_json=with_json)
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Turns frames into messages and outgoing frame descriptions into frames. Pure: no I/O."""
+
+    def decode(self, frame: Frame) -> Message:
+        """Decode one frame; raise :class:`~wsroute.DecodeError` (only) when it cannot."""
+        ...
+
+    def encode(self, outgoing: Outgoing) -> bytes | str:
+        """Encode one outgoing frame: ``bytes`` is sent as a binary frame, ``str`` as text."""
+        ...
+
+
+class Handler(Protocol):
+    """What the daemon calls on a handler instance. ``start``/``stop`` are optional."""
+
+    async def handle(self, message: Message) -> None:
+        """Handle one message. Raise to report failure: the daemon retries, then dead-letters.
+
+        Return only once the effect is durable (written to a file, sent to a
+        server): the daemon counts a returned message as handled.
+        """
+        ...
+
+
+class HandlerContext(Protocol):
+    """What a handler gets from the daemon: its name, a logger, and ways to talk back."""
+
+    @property
+    def name(self) -> str:
+        """The handler's name: the ``NAME`` in ``[handlers.NAME]``."""
+        ...
+
+    @property
+    def log(self) -> FilteringBoundLogger:
+        """A structlog logger bound with ``handler=NAME``."""
+        ...
+
+    async def send(
+        self,
+        connection: str,
+        *,
+        json: Any = None,
+        struct: StructArg | None = None,
+        text: str | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        """Send one frame upstream through ``connection``'s codec.
+
+        Raises :class:`~wsroute.SendError` when the connection is unknown or
+        not connected right now (the daemon's retries then apply).
+        """
+        ...
+
+    async def emit(self, message: Message) -> None:
+        """Route a derived message again, as if it had been received."""
+        ...
+
+    async def subscribe(
+        self,
+        connection: str,
+        name: str,
+        *,
+        json: Any = None,
+        struct: StructArg | None = None,
+        text: str | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        """Send a frame now (if connected) and again after every reconnect, until unsubscribed.
+
+        ``name`` identifies the subscription: subscribing again under the same
+        name replaces it.
+        """
+        ...
+
+    async def unsubscribe(self, connection: str, name: str) -> None:
+        """Forget a runtime subscription; nothing is sent."""
+        ...

@@ -1,0 +1,369 @@
+"""Typed conversion of TOML values, with every problem reported by its key path.
+
+One mechanism serves the core config and plugin ``Options`` alike: a dataclass
+describes a table, and :func:`convert` turns a parsed TOML value into an
+instance, appending a :class:`~wsroute.exceptions.ConfigIssue` for each problem
+instead of stopping at the first. Supported annotations: ``str``, ``int``,
+``float``, ``bool``, ``bytes`` (written as hex), :data:`~wsroute.Duration`,
+:data:`~wsroute.Size`, ``Literal[...]``, ``X | None``, unions, ``list[T]``,
+``tuple[T, ...]``, ``dict[str, T]``, ``Any`` and nested dataclasses.
+
+A dataclass field can carry documentation for ``wsroute plugins`` and the config
+reference: ``field(default=..., metadata={"doc": "..."})``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+from .exceptions import ConfigError, ConfigIssue
+from .plugin import Duration, Size
+
+__all__ = [
+    "INVALID",
+    "FieldDoc",
+    "convert",
+    "convert_or_raise",
+    "describe_type",
+    "did_you_mean",
+    "field_docs",
+    "format_duration",
+    "format_size",
+    "join_path",
+    "parse_duration",
+    "parse_size",
+]
+
+T = TypeVar("T")
+
+
+class _Invalid:
+    """Returned by :func:`convert` where a value could not be converted."""
+
+    def __repr__(self) -> str:
+        return "INVALID"
+
+
+INVALID: Any = _Invalid()
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)\s*$")
+_SIZE_UNITS = {
+    "B": 1,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+}
+
+
+def parse_duration(text: str) -> float:
+    """``"250ms"`` → 0.25, ``"1m30s"`` → 90.0; ``ValueError`` for anything else."""
+    compact = text.strip()
+    if not compact:
+        raise ValueError(text)
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(compact):
+        if match.start() != pos:
+            raise ValueError(text)
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+        while pos < len(compact) and compact[pos] == " ":
+            pos += 1
+    if pos != len(compact):
+        raise ValueError(text)
+    return total
+
+
+def parse_size(text: str) -> int:
+    """``"1MiB"`` → 1048576; ``ValueError`` for anything else."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(text)
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def format_duration(seconds: float) -> str:
+    """The TOML spelling of a duration: 0.5 → ``"500ms"``, 30 → ``"30s"``."""
+    if seconds and seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def format_size(size: int) -> str:
+    """The TOML spelling of a size: 1048576 → ``"1MiB"``."""
+    for unit in ("GiB", "MiB", "KiB"):
+        if size and size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    return f"{size}B"
+
+
+def join_path(path: str, key: str | int) -> str:
+    """Extend a dotted key path: ``join_path("a", "b")`` → ``a.b``; ints become ``[i]``."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", key):
+        key = '"' + key.replace('"', '\\"') + '"'
+    return f"{path}.{key}" if path else key
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean "x"?)`` when a choice is close to ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written in TOML, shortened."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = '"' + value.replace('"', '\\"') + '"'
+    elif isinstance(value, dict):
+        text = "a table"
+    elif isinstance(value, list):
+        text = "an array"
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe_type(tp: Any) -> str:
+    """A short human name of an annotation, for errors and docs."""
+    if tp is Duration:
+        return "duration"
+    if tp is Size:
+        return "size"
+    if tp is Any:
+        return "any"
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return "table"
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is Literal:
+        return " | ".join(_show(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join(describe_type(a) for a in args if a is not type(None))
+    if origin in (list, tuple):
+        return f"array of {describe_type(args[0])}" if args else "array"
+    if origin is dict:
+        return f"table of {describe_type(args[1])}" if len(args) == 2 else "table"
+    return {
+        str: "string",
+        int: "integer",
+        float: "number",
+        bool: "boolean",
+        bytes: "hex bytes",
+    }.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _expected(tp: Any) -> str:
+    if tp is Duration:
+        return 'a duration like "30s"'
+    if tp is Size:
+        return 'a size like "1MiB"'
+    if tp is bytes:
+        return 'hex bytes like "02 00 00 00"'
+    name = describe_type(tp)
+    article = "an" if name[:1] in "aeiou" else "a"
+    return f"{article} {name}"
+
+
+def convert(tp: Any, value: Any, path: str, issues: list[ConfigIssue]) -> Any:
+    """Convert ``value`` to the annotation ``tp``; on failure append issues, return INVALID."""
+    if tp is Any:
+        return value
+    if tp is Duration:
+        if isinstance(value, str):
+            try:
+                return Duration(parse_duration(value))
+            except ValueError:
+                pass
+        elif value == 0 and isinstance(value, int | float) and not isinstance(value, bool):
+            return Duration(0.0)
+        return _fail(issues, path, tp, value)
+    if tp is Size:
+        if isinstance(value, str):
+            try:
+                return Size(parse_size(value))
+            except ValueError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return Size(value)
+        return _fail(issues, path, tp, value)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _convert_dataclass(tp, value, path, issues)
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is Literal:
+        if value in args and not (isinstance(value, bool) and True in args and 1 in args):
+            return value
+        hint = (
+            did_you_mean(value, [a for a in args if isinstance(a, str)])
+            if isinstance(value, str)
+            else ""
+        )
+        issues.append(
+            ConfigIssue(path, f"expected one of {describe_type(tp)}, got {_show(value)}{hint}")
+        )
+        return INVALID
+    if origin in (Union, types.UnionType):
+        arms = [a for a in args if a is not type(None)]
+        if len(arms) == 1:
+            return convert(arms[0], value, path, issues)
+        for arm in arms:
+            scratch: list[ConfigIssue] = []
+            result = convert(arm, value, path, scratch)
+            if not scratch:
+                return result
+        issues.append(ConfigIssue(path, f"expected {describe_type(tp)}, got {_show(value)}"))
+        return INVALID
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            return _fail(issues, path, tp, value)
+        item_type = args[0] if args else Any
+        before = len(issues)
+        items = [convert(item_type, v, join_path(path, i), issues) for i, v in enumerate(value)]
+        if len(issues) > before:
+            return INVALID
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            return _fail(issues, path, tp, value)
+        value_type = args[1] if len(args) == 2 else Any
+        before = len(issues)
+        table = {k: convert(value_type, v, join_path(path, k), issues) for k, v in value.items()}
+        return INVALID if len(issues) > before else table
+    if tp is bool:
+        return value if isinstance(value, bool) else _fail(issues, path, tp, value)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        return _fail(issues, path, tp, value)
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        return _fail(issues, path, tp, value)
+    if tp is str:
+        return value if isinstance(value, str) else _fail(issues, path, tp, value)
+    if tp is bytes:
+        if isinstance(value, str):
+            try:
+                return bytes.fromhex(value)
+            except ValueError:
+                pass
+        return _fail(issues, path, tp, value)
+    raise TypeError(f"{path}: unsupported annotation {tp!r}")
+
+
+def _fail(issues: list[ConfigIssue], path: str, tp: Any, value: Any) -> Any:
+    issues.append(ConfigIssue(path, f"expected {_expected(tp)}, got {_show(value)}"))
+    return INVALID
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception as exc:  # a plugin's annotations that do not resolve
+        raise TypeError(f"cannot resolve the annotations of {cls.__qualname__}: {exc}") from exc
+
+
+def _convert_dataclass(cls: type, value: Any, path: str, issues: list[ConfigIssue]) -> Any:
+    if not isinstance(value, dict):
+        issues.append(ConfigIssue(path, f"expected a table, got {_show(value)}"))
+        return INVALID
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    before = len(issues)
+    for key in value:
+        if key not in fields:
+            issues.append(
+                ConfigIssue(join_path(path, key), f"unknown key{did_you_mean(key, fields)}")
+            )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = convert(hints[name], value[name], join_path(path, name), issues)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            issues.append(ConfigIssue(join_path(path, name), "missing required key"))
+    if len(issues) > before:
+        return INVALID
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # a __post_init__ that rejects the combination
+        issues.append(ConfigIssue(path, str(exc)))
+        return INVALID
+
+
+def convert_or_raise(tp: type[T], value: Any, path: str = "") -> T:
+    """:func:`convert`, raising :class:`ConfigError` with every issue when there is one."""
+    issues: list[ConfigIssue] = []
+    result = convert(tp, value, path, issues)
+    if issues:
+        raise ConfigError(issues)
+    return typing.cast(T, result)
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One option of a dataclass, for ``wsroute plugins`` and the config reference."""
+
+    name: str
+    type: str
+    default: str | None
+    doc: str
+    required: bool
+
+
+def field_docs(cls: type) -> Iterator[FieldDoc]:
+    """Describe the fields of an options dataclass: name, type, default and doc."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if f.default is not dataclasses.MISSING:
+            default: str | None = _default_text(tp, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = _default_text(tp, f.default_factory())
+        else:
+            default = None
+        yield FieldDoc(
+            name=f.name,
+            type=describe_type(tp),
+            default=default,
+            doc=str(f.metadata.get("doc", "")),
+            required=default is None and f.default is dataclasses.MISSING,
+        )
+
+
+def _default_text(tp: Any, value: Any) -> str:
+    if tp is Duration and isinstance(value, int | float):
+        return f'"{format_duration(value)}"'
+    if tp is Size and isinstance(value, int):
+        return f'"{format_size(value)}"'
+    if value is None:
+        return "(none)"
+    if dataclasses.is_dataclass(value):
+        return "(table)"
+    if isinstance(value, bytes):
+        return f'"{value.hex()}"'
+    if isinstance(value, dict) and not value:
+        return "{}"
+    if isinstance(value, list | tuple) and not value:
+        return "[]"
+    return _show(value)
