@@ -21,8 +21,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy cannot follow setuptools' editable import hook (daemon/ -> wsroute), so it
+# checks a link farm laid out like the installed package.
+TYPECHECK := $(VENV)/typecheck
 typecheck: $(STAMP)
-	$(BIN)/mypy daemon plugins tests/typing
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/wsroute
+	ln -s $(CURDIR)/daemon/*.py $(CURDIR)/daemon/py.typed $(TYPECHECK)/wsroute/
+	ln -s $(CURDIR)/plugins $(TYPECHECK)/wsroute/plugins
+	MYPYPATH=$(TYPECHECK) $(BIN)/mypy -p wsroute
+	MYPYPATH=$(TYPECHECK) $(BIN)/mypy tests/typing
 
 unit: $(STAMP)
 	$(BIN)/pytest

@@ -1,0 +1,170 @@
+"""The ``wsroute`` command: run, check, plugins, replay, demo.
+
+Exit codes: 0 clean stop; 78 (EX_CONFIG) bad config or plugin load failure;
+1 unexpected crash. Domain errors become one line per problem on stderr,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from . import __version__
+from .config import Config, load
+from .exceptions import ConfigError, PluginError, WsrouteError
+
+__all__ = ["EX_CONFIG", "main"]
+
+EX_CONFIG = 78
+DEFAULT_CONFIG = "/etc/wsroute/wsroute.toml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsroute",
+        description="A pluggable message-routing daemon for WebSocket upstreams.",
+    )
+    parser.add_argument("--version", action="version", version=f"wsroute {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})"
+        )
+
+    with_config(sub.add_parser("run", help="run the daemon"))
+    check = sub.add_parser("check", help="validate the config, load plugins, print the routes")
+    with_config(check)
+    plugins = sub.add_parser("plugins", help="list handler and codec plugins with their options")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.add_argument("-c", "--config", help="also search this config's plugin_paths")
+    replay = sub.add_parser("replay", help="route dead-lettered (or captured) jsonl records again")
+    with_config(replay)
+    replay.add_argument("file", help="a jsonl file written by the jsonl handler")
+    replay.add_argument(
+        "--through-routes",
+        action="store_true",
+        help="route every record through the routes, even one a single handler dead-lettered",
+    )
+    demo = sub.add_parser("demo", help="an embedded upstream plus the daemon on the demo config")
+    demo.add_argument("--duration", type=float, default=0.0, help="stop after N seconds")
+    demo.add_argument("-c", "--config", default=None, help="demo config (default: built in)")
+    return parser
+
+
+def _fail(error: WsrouteError, path: str | None = None) -> int:
+    where = f"{path}: " if path else ""
+    if isinstance(error, ConfigError):
+        for issue in error.issues:
+            print(f"wsroute: {where}{issue}", file=sys.stderr)
+    else:
+        print(f"wsroute: {where}{error}", file=sys.stderr)
+    return EX_CONFIG
+
+
+def _load(path: str) -> Config:
+    if not Path(path).exists():
+        raise ConfigError(f"config file not found: {path}")
+    return load(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args.config)
+        if args.command == "check":
+            return _check(args.config)
+        if args.command == "plugins":
+            return _plugins(args.config, as_json=args.json)
+        if args.command == "replay":
+            from .replay import replay
+
+            return replay(_load(args.config), args.file, through_routes=args.through_routes)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(duration=args.duration, config_path=args.config)
+    except (ConfigError, PluginError) as exc:
+        return _fail(exc, getattr(args, "config", None))
+    except KeyboardInterrupt:
+        return 0
+    raise AssertionError(args.command)  # pragma: no cover
+
+
+def _run(path: str) -> int:
+    from .logging import configure
+    from .service import Plan, Service, plan
+
+    config = _load(path)
+    configure(config.daemon.log_level, config.daemon.log_format)
+    the_plan = plan(config)
+
+    def reload_plan() -> Plan:
+        return plan(load(path))
+
+    from .notify import Notifier
+
+    # Taken out of the environment here, so no subprocess inherits it.
+    notifier = Notifier.from_environ(unset=True)
+    service = Service(the_plan, reload=reload_plan, notifier=notifier)
+    try:
+        anyio.run(service.run, backend="asyncio")
+    except KeyboardInterrupt:
+        pass
+    except Exception:
+        import structlog
+
+        structlog.get_logger("wsroute").exception("crashed")
+        return 1
+    return 0
+
+
+def _check(path: str) -> int:
+    from .logging import configure
+    from .service import plan
+
+    config = _load(path)
+    configure("warning", "console")
+    the_plan = plan(config)
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    print(f"{path}: OK")
+    print(f"connections: {', '.join(config.connections) or '(none)'}")
+    print(
+        "handlers: "
+        + (", ".join(f"{n} ({h.section.plugin})" for n, h in the_plan.handlers.items()) or "(none)")
+    )
+    print("routes:")
+    for name, route in config.routes.items():
+        keys = "any key" if route.keys is None else ", ".join(json.dumps(k) for k in route.keys)
+        conn = route.connection or "any connection"
+        print(f"  {name}: {conn} / {keys} -> {', '.join(route.handlers)}")
+    if config.daemon.unmatched:
+        print(f"  (unmatched) -> {config.daemon.unmatched}")
+    if config.daemon.dead_letter:
+        print(f"  (dead letters) -> {config.daemon.dead_letter}")
+    return 0
+
+
+def _plugins(path: str | None, *, as_json: bool) -> int:
+    from .registry import Registry, describe, format_plugins
+
+    paths = _load(path).daemon.plugin_paths if path else []
+    infos = Registry.discover(paths).all()
+    if as_json:
+        print(json.dumps(describe(infos), indent=2))
+    else:
+        print(format_plugins(infos))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

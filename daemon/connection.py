@@ -1,0 +1,545 @@
+"""One upstream WebSocket, kept connected: retry loop, keepalive, on_connect, periodic frames.
+
+This is the only module that talks to the network. It does not know about
+routes or handlers: it decodes each frame with its codec and hands the message
+to a callback, which returns ``None`` when the message was queued, or an
+awaitable when some handler's queue is full under ``overflow = "block"`` — the
+reader then awaits it, which is how backpressure reaches the socket.
+
+The daemon owns its retry loop (``websockets``' own ``async for ... in
+connect()`` resets its backoff after every handshake and gives up on 401/403):
+capped exponential backoff with jitter, reset only after the connection stayed
+up for ``reconnect.reset_after``; ``Retry-After`` honoured on 429/503;
+certificate errors logged as errors. Keepalive is ours too, so that a reader
+paused by our own backpressure is not mistaken for a dead peer.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio
+import anyio.abc
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
+
+from .config import ConnectionSection, ReconnectSection
+from .exceptions import DecodeError, SendError
+from .plugin import Codec, Frame, Key, Message, Outgoing
+
+__all__ = [
+    "Backoff",
+    "Connection",
+    "ConnectionState",
+    "ConnectionStats",
+    "redact_url",
+    "retry_after",
+]
+
+log = structlog.get_logger("wsroute.connection")
+
+Dispatch = Callable[[Message], Awaitable[None] | None]
+DecodeFailed = Callable[[Frame, DecodeError], Awaitable[None] | None]
+
+# Frames websockets buffers before it stops reading the socket (its high-water mark).
+_MAX_QUEUE = 64
+_RETRY_AFTER_CAP = 3600.0
+# Close codes 1012 (service restart) and 1013 (try again later) ask us to wait.
+_SLOW_DOWN_CODES = {1012, 1013}
+_SLOW_DOWN_DELAY = 5.0
+_SECRET_QUERY_WORDS = ("token", "key", "secret", "pass", "auth", "sig", "session")
+
+
+class ConnectionState(enum.Enum):
+    CONNECTING = "connecting"
+    HANDSHAKING = "on_connect"
+    CONNECTED = "connected"
+    WAITING = "waiting"  # between attempts
+    STOPPED = "stopped"
+
+
+@dataclass
+class ConnectionStats:
+    """Counters of one connection, read by STATUS= and the metrics endpoint."""
+
+    decode_errors: int = 0
+    connects: int = 0
+    reconnects: int = 0
+    failed_attempts: int = 0
+    last_frame_at: float = 0.0  # Unix time
+    connected_since: float = 0.0  # Unix time, 0 when not connected
+
+
+class Backoff:
+    """Capped exponential delays with jitter: ``uniform(d × (1 − jitter), d)``."""
+
+    def __init__(self, section: ReconnectSection, rng: Callable[[], float] = random.random) -> None:
+        self.section = section
+        self.rng = rng
+        self.attempt = 0
+
+    def next(self) -> float:
+        """The delay before the next attempt; grows until ``max``."""
+        s = self.section
+        base = min(s.max, s.initial * s.factor**self.attempt)
+        if base < s.max:
+            self.attempt += 1
+        return float(base * (1.0 - s.jitter * self.rng()))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or HTTP date), capped at 1 h."""
+    value = headers.get("Retry-After") if headers is not None else None
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, min(seconds, _RETRY_AFTER_CAP))
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info, and with secret-looking query values masked, for logs."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    query = parts.query
+    if query:
+        pairs = [
+            (k, "***" if any(w in k.lower() for w in _SECRET_QUERY_WORDS) else v)
+            for k, v in parse_qsl(query, keep_blank_values=True)
+        ]
+        query = urlencode(pairs, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def make_ssl_context(section: ConnectionSection) -> ssl.SSLContext | None:
+    """The TLS context of a ``wss://`` connection (``None`` for ``ws://``)."""
+    if not section.url.startswith("wss://"):
+        return None
+    tls = section.tls
+    context = ssl.create_default_context(cafile=tls.ca_file or None)
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file or None)
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _Restart(Exception):
+    """Internal: close this session and go on with the retry loop."""
+
+
+class Connection:
+    """A supervised upstream connection; run it with ``await tg.start(conn.run)``.
+
+    ``run`` returns only when :meth:`stop` is called (or the task is
+    cancelled): every failure is logged and followed by a reconnect.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        section: ConnectionSection,
+        codec: Codec,
+        dispatch: Dispatch,
+        *,
+        decode_failed: DecodeFailed | None = None,
+        start_delay: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.section = section
+        self.codec = codec
+        self.dispatch = dispatch
+        self.decode_failed = decode_failed
+        self.start_delay = start_delay
+        self.stats = ConnectionStats()
+        self.state = ConnectionState.CONNECTING
+        self.log = log.bind(connection=name)
+        self.url_for_logs = redact_url(section.url)
+        self.subscriptions: dict[str, Outgoing] = {}
+        self._on_connect = [
+            (step, step.outgoing() if step.is_frame else None) for step in section.on_connect
+        ]
+        self._every = [(spec.interval, spec.outgoing()) for spec in section.every]
+        self._ssl = make_ssl_context(section)
+        self._seq = 0
+        self._ws: ClientConnection | None = None
+        self._blocked = False
+        self._expect: tuple[Key, anyio.Event] | None = None
+        self._stop = anyio.CancelScope()
+        self._stopped = anyio.Event()
+        self._disconnected_at: float | None = None
+        self._close_cause = ""
+        self._announced = False
+        if self._ssl is not None and not section.tls.verify:
+            self.log.warning("tls_verify_disabled", url=self.url_for_logs)
+
+    # -- public --------------------------------------------------------------
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the last frame read (0 before the first)."""
+        return self._seq
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and self.state in (
+            ConnectionState.HANDSHAKING,
+            ConnectionState.CONNECTED,
+        )
+
+    async def send(self, outgoing: Outgoing) -> None:
+        """Encode and send one frame; :class:`SendError` when not connected."""
+        ws = self._ws
+        if ws is None or not self.connected:
+            raise SendError(f"connection {self.name!r} is not connected ({self.state.value})")
+        data = self.codec.encode(outgoing)
+        try:
+            await ws.send(data)
+        except ConnectionClosed as exc:
+            raise SendError(f"connection {self.name!r} closed while sending: {exc}") from exc
+
+    async def subscribe(self, name: str, outgoing: Outgoing) -> None:
+        """Keep a frame to send after every (re)connect; send it now if connected."""
+        self.subscriptions[name] = outgoing
+        if self.state is ConnectionState.CONNECTED:
+            try:
+                await self.send(outgoing)
+            except SendError as exc:  # replayed after the reconnect
+                self.log.info("subscription_deferred", subscription=name, error=str(exc))
+
+    def unsubscribe(self, name: str) -> None:
+        self.subscriptions.pop(name, None)
+
+    def stop(self) -> None:
+        """Stop reading, close with a close frame, and make :meth:`run` return."""
+        self._stop.cancel()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # -- the retry loop ------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect, read, reconnect; until :meth:`stop`."""
+        task_status.started()
+        backoff = Backoff(self.section.reconnect)
+        try:
+            with self._stop:
+                if self.start_delay > 0:
+                    await anyio.sleep(self.start_delay)
+                while True:
+                    delay = await self._attempt(backoff)
+                    self.state = ConnectionState.WAITING
+                    self.log.info("reconnect_scheduled", delay=round(delay, 3))
+                    await anyio.sleep(delay)
+        finally:
+            self.state = ConnectionState.STOPPED
+            self._stopped.set()
+
+    async def _attempt(self, backoff: Backoff) -> float:
+        """One connect + session; returns the delay before the next attempt."""
+        self.state = ConnectionState.CONNECTING
+        self.log.debug("connecting", url=self.url_for_logs)
+        try:
+            ws = await self._open()
+        except InvalidStatus as exc:
+            self.stats.failed_attempts += 1
+            status = exc.response.status_code
+            wait = retry_after(exc.response.headers) if status in (429, 503) else None
+            delay = backoff.next()
+            level = "error" if status in (401, 403) else "warning"
+            getattr(self.log, level)(
+                "handshake_rejected",
+                status=status,
+                retry_after=wait,
+                url=self.url_for_logs,
+            )
+            return max(delay, wait) if wait is not None else delay
+        except ssl.SSLCertVerificationError as exc:
+            self.stats.failed_attempts += 1
+            self.log.error("tls_error", error=exc.verify_message or str(exc), url=self.url_for_logs)
+            return backoff.next()
+        except ssl.SSLError as exc:
+            self.stats.failed_attempts += 1
+            self.log.error("tls_error", error=str(exc), url=self.url_for_logs)
+            return backoff.next()
+        except InvalidURI as exc:
+            self.stats.failed_attempts += 1
+            self.log.error("connect_failed", error=str(exc), url=self.url_for_logs)
+            return backoff.next()
+        except (OSError, TimeoutError, InvalidHandshake, EOFError) as exc:
+            self.stats.failed_attempts += 1
+            self.log.warning("connect_failed", error=_short(exc), url=self.url_for_logs)
+            return backoff.next()
+
+        connected_at = time.monotonic()
+        try:
+            await self._session(ws)
+        except Exception as exc:  # a bug must not end the connection for good
+            self.log.exception("session_crashed", error=_short(exc))
+        finally:
+            self._ws = None
+            self.stats.connected_since = 0.0
+            self._disconnected_at = time.monotonic()
+        up_for = time.monotonic() - connected_at
+        if up_for >= self.section.reconnect.reset_after:
+            backoff.reset()
+        code = None if ws.close_code is None else int(ws.close_code)
+        self.log.warning(
+            "connection_lost",
+            code=code,
+            reason=ws.close_reason or None,
+            cause=self._close_cause or None,
+            up_for=round(up_for, 3),
+            seq=self._seq,
+        )
+        if not self._announced:  # $disconnected only pairs with a $connected
+            return backoff.next()
+        self._announced = False
+        await self._lifecycle(
+            "$disconnected",
+            {
+                "code": code,
+                "reason": ws.close_reason or None,
+                "cause": self._close_cause or None,
+                "up_for": round(up_for, 6),
+            },
+        )
+        delay = backoff.next()
+        if code in _SLOW_DOWN_CODES:
+            delay = max(delay, min(self.section.reconnect.max, _SLOW_DOWN_DELAY))
+        return delay
+
+    async def _open(self) -> ClientConnection:
+        s = self.section
+        proxy: str | Literal[True] | None = (
+            None if s.proxy == "none" else True if s.proxy == "env" else s.proxy
+        )
+        return await connect(
+            s.url,
+            additional_headers=dict(s.headers) or None,
+            subprotocols=list(s.subprotocols) or None,  # type: ignore[arg-type]
+            compression="deflate" if s.compression == "deflate" else None,
+            proxy=proxy,
+            ssl=self._ssl,
+            open_timeout=s.open_timeout or None,
+            ping_interval=None,  # our own keepalive: see _keepalive
+            ping_timeout=None,
+            close_timeout=s.close_timeout,
+            max_size=s.max_frame_size or None,
+            max_queue=_MAX_QUEUE,
+        )
+
+    # -- one session ---------------------------------------------------------
+
+    async def _session(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self._close_cause = ""
+        self.stats.connects += 1
+        if self.stats.connects > 1:
+            self.stats.reconnects += 1
+        self.stats.connected_since = time.time()
+        self.state = ConnectionState.HANDSHAKING
+        self.log.info("connected", url=self.url_for_logs, subprotocol=ws.subprotocol)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._handshake, ws, tg)
+                if self.section.ping_interval > 0:
+                    tg.start_soon(self._keepalive, ws)
+                if self.section.idle_timeout > 0:
+                    tg.start_soon(self._idle_watch, ws)
+                try:
+                    await self._read(ws)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close(ws)
+
+    async def _close(self, ws: ClientConnection) -> None:
+        """Send a close frame and wait ``close_timeout`` at most for the peer's."""
+        with anyio.move_on_after(self.section.close_timeout + 0.5):
+            await ws.close()
+        if ws.transport is not None:
+            ws.transport.abort()
+
+    async def _read(self, ws: ClientConnection) -> None:
+        # The per-frame path: keep it lean (see bench/README.md).
+        name = self.name
+        decode = self.codec.decode
+        dispatch = self.dispatch
+        stats = self.stats
+        now = time.time
+        try:
+            async for data in ws:
+                self._seq += 1
+                stats.last_frame_at = received_at = now()
+                frame = Frame(name, data, self._seq, received_at)
+                try:
+                    message = decode(frame)
+                except DecodeError as exc:
+                    stats.decode_errors += 1
+                    await self._decode_failed(frame, exc)
+                    continue
+                if self._expect is not None and message.key == self._expect[0]:
+                    self._expect[1].set()
+                pending = dispatch(message)
+                if pending is not None:
+                    self._blocked = True
+                    try:
+                        await pending
+                    finally:
+                        self._blocked = False
+        except ConnectionClosed:
+            pass
+
+    async def _decode_failed(self, frame: Frame, error: DecodeError) -> None:
+        self.log.warning(
+            "frame_undecodable",
+            error=str(error),
+            seq=frame.seq,
+            kind="text" if isinstance(frame.data, str) else "binary",
+            size=len(frame.data),
+        )
+        if self.decode_failed is not None:
+            pending = self.decode_failed(frame, error)
+            if pending is not None:
+                await pending
+
+    async def _handshake(self, ws: ClientConnection, tg: anyio.abc.TaskGroup) -> None:
+        """Run on_connect, replay subscriptions, announce ``$connected``, start ``every``."""
+        try:
+            for index, (step, outgoing) in enumerate(self._on_connect):
+                if outgoing is not None:
+                    await ws.send(self.codec.encode(outgoing))
+                elif step.pause is not None:
+                    await anyio.sleep(step.pause)
+                elif step.expect is not None:
+                    await self._wait_for(ws, index, step.expect.key, step.expect.timeout)
+            for outgoing in list(self.subscriptions.values()):
+                await ws.send(self.codec.encode(outgoing))
+        except _Restart:
+            return
+        except ConnectionClosed:
+            return
+        self.state = ConnectionState.CONNECTED
+        outage = (
+            None
+            if self._disconnected_at is None
+            else round(time.monotonic() - self._disconnected_at, 6)
+        )
+        self.log.info("ready", on_connect_steps=len(self._on_connect), outage=outage)
+        self._announced = True
+        await self._lifecycle("$connected", {"outage": outage, "connects": self.stats.connects})
+        for interval, outgoing in self._every:
+            tg.start_soon(self._periodic, ws, interval, outgoing)
+
+    async def _wait_for(self, ws: ClientConnection, index: int, key: Key, timeout: float) -> None:
+        event = anyio.Event()
+        self._expect = (key, event)
+        try:
+            with anyio.move_on_after(timeout):
+                await event.wait()
+        finally:
+            self._expect = None
+        if not event.is_set():
+            self._close_cause = f"expect_timeout (on_connect[{index}] key={key!r})"
+            self.log.error("expect_timeout", step=index, key=key, timeout=timeout)
+            await ws.close(1000, "expected reply not received")
+            raise _Restart
+
+    async def _periodic(self, ws: ClientConnection, interval: float, outgoing: Outgoing) -> None:
+        data = self.codec.encode(outgoing)
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await ws.send(data)
+            except ConnectionClosed:
+                return
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        """Ping every ``ping_interval``; no pong within ``ping_timeout`` → abort, reconnect.
+
+        A missing pong does not count while our own reader is paused by
+        backpressure: the socket is not being read, so the pong cannot arrive.
+        """
+        interval = self.section.ping_interval
+        timeout = self.section.ping_timeout
+        while True:
+            await anyio.sleep(interval)
+            try:
+                waiter = await ws.ping()
+            except ConnectionClosed:
+                return
+            blocked_meanwhile = self._blocked
+            with anyio.move_on_after(timeout) as scope:
+                await waiter
+            if not scope.cancelled_caught:
+                continue
+            if blocked_meanwhile or self._blocked:
+                self.log.info("keepalive_skipped", reason="reader paused by backpressure")
+                continue
+            self._close_cause = "keepalive_timeout"
+            self.log.warning("keepalive_timeout", ping_timeout=timeout)
+            if ws.transport is not None:
+                ws.transport.abort()  # do not wait out a close handshake with a silent peer
+            return
+
+    async def _idle_watch(self, ws: ClientConnection) -> None:
+        """No frame for ``idle_timeout`` (and not paused by us) → reconnect."""
+        idle = self.section.idle_timeout
+        step = idle / 4
+        last_seq = self._seq
+        quiet_since = time.monotonic()
+        while True:
+            await anyio.sleep(step)
+            if self._seq != last_seq or self._blocked:
+                last_seq = self._seq
+                quiet_since = time.monotonic()
+                continue
+            if time.monotonic() - quiet_since >= idle:
+                self._close_cause = "idle_timeout"
+                self.log.warning("idle_timeout", idle_timeout=idle)
+                if ws.transport is not None:
+                    ws.transport.abort()
+                return
+
+    async def _lifecycle(self, key: str, body: dict[str, Any]) -> None:
+        message = Message(self.name, key, body, seq=self._seq, received_at=time.time(), raw="")
+        pending = self.dispatch(message)
+        if pending is not None:
+            await pending
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "..."

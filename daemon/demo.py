@@ -1,0 +1,183 @@
+"""``wsroute demo``: an embedded upstream speaking the reference protocol, plus the daemon.
+
+The reference protocol (DESIGN.md): the client logs in with a JSON text frame
+``{"role": ..., "user_id": ...}``, then sends binary commands — a little-endian
+``int32`` opcode followed by a UTF-8 JSON body (opcode 2 subscribes to
+services; ``struct.pack("<ib", 0, 0)`` is the release/heartbeat). The server
+answers commands with the command's opcode, then streams binary opcode-1
+ticks and JSON text ``news`` frames.
+
+:class:`ReferenceUpstream` is also the real server the test suite runs against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import struct
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import anyio
+import structlog
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+__all__ = ["ReferenceUpstream", "run_demo"]
+
+log = structlog.get_logger("wsroute.demo")
+
+OPCODE_RELEASE = 0
+OPCODE_TICK = 1
+OPCODE_SUBSCRIBE = 2
+_HEADER = struct.Struct("<i")
+
+
+@dataclass
+class ReferenceUpstream:
+    """A real WebSocket server on 127.0.0.1 speaking the reference protocol.
+
+    ``drop_first_after``: abort the first connection after that many seconds
+    (no close frame), so the client's reconnect and replayed login show.
+    ``tick_interval``: seconds between ticks (0: only answer commands).
+    ``malformed_once``: send one binary frame shorter than its header.
+    """
+
+    tick_interval: float = 0.2
+    news_every: int = 5
+    drop_first_after: float | None = None
+    malformed_once: bool = False
+    connections: int = 0
+    logins: list[dict[str, Any]] = field(default_factory=list)
+    commands: list[tuple[int, Any]] = field(default_factory=list)
+    url: str = ""
+
+    @contextlib.asynccontextmanager
+    async def serve(self) -> AsyncIterator[str]:
+        """Run the server; yields its ``ws://127.0.0.1:PORT/`` URL."""
+        async with serve(self._handler, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            self.url = f"ws://127.0.0.1:{port}/"
+            yield self.url
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._session(ws)
+
+    async def _session(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        number = self.connections
+        first = await ws.recv()
+        login = _parse_login(first)
+        if login is None:
+            await ws.close(1008, "login required")
+            return
+        self.logins.append(login)
+        await ws.send(json.dumps({"type": "welcome", "user_id": login.get("user_id")}))
+        async with anyio.create_task_group() as tg:
+            subscribed = anyio.Event()
+            tg.start_soon(self._commands, ws, subscribed, tg.cancel_scope)
+            if number == 1 and self.drop_first_after is not None:
+                tg.start_soon(self._drop_later, ws, self.drop_first_after)
+            await subscribed.wait()
+            if self.tick_interval > 0:
+                with contextlib.suppress(ConnectionClosed):
+                    await self._stream(ws, number)
+            else:
+                await ws.wait_closed()
+            tg.cancel_scope.cancel()
+
+    async def _commands(
+        self, ws: ServerConnection, subscribed: anyio.Event, scope: anyio.CancelScope
+    ) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._read_commands(ws, subscribed)
+        scope.cancel()  # the peer is gone: end the session
+
+    async def _read_commands(self, ws: ServerConnection, subscribed: anyio.Event) -> None:
+        async for data in ws:
+            if isinstance(data, str) or len(data) < _HEADER.size:
+                continue
+            (opcode,) = _HEADER.unpack_from(data)
+            rest = data[_HEADER.size :]
+            body: Any = None
+            if opcode == OPCODE_SUBSCRIBE:
+                body = json.loads(rest) if rest else None
+            self.commands.append((opcode, body))
+            if opcode == OPCODE_SUBSCRIBE:
+                await ws.send(
+                    _HEADER.pack(OPCODE_SUBSCRIBE) + json.dumps({"subscribed": body}).encode()
+                )
+                subscribed.set()
+
+    async def _drop_later(self, ws: ServerConnection, after: float) -> None:
+        await anyio.sleep(after)
+        log.info("demo_upstream_drops_connection")
+        if ws.transport is not None:
+            ws.transport.abort()
+
+    async def _stream(self, ws: ServerConnection, number: int) -> None:
+        price = 100.0
+        for n in itertools.count(1):
+            price = round(price + (0.25 if n % 3 else -0.5), 2)
+            tick = {"service": "first", "n": n, "price": price, "connection": number}
+            await ws.send(_HEADER.pack(OPCODE_TICK) + json.dumps(tick).encode())
+            if self.news_every and n % self.news_every == 0:
+                await ws.send(json.dumps({"type": "news", "headline": f"update {n}"}))
+            if self.malformed_once and n == 2:
+                self.malformed_once = False
+                await ws.send(b"\x01\x00")  # shorter than the 4-byte header: dead-lettered
+            await anyio.sleep(self.tick_interval)
+
+
+def _parse_login(data: str | bytes) -> dict[str, Any] | None:
+    if not isinstance(data, str):
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    if isinstance(value, dict) and "role" in value and "user_id" in value:
+        return value
+    return None
+
+
+def demo_config_text() -> str:
+    """The built-in demo config (``config/demo.toml`` in the repository)."""
+    return resources.files("wsroute").joinpath("demo.toml").read_text(encoding="utf-8")
+
+
+def run_demo(duration: float = 0.0, config_path: str | None = None) -> int:
+    """Run the upstream and the daemon until Ctrl-C (or ``duration`` seconds)."""
+    from .config import loads
+    from .logging import configure
+    from .service import Service, plan
+
+    configure("info", "console")
+    logging.getLogger("websockets.server").setLevel(logging.WARNING)
+    text = (
+        demo_config_text() if config_path is None else open(config_path, encoding="utf-8").read()  # noqa: SIM115
+    )
+
+    async def main() -> None:
+        upstream = ReferenceUpstream(drop_first_after=3.0, malformed_once=True)
+        with tempfile.TemporaryDirectory(prefix="wsroute-demo-") as folder:
+            async with upstream.serve() as url:
+                environ = dict(os.environ, WSROUTE_DEMO_URL=url, WSROUTE_DEMO_DIR=folder)
+                config = loads(text, path=config_path or "demo.toml", environ=environ)
+                service = Service(plan(config))
+                log.info("demo_started", upstream=url, dead_letters=f"{folder}/dead-letter.jsonl")
+                async with anyio.create_task_group() as tg:
+                    await tg.start(service.run)
+                    if duration > 0:
+                        await anyio.sleep(duration)
+                        service.shutdown()
+
+    anyio.run(main, backend="asyncio")
+    return 0

@@ -1,0 +1,418 @@
+"""Delivery: each handler's bounded queue, its workers, retries, timeouts and dead letters.
+
+Every message offered to a :class:`HandlerRunner` ends in exactly one of these
+states, each counted in :class:`HandlerStats` and logged when it is not success:
+
+- **handled** — ``handle()`` returned;
+- **dead-lettered** — ``handle()`` failed ``retries + 1`` times, timed out, or
+  the message was still queued or in flight at shutdown or removal: it goes to
+  the dead-letter runner with a :class:`~wsroute.DeadLetter` reason;
+- **dropped** — the queue was full and the operator chose ``drop-oldest`` or
+  ``drop-newest``.
+
+So ``received = handled + dead_lettered + dropped + in_flight`` holds at every
+moment (``in_flight`` = queued + being handled).
+
+The hot path is :meth:`HandlerRunner.offer`: synchronous, no task switch. A
+worker wakes up once when its queue turns non-empty and then drains everything
+queued before it sleeps again.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+from anyio.lowlevel import checkpoint
+
+from .config import HandlerSection
+from .plugin import DeadLetter, Message
+
+__all__ = ["Ack", "HandlerRunner", "HandlerStats"]
+
+log = structlog.get_logger("wsroute.handler")
+
+# Yield to the event loop after this many messages handled without suspending,
+# so a handler that never awaits cannot starve the readers and other handlers.
+_YIELD_EVERY = 64
+_RETRY_INITIAL = 0.1
+_RETRY_MAX = 5.0
+
+
+class Ack:
+    """Counts a message's outstanding deliveries; calls ``callback`` when none are left.
+
+    A source that must acknowledge upstream (a Redis stream) puts one on each
+    message (``message._ack``) before routing it. The router's fan-out sets
+    ``pending`` to the number of targets; each target calls :meth:`done` once the
+    message is handled, dead-lettered (after the dead-letter handler wrote it) or
+    dropped.
+    """
+
+    __slots__ = ("callback", "pending")
+
+    def __init__(self, callback: Callable[[], None], pending: int = 0) -> None:
+        self.callback = callback
+        self.pending = pending
+
+    def add(self, count: int) -> None:
+        self.pending += count
+
+    def done(self) -> None:
+        self.pending -= 1
+        if self.pending == 0:
+            self.callback()
+
+
+def _settle(message: Message) -> None:
+    ack = message._ack
+    if ack is not None:
+        ack.done()
+
+
+@dataclass
+class HandlerStats:
+    """Counters of one handler; ``in_flight`` comes from the runner."""
+
+    received: int = 0
+    handled: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+    failures: int = 0  # failed attempts, retried or not
+    timeouts: int = 0
+    lost: int = 0  # dead letters no dead-letter handler could take (logged)
+
+
+class HandlerRunner:
+    """One ``[handlers.NAME]``: the plugin instance, its queue, workers and accounting.
+
+    Build it, set :attr:`dead_letter` to the runner dead letters go to (or leave
+    ``None``: they are logged and counted as ``lost``), then ``await tg.start(runner.run)``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        section: HandlerSection,
+        instance: Any,
+        *,
+        plugin: str = "",
+    ) -> None:
+        self.name = name
+        self.section = section
+        self.instance = instance
+        self.plugin = plugin
+        self.stats = HandlerStats()
+        self.dead_letter: HandlerRunner | None = None
+        self.log = log.bind(handler=name)
+        self._queue: deque[Message] = deque()
+        self._limit = section.queue
+        self._policy = section.overflow
+        self._busy: list[Message | None] = [None] * section.concurrency
+        self._item = anyio.Event()
+        self._space: anyio.Event | None = None
+        self._accepting = True
+        self._cancel = anyio.CancelScope()
+        self._workers_done = anyio.Event()
+        handle = instance.handle
+        self._call: Callable[[Message], Awaitable[None]]
+        if inspect.iscoroutinefunction(handle):
+            self._call = handle
+        else:
+            self._call = self._call_in_thread
+        self._drop_logged_at = 0.0
+
+    # -- accounting ----------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Messages received and not yet settled: queued plus being handled."""
+        return len(self._queue) + sum(1 for m in self._busy if m is not None)
+
+    def balanced(self) -> bool:
+        """The accounting identity ``received = handled + dead_lettered + dropped + in_flight``."""
+        s = self.stats
+        return s.received == s.handled + s.dead_lettered + s.dropped + self.in_flight
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters as a plain dict, for logs, STATUS= and metrics."""
+        s = self.stats
+        return {
+            "received": s.received,
+            "handled": s.handled,
+            "dead_lettered": s.dead_lettered,
+            "dropped": s.dropped,
+            "in_flight": self.in_flight,
+            "failures": s.failures,
+            "timeouts": s.timeouts,
+            "lost": s.lost,
+        }
+
+    # -- the hot path --------------------------------------------------------
+
+    def offer(self, message: Message) -> bool:
+        """Queue a message without waiting. ``False``: full under ``block``; call again later.
+
+        Under ``drop-oldest``/``drop-newest`` a full queue drops a message (counted,
+        logged at most once a second) and this returns ``True``.
+        """
+        queue = self._queue
+        if len(queue) >= self._limit:
+            if self._policy == "block" or not self._accepting:
+                return False
+            self.stats.received += 1
+            if self._policy == "drop-newest":
+                self._drop(message)
+                return True
+            self._drop(queue.popleft())
+        else:
+            self.stats.received += 1
+        queue.append(message)
+        if not self._item.is_set():
+            self._item.set()
+        return True
+
+    async def put(self, message: Message) -> None:
+        """Queue a message, waiting for room under ``block`` (backpressure).
+
+        If the runner stops accepting, or the wait is cancelled (shutdown), the
+        message is counted as received and dead-lettered: it was read, so it is
+        accounted for.
+        """
+        try:
+            while not self.offer(message):
+                if not self._accepting:
+                    self.stats.received += 1
+                    self.give_up(message, "shutdown")
+                    return
+                await self.wait_space()
+        except anyio.get_cancelled_exc_class():
+            self.stats.received += 1
+            self.give_up(message, "shutdown")
+            raise
+
+    async def wait_space(self) -> None:
+        """Wait until the queue has room again (or the runner stops accepting)."""
+        if len(self._queue) < self._limit:
+            return
+        if self._space is None:
+            self._space = anyio.Event()
+        await self._space.wait()
+
+    def _drop(self, message: Message) -> None:
+        self.stats.dropped += 1
+        _settle(message)
+        now = time.monotonic()
+        if now - self._drop_logged_at >= 1.0:
+            self._drop_logged_at = now
+            self.log.warning(
+                "message_dropped",
+                policy=self._policy,
+                connection=message.connection,
+                seq=message.seq,
+                dropped_total=self.stats.dropped,
+            )
+
+    # -- workers -------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start the plugin, run the workers until :meth:`stop_workers`, then stop the plugin."""
+        start = getattr(self.instance, "start", None)
+        if start is not None:
+            await start()
+        try:
+            with self._cancel:
+                async with anyio.create_task_group() as tg:
+                    for index in range(len(self._busy)):
+                        tg.start_soon(self._worker, index)
+                    task_status.started()
+        finally:
+            self._workers_done.set()
+            await self._stop_plugin()
+
+    async def _stop_plugin(self) -> None:
+        stop = getattr(self.instance, "stop", None)
+        if stop is None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10) as scope:
+            try:
+                await stop()
+            except Exception as exc:
+                self.log.error("handler_stop_failed", error=repr(exc))
+        if scope.cancelled_caught:
+            self.log.error("handler_stop_timeout")
+
+    async def _worker(self, index: int) -> None:
+        queue = self._queue
+        busy = self._busy
+        since_yield = 0
+        while True:
+            if not queue:
+                # All workers wait on the same event; a fresh one only once it fired.
+                if self._item.is_set():
+                    self._item = anyio.Event()
+                await self._item.wait()
+                since_yield = 0
+                continue
+            message = queue.popleft()
+            space = self._space
+            if space is not None:
+                self._space = None
+                space.set()
+            busy[index] = message
+            await self._deliver(message)
+            busy[index] = None
+            since_yield += 1
+            if since_yield >= _YIELD_EVERY:
+                since_yield = 0
+                await checkpoint()
+
+    async def _deliver(self, message: Message) -> None:
+        """Try ``retries + 1`` times with backoff, then dead-letter."""
+        section = self.section
+        timeout = section.timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if timeout > 0:
+                    with anyio.fail_after(timeout):
+                        await self._call(message)
+                else:
+                    await self._call(message)
+            except TimeoutError as exc:
+                self.stats.failures += 1
+                self.stats.timeouts += 1
+                error: BaseException = exc
+                reason = "timeout"
+            except Exception as exc:
+                self.stats.failures += 1
+                error = exc
+                reason = "handler_error"
+            else:
+                self.stats.handled += 1
+                _settle(message)
+                return
+            if attempt > section.retries:
+                self.log.error(
+                    "handler_failed",
+                    reason=reason,
+                    error=_describe(error),
+                    connection=message.connection,
+                    seq=message.seq,
+                    attempts=attempt,
+                )
+                self.give_up(message, reason, error=_describe(error), attempts=attempt)
+                return
+            delay = min(_RETRY_MAX, _RETRY_INITIAL * 2 ** (attempt - 1))
+            self.log.warning(
+                "handler_retry",
+                reason=reason,
+                error=_describe(error),
+                connection=message.connection,
+                seq=message.seq,
+                attempt=attempt,
+                delay=delay,
+            )
+            await anyio.sleep(delay)
+
+    async def _call_in_thread(self, message: Message) -> None:
+        await anyio.to_thread.run_sync(self.instance.handle, message, abandon_on_cancel=True)
+
+    # -- dead letters and shutdown ------------------------------------------
+
+    def give_up(
+        self, message: Message, reason: str, *, error: str | None = None, attempts: int = 0
+    ) -> None:
+        """Count a message as dead-lettered and pass it to the dead-letter runner."""
+        self.stats.dead_lettered += 1
+        info = DeadLetter(reason=reason, handler=self.name, error=error, attempts=attempts)
+        target = self.dead_letter
+        letter = message.replace(dead_letter=info)
+        letter._ack = message._ack
+        if target is None or not target.accept_dead_letter(letter):
+            self.stats.lost += 1
+            self.log.error(
+                "message_lost",
+                reason=reason,
+                error=error,
+                connection=message.connection,
+                key=message.key,
+                seq=message.seq,
+                dead_letter=None if target is None else target.name,
+            )
+            _settle(letter)
+
+    def accept_dead_letter(self, letter: Message) -> bool:
+        """Queue a dead letter even past the queue limit: dead letters are never dropped."""
+        if not self._accepting:
+            return False
+        self.stats.received += 1
+        self._queue.append(letter)
+        if not self._item.is_set():
+            self._item.set()
+        return True
+
+    def close(self) -> None:
+        """Stop accepting new messages (waiters under ``block`` are released)."""
+        self._accepting = False
+        if self._space is not None:
+            self._space.set()
+            self._space = None
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing being handled."""
+        return not self._queue and all(m is None for m in self._busy)
+
+    async def drain(self, deadline: float) -> bool:
+        """Wait until idle or until ``deadline`` (monotonic seconds); ``True`` if idle."""
+        while not self.idle():
+            if time.monotonic() >= deadline:
+                return False
+            await anyio.sleep(0.01)
+        return True
+
+    async def stop_workers(self, reason: str) -> None:
+        """Cancel the workers; dead-letter what is still queued or was in flight."""
+        self.close()
+        self._cancel.cancel()
+        await self._workers_done.wait()
+        leftovers = [m for m in self._busy if m is not None]
+        self._busy = [None] * len(self._busy)
+        leftovers.extend(self._queue)
+        self._queue.clear()
+        if leftovers:
+            self.log.warning("handler_leftovers", reason=reason, count=len(leftovers))
+        for message in leftovers:
+            self.give_up(message, reason)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    name = type(error).__name__
+    if isinstance(error, TimeoutError) and not text:
+        return "TimeoutError"
+    return f"{name}: {text}" if text else name
+
+
+def retry_budget(section: HandlerSection) -> float:
+    """The longest a message can spend in one handler: attempts × timeout + backoff sleeps."""
+    attempts = section.retries + 1
+    if section.timeout <= 0:
+        return math.inf
+    sleeps = sum(min(_RETRY_MAX, _RETRY_INITIAL * 2**i) for i in range(section.retries))
+    return float(attempts * section.timeout + sleeps)

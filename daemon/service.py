@@ -1,0 +1,393 @@
+"""The daemon: builds everything from a config, runs it, shuts it down in order.
+
+Phases, each its own function so ``wsroute check`` runs the first two only:
+
+1. :func:`plan` — resolve and import every codec and handler plugin and
+   validate their options (all problems reported at once, with key paths);
+2. :class:`Service` — start handler runners (``start()`` of each plugin), the
+   router, then the connections (spread out by a small jitter); report ready;
+3. shutdown — stop reading, close upstreams, drain queues within
+   ``shutdown_timeout``, dead-letter what is left, log the delivery totals.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+
+from .config import Config, HandlerSection, codec_reference
+from .connection import Connection, ConnectionState
+from .dispatch import Dispatcher
+from .exceptions import ConfigError, ConfigIssue, PluginError, SendError
+from .handler import HandlerRunner
+from .notify import Notifier, watchdog_loop
+from .plugin import Codec, Message, Outgoing, StructArg
+from .registry import PluginInfo, Registry, build_options, create_codec, create_handler
+from .router import Router
+
+__all__ = ["Plan", "Service", "plan"]
+
+log = structlog.get_logger("wsroute.service")
+
+_STATUS_EVERY = 5.0
+
+
+@dataclass
+class HandlerPlan:
+    name: str
+    section: HandlerSection
+    info: PluginInfo
+    options: Any
+
+
+@dataclass
+class Plan:
+    """A config with every plugin resolved and every option validated."""
+
+    config: Config
+    codecs: dict[str, Codec] = field(default_factory=dict)  # per connection
+    handlers: dict[str, HandlerPlan] = field(default_factory=dict)
+
+
+def plan(config: Config, registry: Registry | None = None) -> Plan:
+    """Load every plugin the config names and validate its options; ConfigError lists all."""
+    if registry is None:
+        registry = Registry.discover(config.daemon.plugin_paths)
+    issues: list[ConfigIssue] = []
+    result = Plan(config)
+    for name in config.connections:
+        path = f"connections.{name}.codec"
+        plugin, table = codec_reference(config, name)
+        try:
+            info = registry.codec(plugin)
+        except PluginError as exc:
+            issues.append(ConfigIssue(path, str(exc)))
+            continue
+        codec_name = config.connections[name].codec
+        options_path = f"codecs.{codec_name}" if codec_name in config.codecs else path
+        before = len(issues)
+        options = build_options(info, table, options_path, issues)
+        if len(issues) == before:
+            try:
+                result.codecs[name] = create_codec(info, options)
+            except PluginError as exc:
+                issues.append(ConfigIssue(options_path, str(exc)))
+    for name, section in config.handlers.items():
+        path = f"handlers.{name}"
+        try:
+            info = registry.handler(section.plugin)
+        except PluginError as exc:
+            issues.append(ConfigIssue(f"{path}.plugin", str(exc)))
+            continue
+        before = len(issues)
+        options = build_options(info, section.options, path, issues)
+        if len(issues) == before:
+            result.handlers[name] = HandlerPlan(name, section, info, options)
+    if issues:
+        raise ConfigError(issues, source=config.path)
+    return result
+
+
+class _Context:
+    """The :class:`~wsroute.HandlerContext` the daemon gives each handler."""
+
+    def __init__(self, name: str, service: Service) -> None:
+        self._name = name
+        self._service = service
+        self._log = structlog.get_logger("wsroute.plugin").bind(handler=name)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def log(self) -> Any:
+        return self._log
+
+    async def send(
+        self,
+        connection: str,
+        *,
+        json: Any = None,
+        struct: StructArg | None = None,
+        text: str | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        await self._service.connection(connection).send(
+            _outgoing(json=json, struct=struct, text=text, raw=raw)
+        )
+
+    async def emit(self, message: Message) -> None:
+        pending = self._service.dispatcher.dispatch(message)
+        if pending is not None:
+            await pending
+
+    async def subscribe(
+        self,
+        connection: str,
+        name: str,
+        *,
+        json: Any = None,
+        struct: StructArg | None = None,
+        text: str | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        outgoing = _outgoing(json=json, struct=struct, text=text, raw=raw)
+        await self._service.connection(connection).subscribe(name, outgoing)
+
+    async def unsubscribe(self, connection: str, name: str) -> None:
+        self._service.connection(connection).unsubscribe(name)
+
+
+def _outgoing(**kwargs: Any) -> Outgoing:
+    try:
+        return Outgoing.build(**kwargs)
+    except ValueError as exc:
+        raise SendError(str(exc)) from exc
+
+
+class Service:
+    """The running daemon. ``await Service(plan).run()`` returns after a clean shutdown."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        notifier: Notifier | None = None,
+        reload: Callable[[], Plan] | None = None,
+        connect: bool = True,
+    ) -> None:
+        self.plan = plan
+        self.config = plan.config
+        self.notifier = notifier or Notifier.from_environ(unset=False)
+        self._reload = reload
+        self._connect = connect
+        self.runners: dict[str, HandlerRunner] = {}
+        self.connections: dict[str, Connection] = {}
+        self.dispatcher = Dispatcher(Router([]))
+        self._shutdown = anyio.Event()
+        self._status = ""
+        self.stopped_cleanly = False
+
+    # -- lookups used by contexts -------------------------------------------
+
+    def connection(self, name: str) -> Connection:
+        try:
+            return self.connections[name]
+        except KeyError:
+            raise SendError(f"unknown connection {name!r}") from None
+
+    # -- building ------------------------------------------------------------
+
+    def _build_runners(self, plan: Plan) -> dict[str, HandlerRunner]:
+        runners = {}
+        for name, hp in plan.handlers.items():
+            instance = create_handler(hp.info, hp.options, _Context(name, self))
+            runners[name] = HandlerRunner(name, hp.section, instance, plugin=hp.section.plugin)
+        default_dlq = plan.config.daemon.dead_letter
+        explicit = {hp.section.dead_letter for hp in plan.handlers.values()}
+        dlq_targets = (explicit | {default_dlq}) - {None}
+        for name, runner in runners.items():
+            # A dead-letter handler takes no default dead letter of its own: its
+            # failures are logged and counted as lost, never looped back.
+            target = runner.section.dead_letter or (None if name in dlq_targets else default_dlq)
+            if target and target != name:
+                runner.dead_letter = runners[target]
+        return runners
+
+    def _build_router(self, config: Config) -> Router[HandlerRunner]:
+        rules = [
+            (name, route.connection, route.keys, [self.runners[h] for h in route.handlers])
+            for name, route in config.routes.items()
+        ]
+        unmatched = self.runners.get(config.daemon.unmatched or "")
+        return Router.compile(rules, unmatched)
+
+    def _build_connections(self, plan: Plan) -> dict[str, Connection]:
+        spread = min(1.0, 0.05 * len(plan.config.connections))
+        return {
+            name: Connection(
+                name,
+                section,
+                plan.codecs[name],
+                self.dispatcher.dispatch,
+                decode_failed=self.dispatcher.decode_failed,
+                start_delay=random.uniform(0, spread) if spread > 0.05 else 0.0,
+            )
+            for name, section in plan.config.connections.items()
+        }
+
+    # -- running -------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start everything, report ready, serve until SIGTERM/SIGINT (or :meth:`shutdown`)."""
+        self.runners = self._build_runners(self.plan)
+        self.dispatcher = Dispatcher(
+            self._build_router(self.config),
+            self.runners.get(self.config.daemon.dead_letter or ""),
+        )
+        async with anyio.create_task_group() as tg:
+            # Dead-letter handlers first, so everything else can dead-letter from the start.
+            for runner in sorted(self.runners.values(), key=lambda r: r.dead_letter is not None):
+                await tg.start(runner.run)
+            if self._connect:
+                self.connections = self._build_connections(self.plan)
+            for conn in self.connections.values():
+                await tg.start(conn.run)
+            tg.start_soon(self._signals)
+            tg.start_soon(watchdog_loop, self.notifier)
+            tg.start_soon(self._status_loop)
+            log.info(
+                "started",
+                connections=len(self.connections),
+                handlers=len(self.runners),
+                routes=len(self.config.routes),
+                config=self.config.path,
+            )
+            self.notifier.ready(status=self.status_line())
+            task_status.started()
+            await self._shutdown.wait()
+            await self._stop_all()
+            tg.cancel_scope.cancel()
+        self.stopped_cleanly = True
+
+    def shutdown(self) -> None:
+        """Begin the ordered shutdown (what SIGTERM does)."""
+        self._shutdown.set()
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                else:
+                    log.info("signal_received", signal=signal.Signals(signum).name)
+                    self.shutdown()
+
+    async def reload(self) -> None:
+        """Validate the config file again; keep the old one running if it is invalid."""
+        self.notifier.reloading()
+        log.info("reload_started", config=self.config.path)
+        if self._reload is None:
+            log.warning("reload_unsupported")
+            self.notifier.ready(status=self.status_line())
+            return
+        try:
+            new_plan = self._reload()
+        except (ConfigError, PluginError) as exc:
+            issues = exc.issues if isinstance(exc, ConfigError) else [ConfigIssue("", str(exc))]
+            for issue in issues:
+                log.error("reload_invalid", error=str(issue))
+            log.error("reload_failed", errors=len(issues), keeping="old config")
+            self.notifier.ready(status="reload failed; " + self.status_line())
+            return
+        await self._apply(new_plan)
+        self.notifier.ready(status=self.status_line())
+
+    async def _apply(self, new_plan: Plan) -> None:
+        """Apply a new, valid config. (Diff-based apply: see the systemd issue.)"""
+        log.warning("reload_restart_required", reason="live apply not available yet")
+        self.plan = new_plan
+
+    async def _status_loop(self) -> None:
+        while True:
+            self.notifier.status(self.status_line())
+            await anyio.sleep(_STATUS_EVERY)
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: connection states and delivery counters."""
+        states: dict[str, int] = {}
+        for conn in self.connections.values():
+            states[conn.state.value] = states.get(conn.state.value, 0) + 1
+        up = states.get(ConnectionState.CONNECTED.value, 0)
+        frames = sum(c.seq for c in self.connections.values())
+        handled = sum(r.stats.handled for r in self.runners.values())
+        dead = sum(r.stats.dead_lettered for r in self.runners.values())
+        dropped = sum(r.stats.dropped for r in self.runners.values())
+        queued = sum(r.queued for r in self.runners.values())
+        return (
+            f"{up}/{len(self.connections)} connected; frames={frames} handled={handled} "
+            f"dead_lettered={dead} dropped={dropped} queued={queued}"
+        )
+
+    # -- shutdown ------------------------------------------------------------
+
+    async def _stop_all(self) -> None:
+        config = self.config
+        started = time.monotonic()
+        deadline = started + config.daemon.shutdown_timeout
+        self.notifier.stopping()
+        log.info("shutdown_started", shutdown_timeout=config.daemon.shutdown_timeout)
+        for conn in self.connections.values():
+            conn.stop()
+        with anyio.move_on_after(
+            max(c.section.close_timeout for c in self.connections.values()) + 1
+            if self.connections
+            else 0
+        ):
+            for conn in self.connections.values():
+                await conn.wait_stopped()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._extend_stop_timeout, deadline)
+            await self._drain_and_stop(deadline)
+            tg.cancel_scope.cancel()
+        self._log_totals(time.monotonic() - started)
+
+    async def _drain_and_stop(self, deadline: float) -> None:
+        targets = {r.dead_letter for r in self.runners.values() if r.dead_letter is not None}
+        if self.dispatcher.dead_letter is not None:
+            targets.add(self.dispatcher.dead_letter)
+        first = [r for r in self.runners.values() if r not in targets]
+        last = [r for r in self.runners.values() if r in targets]
+        await _drain_all(first, deadline)
+        for runner in first:
+            await runner.stop_workers("shutdown")
+        # Dead letters from the first wave must reach disk: give them a short grace.
+        await _drain_all(last, max(deadline, time.monotonic() + 2.0))
+        for runner in last:
+            await runner.stop_workers("shutdown")
+
+    async def _extend_stop_timeout(self, deadline: float) -> None:
+        while True:
+            left = deadline - time.monotonic() + 5.0
+            self.notifier.extend_timeout(max(left, 5.0))
+            await anyio.sleep(2.0)
+
+    def _log_totals(self, took: float) -> None:
+        for name, runner in self.runners.items():
+            counts = runner.snapshot()
+            if runner.balanced():
+                log.info("delivery_totals", handler=name, **counts)
+            else:
+                log.error("delivery_unbalanced", handler=name, **counts)
+        for name, conn in self.connections.items():
+            log.info(
+                "connection_totals",
+                connection=name,
+                frames=conn.seq,
+                decode_errors=conn.stats.decode_errors,
+                unmatched=self.dispatcher.unmatched[name],
+                reconnects=conn.stats.reconnects,
+            )
+        log.info("shutdown_complete", took=round(took, 3))
+
+
+async def _drain_all(runners: list[HandlerRunner], deadline: float) -> None:
+    for runner in runners:
+        runner.close()
+    for runner in runners:
+        if not await runner.drain(deadline):
+            break
+
+
+Runnable = Callable[[], Awaitable[None]]

@@ -1,0 +1,338 @@
+"""The built-in ``jsonl`` handler: an append-only archive, one JSON object per line.
+
+It doubles as the dead-letter format: ``wsroute replay`` reads such a file back
+with :func:`parse_record`. Built on the public plugin API only.
+
+Durability: ``handle()`` returns once its line went to the kernel with
+``os.write`` on an ``O_APPEND`` descriptor; there is no Python-side buffer, so a
+handled message survives the daemon being killed (``fsync = true`` extends that
+to a power loss). A write that fails halfway is cut back off the file, so the
+file never holds a torn line written by a live process; a line torn by a crash
+is closed with a newline at the next start.
+
+Give each file one writer: the rollback truncates to the size before the write,
+which would cut another process's lines written in between.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from wsroute import DeadLetter, HandlerContext, Message
+
+__all__ = ["JsonlHandler", "parse_record", "record"]
+
+# Rotation (logrotate's rename, or a delete) is noticed by comparing inodes, at
+# most this often: a stat per message would cost more than the write.
+_REOPEN_CHECK = 1.0
+
+
+def _fallback(value: Any) -> Any:
+    # An archive must not refuse a message over a type JSON lacks: write its text.
+    return str(value)
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_fallback)
+
+
+def record(message: Message) -> dict[str, Any]:
+    """The JSON object written for ``message``: the jsonl file format, as a dict.
+
+    ``body`` is the decoded value; a ``bytes`` body is base64 text with
+    ``"body_encoding": "base64"``. A dead-lettered message adds ``reason``,
+    ``handler``, ``error`` and ``attempts``.
+    """
+    out: dict[str, Any] = {
+        "connection": message.connection,
+        "key": message.key,
+        "seq": message.seq,
+        "received_at": message.received_at,
+        "fields": message.fields,
+        "body": message.body,
+    }
+    body = message.body
+    if isinstance(body, bytes | bytearray | memoryview):
+        out["body"] = base64.b64encode(body).decode("ascii")
+        out["body_encoding"] = "base64"
+    dead = message.dead_letter
+    if dead is not None:
+        out["reason"] = dead.reason
+        out["handler"] = dead.handler
+        out["error"] = dead.error
+        out["attempts"] = dead.attempts
+    return out
+
+
+def encode_record(message: Message) -> bytes:
+    """One complete line (newline included) for ``message``."""
+    return _encoder.encode(record(message)) + b"\n"
+
+
+class _Record(msgspec.Struct):
+    connection: str
+    key: str | int | float | bool | None = None
+    seq: int = 0
+    received_at: float = 0.0
+    fields: dict[str, Any] = {}
+    body: Any = None
+    body_encoding: str | None = None
+    reason: str | None = None
+    handler: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+_decoder = msgspec.json.Decoder(_Record)
+
+
+def parse_record(line: bytes | str) -> Message:
+    """Rebuild the :class:`~wsroute.Message` a jsonl line was written from (for replay).
+
+    The raw frame is not part of the record, so ``raw`` is empty. Raises
+    ``ValueError`` naming the problem for a line that is not such a record
+    (a torn line left by a crash, for one).
+    """
+    try:
+        rec = _decoder.decode(line)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"not a wsroute record: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not a JSON line: {exc}") from exc
+    body = rec.body
+    if rec.body_encoding == "base64":
+        if not isinstance(body, str):
+            raise ValueError("body_encoding is base64 but body is not a string")
+        try:
+            body = base64.b64decode(body, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"body is not valid base64: {exc}") from exc
+    elif rec.body_encoding is not None:
+        raise ValueError(f"unknown body_encoding {rec.body_encoding!r}")
+    dead = None
+    if rec.reason is not None:
+        dead = DeadLetter(
+            reason=rec.reason, handler=rec.handler, error=rec.error, attempts=rec.attempts
+        )
+    return Message(
+        rec.connection,
+        rec.key,
+        body,
+        fields=rec.fields,
+        seq=rec.seq,
+        received_at=rec.received_at,
+        dead_letter=dead,
+    )
+
+
+class JsonlHandler:
+    """Append each message to a file as one JSON object per line.
+
+    Each line has ``connection``, ``key``, ``seq``, ``received_at``, ``fields`` and
+    ``body`` (bytes as base64, with ``"body_encoding": "base64"``); dead letters
+    add ``reason``, ``handler``, ``error`` and ``attempts``. A message counts as
+    handled once its line is in the file (not in a buffer); a rotated or deleted
+    file is reopened within a second.
+    """
+
+    @dataclass
+    class Options:
+        path: str = field(
+            metadata={"doc": "The file to append to. Its folder must exist; the file is created."}
+        )
+        fsync: bool = field(
+            default=False,
+            metadata={
+                "doc": "Also fsync before a message counts as handled (survives power loss); "
+                "workers writing at the same time share one fsync."
+            },
+        )
+        mode: str = field(
+            default="0640",
+            metadata={
+                "doc": "Permissions of a file this handler creates, in octal (umask applies)."
+            },
+        )
+
+        def __post_init__(self) -> None:
+            if not self.path:
+                raise ValueError("path must not be empty")
+            try:
+                permissions = int(self.mode, 8)
+            except ValueError:
+                permissions = -1
+            if not 0 <= permissions <= 0o777:
+                raise ValueError(f'mode must be octal permissions like "0640", got {self.mode!r}')
+
+        @property
+        def permissions(self) -> int:
+            """``mode`` as a number."""
+            return int(self.mode, 8)
+
+    def __init__(self, options: Options, ctx: HandlerContext) -> None:
+        self.options = options
+        self._ctx = ctx
+        self._fd = -1
+        self._identity: tuple[int, int] | None = None
+        self._checked_at = 0.0
+        # Set when a failed write could not be rolled back: repair the tail first.
+        self._dirty = False
+        self._appended = 0
+        self._synced = 0
+        self._sync_lock: anyio.Lock | None = None
+
+    @property
+    def path(self) -> str:
+        """The file this handler appends to."""
+        return self.options.path
+
+    async def start(self) -> None:
+        """Open the file (an error names a missing folder) and close a torn last line."""
+        self._open()
+
+    async def handle(self, message: Message) -> None:
+        """Append one line; return once it is in the file (and synced, with ``fsync``)."""
+        self.append(encode_record(message))
+        if self.options.fsync:
+            await self._sync(self._appended)
+
+    async def stop(self) -> None:
+        """Sync (with ``fsync``) and close the file."""
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        try:
+            if self.options.fsync:
+                _sync_fd(fd)
+        finally:
+            os.close(fd)
+
+    # -- the file
+
+    def _open(self) -> None:
+        path = self.options.path
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, self.options.permissions)
+        except FileNotFoundError:
+            folder = os.path.dirname(os.path.abspath(path))
+            raise FileNotFoundError(
+                f'jsonl: cannot open "{path}": the folder "{folder}" does not exist '
+                f"(create it; under systemd, StateDirectory= does)"
+            ) from None
+        except OSError as exc:
+            raise OSError(exc.errno, f'jsonl: cannot open "{path}": {exc.strerror}') from None
+        try:
+            st = os.fstat(fd)
+            self._identity = (st.st_dev, st.st_ino)
+            self._checked_at = time.monotonic()
+            self._close_torn_line(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        old, self._fd = self._fd, fd
+        if old >= 0:
+            try:
+                if self.options.fsync:
+                    _sync_fd(old)
+            finally:
+                os.close(old)
+
+    def _close_torn_line(self, fd: int) -> None:
+        """A last line without its newline was torn by a crash: end it, so ours stay whole."""
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return
+        if os.pread(fd, 1, st.st_size - 1) != b"\n":
+            self._write(fd, b"\n")
+            self._ctx.log.warning("jsonl_torn_line_closed", path=self.options.path)
+
+    def _reopen_if_rotated(self) -> None:
+        now = time.monotonic()
+        if self._fd >= 0 and now - self._checked_at < _REOPEN_CHECK:
+            return
+        self._checked_at = now
+        try:
+            st = os.stat(self.options.path)
+            identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            identity = None
+        if self._fd >= 0 and identity == self._identity:
+            return
+        was_open = self._fd >= 0
+        try:
+            self._open()
+        except OSError:
+            self._checked_at = 0.0  # try again with the next message
+            raise
+        if was_open:
+            self._ctx.log.info("jsonl_reopened", path=self.options.path)
+
+    def _write(self, fd: int, data: bytes) -> None:
+        """Write all of ``data`` or none of it: a failure truncates back, then raises."""
+        st = os.fstat(fd)
+        regular = stat.S_ISREG(st.st_mode)
+        before = st.st_size
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(fd, view)
+                if written <= 0:
+                    raise OSError(errno.EIO, "short write")
+                view = view[written:]
+        except OSError as exc:
+            if regular:
+                try:
+                    if os.fstat(fd).st_size > before:
+                        os.ftruncate(fd, before)
+                except OSError:
+                    self._dirty = True
+            raise OSError(
+                exc.errno, f'jsonl: cannot append to "{self.options.path}": {exc.strerror}'
+            ) from exc
+
+    def append(self, data: bytes) -> None:
+        """Append complete lines (each ending in a newline) in one write, or raise ``OSError``.
+
+        Synchronous and unbuffered: when it returns, the lines are in the file.
+        """
+        self._reopen_if_rotated()
+        if self._dirty:
+            self._close_torn_line(self._fd)
+            self._dirty = False
+        self._write(self._fd, data)
+        self._appended += 1
+
+    async def _sync(self, upto: int) -> None:
+        """fsync covering append number ``upto``; one fsync serves everyone waiting."""
+        if self._sync_lock is None:
+            self._sync_lock = anyio.Lock()
+        async with self._sync_lock:
+            if self._synced >= upto:
+                return
+            # A duplicate descriptor: a rotation may close ours while the thread syncs.
+            target, fd = self._appended, os.dup(self._fd)
+            try:
+                await anyio.to_thread.run_sync(_sync_fd, fd)
+            finally:
+                os.close(fd)
+            self._synced = target
+
+
+def _sync_fd(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    except OSError as exc:
+        # Pipes and character devices cannot be synced; there is nothing to wait for.
+        if exc.errno not in (errno.EINVAL, errno.EROFS):
+            raise

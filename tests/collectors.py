@@ -1,0 +1,70 @@
+"""Handler plugins for the tests, loaded by the daemon as ``collectors:Collect``.
+
+Each instance records what it handled in ``Collect.seen[handler name]`` so a
+test can look at deliveries of a daemon running in-process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import anyio
+
+from wsroute import Duration, HandlerContext, Message
+
+
+class Collect:
+    """Record every message; optionally fail, hang or go slowly."""
+
+    seen: dict[str, list[Message]] = defaultdict(list)
+    attempts: dict[str, int] = defaultdict(int)
+
+    @dataclass
+    class Options:
+        fail_first: int = 0  # raise on this many attempts in total, then succeed
+        fail_always: bool = False
+        hang: bool = False
+        delay: Duration = Duration(0.0)
+        reply_json: str = ""  # send {"echo": <key>} upstream on this connection name
+
+    def __init__(self, options: Options, ctx: HandlerContext) -> None:
+        self.options = options
+        self.ctx = ctx
+
+    async def handle(self, message: Message) -> None:
+        name = self.ctx.name
+        Collect.attempts[name] += 1
+        if self.options.hang:
+            await anyio.sleep_forever()
+        if self.options.delay:
+            await anyio.sleep(self.options.delay)
+        if self.options.fail_always or Collect.attempts[name] <= self.options.fail_first:
+            raise RuntimeError(f"{name} fails on purpose")
+        if self.options.reply_json:
+            await self.ctx.send(self.options.reply_json, json={"echo": message.key})
+        Collect.seen[name].append(message)
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.seen.clear()
+        cls.attempts.clear()
+
+
+class SyncCollect:
+    """A blocking, synchronous handler: the daemon runs it in a worker thread."""
+
+    seen: dict[str, list[Message]] = defaultdict(list)
+
+    @dataclass
+    class Options:
+        sleep: Duration = Duration(0.0)
+
+    def __init__(self, options: Options, ctx: HandlerContext) -> None:
+        self.options = options
+        self.ctx = ctx
+
+    def handle(self, message: Message) -> None:
+        time.sleep(self.options.sleep)  # blocks: must not block the event loop
+        SyncCollect.seen[self.ctx.name].append(message)
