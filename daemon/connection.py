@@ -237,6 +237,12 @@ class Connection:
     def unsubscribe(self, name: str) -> None:
         self.subscriptions.pop(name, None)
 
+    def continue_from(self, previous: Connection) -> None:
+        """Take over seq and runtime subscriptions of the connection this one replaces."""
+        self._seq = previous._seq
+        self.subscriptions = dict(previous.subscriptions)
+        self.stats.connects = previous.stats.connects
+
     def stop(self) -> None:
         """Stop reading, close with a close frame, and make :meth:`run` return."""
         self._stop.cancel()

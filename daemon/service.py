@@ -23,7 +23,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from .config import Config, HandlerSection, codec_reference
+from .config import Config, HandlerSection, codec_reference, unchanged_connections
 from .connection import Connection, ConnectionState
 from .dispatch import Dispatcher
 from .exceptions import ConfigError, ConfigIssue, PluginError, SendError
@@ -174,6 +174,7 @@ class Service:
         self.connections: dict[str, Connection] = {}
         self.dispatcher = Dispatcher(Router([]))
         self._shutdown = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
         self._status = ""
         self.stopped_cleanly = False
 
@@ -187,21 +188,22 @@ class Service:
 
     # -- building ------------------------------------------------------------
 
-    def _build_runners(self, plan: Plan) -> dict[str, HandlerRunner]:
-        runners = {}
-        for name, hp in plan.handlers.items():
-            instance = create_handler(hp.info, hp.options, _Context(name, self))
-            runners[name] = HandlerRunner(name, hp.section, instance, plugin=hp.section.plugin)
-        default_dlq = plan.config.daemon.dead_letter
-        explicit = {hp.section.dead_letter for hp in plan.handlers.values()}
+    def _build_runner(self, plan: Plan, name: str) -> HandlerRunner:
+        hp = plan.handlers[name]
+        instance = create_handler(hp.info, hp.options, _Context(name, self))
+        return HandlerRunner(name, hp.section, instance, plugin=hp.section.plugin)
+
+    def _wire_dead_letters(self, config: Config) -> None:
+        """Point each runner at its dead-letter runner (again, after a reload)."""
+        default_dlq = config.daemon.dead_letter
+        explicit = {h.dead_letter for h in config.handlers.values()}
         dlq_targets = (explicit | {default_dlq}) - {None}
-        for name, runner in runners.items():
+        for name, runner in self.runners.items():
             # A dead-letter handler takes no default dead letter of its own: its
             # failures are logged and counted as lost, never looped back.
             target = runner.section.dead_letter or (None if name in dlq_targets else default_dlq)
-            if target and target != name:
-                runner.dead_letter = runners[target]
-        return runners
+            runner.dead_letter = self.runners[target] if target and target != name else None
+        self.dispatcher.dead_letter = self.runners.get(default_dlq or "")
 
     def _build_router(self, config: Config) -> Router[HandlerRunner]:
         rules = [
@@ -211,19 +213,15 @@ class Service:
         unmatched = self.runners.get(config.daemon.unmatched or "")
         return Router.compile(rules, unmatched)
 
-    def _build_connections(self, plan: Plan) -> dict[str, Connection]:
-        spread = min(1.0, 0.05 * len(plan.config.connections))
-        return {
-            name: Connection(
-                name,
-                section,
-                plan.codecs[name],
-                self.dispatcher.dispatch,
-                decode_failed=self.dispatcher.decode_failed,
-                start_delay=random.uniform(0, spread) if spread > 0.05 else 0.0,
-            )
-            for name, section in plan.config.connections.items()
-        }
+    def _build_connection(self, plan: Plan, name: str, spread: float = 0.0) -> Connection:
+        return Connection(
+            name,
+            plan.config.connections[name],
+            plan.codecs[name],
+            self.dispatcher.dispatch,
+            decode_failed=self.dispatcher.decode_failed,
+            start_delay=random.uniform(0, spread) if spread > 0 else 0.0,
+        )
 
     # -- running -------------------------------------------------------------
 
@@ -231,19 +229,22 @@ class Service:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Start everything, report ready, serve until SIGTERM/SIGINT (or :meth:`shutdown`)."""
-        self.runners = self._build_runners(self.plan)
-        self.dispatcher = Dispatcher(
-            self._build_router(self.config),
-            self.runners.get(self.config.daemon.dead_letter or ""),
-        )
+        self.runners = {name: self._build_runner(self.plan, name) for name in self.plan.handlers}
+        self.dispatcher = Dispatcher(self._build_router(self.config))
+        self._wire_dead_letters(self.config)
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             # Dead-letter handlers first, so everything else can dead-letter from the start.
             for runner in sorted(self.runners.values(), key=lambda r: r.dead_letter is not None):
                 await tg.start(runner.run)
             if self._connect:
-                self.connections = self._build_connections(self.plan)
-            for conn in self.connections.values():
-                await tg.start(conn.run)
+                # Spread the first connects out, so a restart does not stampede upstreams.
+                spread = min(1.0, 0.05 * len(self.config.connections))
+                spread = spread if spread > 0.05 else 0.0
+                for name in self.config.connections:
+                    conn = self._build_connection(self.plan, name, spread)
+                    self.connections[name] = conn
+                    await tg.start(conn.run)
             tg.start_soon(self._signals)
             tg.start_soon(watchdog_loop, self.notifier)
             tg.start_soon(self._status_loop)
@@ -291,13 +292,77 @@ class Service:
             log.error("reload_failed", errors=len(issues), keeping="old config")
             self.notifier.ready(status="reload failed; " + self.status_line())
             return
+        old_daemon = self.config.daemon
         await self._apply(new_plan)
+        new_daemon = new_plan.config.daemon
+        if (old_daemon.log_level, old_daemon.log_format) != (
+            new_daemon.log_level,
+            new_daemon.log_format,
+        ):
+            from .logging import configure
+
+            configure(new_daemon.log_level, new_daemon.log_format)
         self.notifier.ready(status=self.status_line())
 
     async def _apply(self, new_plan: Plan) -> None:
-        """Apply a new, valid config. (Diff-based apply: see the systemd issue.)"""
-        log.warning("reload_restart_required", reason="live apply not available yet")
-        self.plan = new_plan
+        """Apply a new, valid config as a diff; unchanged connections keep their socket."""
+        old, new = self.config, new_plan.config
+        tg = self._tg
+        assert tg is not None
+        kept_handlers = {
+            name
+            for name, section in new.handlers.items()
+            if name in self.runners and old.handlers.get(name) == section
+        }
+        retired = [r for name, r in self.runners.items() if name not in kept_handlers]
+        started = [name for name in new.handlers if name not in kept_handlers]
+        # 1. new and changed handlers start next to the old ones
+        runners = {name: self.runners[name] for name in kept_handlers}
+        for name in started:
+            runners[name] = self._build_runner(new_plan, name)
+        self.runners = runners
+        self._wire_dead_letters(new)
+        for name in sorted(started, key=lambda n: self.runners[n].dead_letter is not None):
+            await tg.start(self.runners[name].run)
+        # 2. one assignment switches every source to the new route table
+        self.dispatcher.router = self._build_router(new)
+        self.plan, self.config = new_plan, new
+        # 3. connections: keep the unchanged ones open, restart the changed ones
+        keep = unchanged_connections(old, new) if self._connect else set()
+        stopped = [name for name in self.connections if name not in keep]
+        for name in stopped:
+            self.connections[name].stop()
+        for name in stopped:
+            with anyio.move_on_after(old.connections[name].close_timeout + 1):
+                await self.connections[name].wait_stopped()
+        previous = {name: self.connections.pop(name) for name in stopped}
+        begun = []
+        if self._connect:
+            for name in new.connections:
+                if name in keep:
+                    continue
+                conn = self._build_connection(new_plan, name)
+                if name in previous:  # same name: seq and runtime subscriptions go on
+                    conn.continue_from(previous[name])
+                self.connections[name] = conn
+                await tg.start(conn.run)
+                begun.append(name)
+        # 4. retired handlers drain what they hold; the rest is dead-lettered
+        deadline = time.monotonic() + new.daemon.shutdown_timeout
+        await _drain_all(retired, deadline)
+        for runner in retired:
+            await runner.stop_workers("removed")
+        log.info(
+            "reload_applied",
+            connections_kept=sorted(keep),
+            connections_restarted=sorted(n for n in begun if n in previous),
+            connections_started=sorted(n for n in begun if n not in previous),
+            connections_stopped=sorted(n for n in stopped if n not in new.connections),
+            handlers_kept=sorted(kept_handlers),
+            handlers_started=sorted(started),
+            handlers_stopped=sorted(r.name for r in retired),
+            routes=len(new.routes),
+        )
 
     async def _status_loop(self) -> None:
         while True:

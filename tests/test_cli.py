@@ -1,0 +1,259 @@
+"""The ``wsroute`` command as an operator runs it: real subprocesses, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO
+
+WSROUTE = str(Path(sys.executable).with_name("wsroute"))
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [WSROUTE, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, **(env or {})),
+        check=False,
+    )
+
+
+def events(stderr: str) -> list[dict[str, Any]]:
+    """JSON log lines (the daemon logs JSON when stderr is not a TTY)."""
+    out = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("wsroute ")
+
+
+def test_check_accepts_the_example_config_and_prints_the_routes() -> None:
+    result = run(
+        "check", "-c", str(REPO / "config/wsroute.example.toml"), env={"EXCHANGE_TOKEN": "t"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "routes:" in result.stdout
+    assert "->" in result.stdout
+
+
+def test_check_reports_every_error_with_its_key_path_and_exits_78(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        """
+[connections.exchange]
+url = "ws://127.0.0.1:1/"
+ping_intervall = "20s"
+reconnect = { max = -1 }
+
+[routes.r]
+handlers = ["missing"]
+
+[handlers.h]
+plugin = "jsonl"
+path = "/tmp/x.jsonl"
+overflow = "drop-olds"
+"""
+    )
+    result = run("check", "-c", str(config))
+    assert result.returncode == 78
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    text = "\n".join(lines)
+    assert "connections.exchange.ping_intervall: unknown key" in text
+    assert 'did you mean "ping_interval"' in text
+    assert 'connections.exchange.reconnect.max: expected a duration like "30s", got -1' in text
+    assert "routes.r.handlers" in text and "missing" in text
+    assert "handlers.h.overflow" in text
+    assert len(lines) >= 4
+    assert all(line.startswith("wsroute: ") for line in lines)
+
+
+def test_plugin_load_failure_exits_78_naming_the_plugin(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        """
+[connections.a]
+url = "ws://127.0.0.1:1/"
+[routes.r]
+handlers = ["h"]
+[handlers.h]
+plugin = "no_such_module_xyz:Handler"
+"""
+    )
+    result = run("check", "-c", str(config))
+    assert result.returncode == 78
+    assert "handlers.h.plugin" in result.stderr
+    assert "no_such_module_xyz" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file_exits_78(tmp_path: Path) -> None:
+    result = run("run", "-c", str(tmp_path / "nope.toml"))
+    assert result.returncode == 78
+    assert "not found" in result.stderr
+
+
+def test_plugins_lists_builtins_with_origin_and_options() -> None:
+    result = run("plugins")
+    assert result.returncode == 0
+    for name in ("jsonl", "log", "reply", "json", "struct"):
+        assert name in result.stdout
+    listing = json.loads(run("plugins", "--json").stdout)
+    jsonl = next(p for p in listing if p["name"] == "jsonl")
+    assert jsonl["origin"] == "built-in"
+    assert any(o["name"] == "path" for o in jsonl["options"])
+
+
+@pytest.fixture
+def upstream() -> Iterator[str]:
+    """The reference upstream in its own process, printing its URL."""
+    code = (
+        "import anyio, sys\n"
+        "from wsroute.demo import ReferenceUpstream\n"
+        "async def main():\n"
+        "    up = ReferenceUpstream(tick_interval=0.005)\n"
+        "    async with up.serve() as url:\n"
+        "        print(url, flush=True)\n"
+        "        await anyio.sleep(60)\n"
+        "anyio.run(main)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+DAEMON = """
+[daemon]
+log_level = "info"
+log_format = "json"
+shutdown_timeout = "3s"
+dead_letter = "dlq"
+
+[connections.up]
+url = "{url}"
+codec = "exchange"
+headers = {{ Authorization = "Bearer ${{TOKEN}}" }}
+[[connections.up.on_connect]]
+json = {{ role = "admin", user_id = "cli" }}
+[[connections.up.on_connect]]
+struct = {{ format = "<i", values = [2] }}
+json = ["first", "test"]
+
+[codecs.exchange]
+type = "struct"
+header = "<i"
+fields = ["opcode"]
+
+[routes.all]
+key = [1, 2]
+handlers = ["archive"]
+
+[handlers.archive]
+plugin = "jsonl"
+path = "{folder}/archive.jsonl"
+
+[handlers.dlq]
+plugin = "jsonl"
+path = "{folder}/dead.jsonl"
+"""
+
+
+def test_run_routes_frames_and_sigterm_drains_then_exits_0(tmp_path: Path, upstream: str) -> None:
+    config = tmp_path / "wsroute.toml"
+    config.write_text(DAEMON.format(url=upstream, folder=tmp_path))
+    proc = subprocess.Popen(
+        [WSROUTE, "run", "-c", str(config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, TOKEN="s3cr3t-value"),
+    )
+    archive = tmp_path / "archive.jsonl"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if archive.exists() and archive.read_text().count("\n") >= 50:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=15)
+    assert proc.returncode == 0, stderr
+    logged = events(stderr)
+    names = [e["event"] for e in logged]
+    assert "started" in names and "shutdown_complete" in names
+    assert "delivery_unbalanced" not in names
+    totals = {e["handler"]: e for e in logged if e["event"] == "delivery_totals"}
+    archived = [json.loads(line) for line in archive.read_text().splitlines()]
+    assert totals["archive"]["handled"] == len(archived) >= 50
+    assert totals["archive"]["in_flight"] == 0
+    seqs = [r["seq"] for r in archived]
+    assert seqs == sorted(seqs)
+    assert archived[-1]["connection"] == "up"
+    assert "s3cr3t" not in stderr  # the header value is never logged
+
+
+def test_replay_feeds_dead_letters_back_to_their_handler(tmp_path: Path) -> None:
+    dead = tmp_path / "dead.jsonl"
+    dead.write_text(
+        json.dumps(
+            {
+                "connection": "up",
+                "key": 1,
+                "seq": 7,
+                "received_at": 1.5,
+                "fields": {"opcode": 1},
+                "body": {"n": 7},
+                "reason": "handler_error",
+                "handler": "archive",
+                "error": "boom",
+                "attempts": 4,
+            }
+        )
+        + "\n"
+    )
+    config = tmp_path / "wsroute.toml"
+    config.write_text(DAEMON.format(url="ws://127.0.0.1:1/", folder=tmp_path))
+    result = run("replay", "-c", str(config), str(dead), env={"TOKEN": "x"})
+    assert result.returncode == 0, result.stderr
+    replayed = [json.loads(line) for line in (tmp_path / "archive.jsonl").read_text().splitlines()]
+    assert len(replayed) == 1
+    assert replayed[0]["seq"] == 7
+    assert replayed[0]["body"] == {"n": 7}
+    assert "reason" not in replayed[0]
+
+
+@pytest.mark.slow
+def test_demo_shows_decoding_routing_and_a_reconnect() -> None:
+    result = run("demo", "--duration", "5", timeout=40)
+    assert result.returncode == 0, result.stderr
+    out = result.stderr
+    assert "demo_started" in out
+    assert "key=1" in out and "key=news" in out
+    assert "connection_lost" in out and "$connected" in out
+    assert out.count("welcome") >= 2  # the login was replayed after the reconnect
+    assert "frame_undecodable" in out
+    assert "shutdown_complete" in out
