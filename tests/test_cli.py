@@ -82,7 +82,8 @@ overflow = "drop-olds"
     assert "connections.exchange.ping_intervall: unknown key" in text
     assert 'did you mean "ping_interval"' in text
     assert 'connections.exchange.reconnect.max: expected a duration like "30s", got -1' in text
-    assert "routes.r.handlers" in text and "missing" in text
+    assert "routes.r.handlers" in text
+    assert "missing" in text
     assert "handlers.h.overflow" in text
     assert len(lines) >= 4
     assert all(line.startswith("wsroute: ") for line in lines)
@@ -204,7 +205,8 @@ def test_run_routes_frames_and_sigterm_drains_then_exits_0(tmp_path: Path, upstr
     assert proc.returncode == 0, stderr
     logged = events(stderr)
     names = [e["event"] for e in logged]
-    assert "started" in names and "shutdown_complete" in names
+    assert "started" in names
+    assert "shutdown_complete" in names
     assert "delivery_unbalanced" not in names
     totals = {e["handler"]: e for e in logged if e["event"] == "delivery_totals"}
     archived = [json.loads(line) for line in archive.read_text().splitlines()]
@@ -252,8 +254,10 @@ def test_demo_shows_decoding_routing_and_a_reconnect() -> None:
     assert result.returncode == 0, result.stderr
     out = result.stderr
     assert "demo_started" in out
-    assert "key=1" in out and "key=news" in out
-    assert "connection_lost" in out and "$connected" in out
+    assert "key=1" in out
+    assert "key=news" in out
+    assert "connection_lost" in out
+    assert "$connected" in out
     assert out.count("welcome") >= 2  # the login was replayed after the reconnect
     assert "frame_undecodable" in out
     assert "shutdown_complete" in out

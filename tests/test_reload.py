@@ -10,11 +10,12 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from collectors import Collect
-from conftest import wait_until
 from wsroute.config import load
 from wsroute.demo import ReferenceUpstream
 from wsroute.service import Service, plan
+
+from collectors import Collect
+from conftest import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -171,4 +172,3 @@ async def test_removed_handler_drains_or_dead_letters(tmp_path: Path) -> None:
     ]
     assert len(removed) == second.stats.dead_lettered
     assert not any(e["event"] == "delivery_unbalanced" for e in logs)
-
