@@ -24,6 +24,9 @@ from .plugin import (
     Message,
     Outgoing,
     Size,
+    Source,
+    SourceContext,
+    SourceLimits,
     StructArg,
 )
 
@@ -46,6 +49,9 @@ __all__ = [
     "PluginError",
     "SendError",
     "Size",
+    "Source",
+    "SourceContext",
+    "SourceLimits",
     "StructArg",
     "WsrouteError",
     "__version__",

@@ -357,6 +357,30 @@ class HandlerSection:
 
 
 @dataclass
+class SourceSection:
+    """``[sources.NAME]``: a producer of frames other than a WebSocket (a Redis stream).
+
+    Sources share the connection name space: routes name them in ``connection``.
+    """
+
+    type: str = _doc('The source plugin, e.g. "redis-stream".')
+    codec: str = _doc(
+        "A [codecs.NAME] table or a built-in codec name: entries carry raw frames.", default="json"
+    )
+    dead_letter: str | None = _doc(
+        "Handler for what the source itself gives up on (default: [daemon] dead_letter).",
+        default=None,
+    )
+    options: dict[str, Any] = field(
+        default_factory=dict, metadata={"doc": "The source plugin's own options."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            raise ValueError("type must not be empty")
+
+
+@dataclass
 class Config:
     """A whole, validated config file."""
 
@@ -365,6 +389,7 @@ class Config:
     codecs: dict[str, CodecSection] = field(default_factory=dict)
     routes: dict[str, RouteSection] = field(default_factory=dict)
     handlers: dict[str, HandlerSection] = field(default_factory=dict)
+    sources: dict[str, SourceSection] = field(default_factory=dict)
     path: str | None = None
     #: What is legal but probably a mistake (a handler nothing feeds). Not part of equality.
     warnings: list[ConfigIssue] = field(default_factory=list, compare=False)
@@ -373,9 +398,9 @@ class Config:
 # --------------------------------------------------------------------------- loader
 
 #: The top-level tables of a config file.
-SECTIONS = ("daemon", "connections", "codecs", "routes", "handlers")
+SECTIONS = ("daemon", "connections", "sources", "codecs", "routes", "handlers")
 #: The top-level tables whose keys are names the user chooses: ``[connections.NAME]``.
-NAMED_SECTIONS = ("connections", "codecs", "routes", "handlers")
+NAMED_SECTIONS = ("connections", "sources", "codecs", "routes", "handlers")
 #: Codec plugin names a connection may use without a ``[codecs.NAME]`` table.
 BUILTIN_CODECS = ("json", "struct", "text", "bytes")
 
@@ -440,13 +465,24 @@ def codec_reference(config: Config, connection: str) -> tuple[str, dict[str, Any
     over a built-in name); otherwise ``codec`` is itself a plugin name (a
     built-in or an installed codec) used with no options. Whether that plugin
     exists is checked when plugins are loaded, not here. ``KeyError`` for an
-    unknown connection.
+    unknown connection. Sources are looked up too: they share the name space.
     """
-    name = config.connections[connection].codec
+    section = config.connections.get(connection) or config.sources[connection]
+    name = section.codec
     table = config.codecs.get(name)
     if table is not None:
         return table.type, table.options
     return name, {}
+
+
+def unchanged_sources(old: Config, new: Config) -> set[str]:
+    """Names of sources a reload can keep running: same settings, same codec table."""
+    return {
+        name
+        for name, section in new.sources.items()
+        if old.sources.get(name) == section
+        and codec_reference(old, name) == codec_reference(new, name)
+    }
 
 
 def unchanged_connections(old: Config, new: Config) -> set[str]:
@@ -503,11 +539,20 @@ def _build(document: dict[str, Any], issues: list[ConfigIssue]) -> Config | None
         name: _handler_section(table, join_path("handlers", name), issues)
         for name, table in tables["handlers"].items()
     }
+    sources = {
+        name: _source_section(table, join_path("sources", name), issues)
+        for name, table in tables["sources"].items()
+    }
     _check_references(document, tables, issues)
     if issues:
         return None
     return Config(
-        daemon=daemon, connections=connections, codecs=codecs, routes=routes, handlers=handlers
+        daemon=daemon,
+        connections=connections,
+        codecs=codecs,
+        routes=routes,
+        handlers=handlers,
+        sources=sources,
     )
 
 
@@ -558,6 +603,14 @@ def _handler_section(table: dict[str, Any], path: str, issues: list[ConfigIssue]
     return convert(HandlerSection, fields, path, issues)
 
 
+def _source_section(table: dict[str, Any], path: str, issues: list[ConfigIssue]) -> Any:
+    # `type`, `codec` and `dead_letter` are the daemon's; the rest is the plugin's.
+    ours = ("type", "codec", "dead_letter")
+    fields = {k: v for k, v in table.items() if k in ours}
+    fields["options"] = {k: v for k, v in table.items() if k not in ours}
+    return convert(SourceSection, fields, path, issues)
+
+
 def _check_references(
     document: dict[str, Any],
     tables: dict[str, dict[str, dict[str, Any]]],
@@ -571,7 +624,16 @@ def _check_references(
         return list(raw) if isinstance(raw, dict) else []
 
     handlers = names_in("handlers")
-    connections = names_in("connections")
+    # Sources share the connection name space: a route's `connection` may name either.
+    connections = names_in("connections") + names_in("sources")
+    for name in names_in("sources"):
+        if name in names_in("connections"):
+            issues.append(
+                ConfigIssue(
+                    join_path("sources", name),
+                    "a source cannot have the name of a connection (they share routes' names)",
+                )
+            )
 
     def need_handler(path: str, name: Any) -> None:
         if isinstance(name, str) and name not in handlers:
@@ -600,6 +662,10 @@ def _check_references(
         if isinstance(listed, list):
             for i, handler in enumerate(listed):
                 need_handler(join_path(join_path(path, "handlers"), i), handler)
+    for name, source in tables["sources"].items():
+        need_handler(
+            join_path(join_path("sources", name), "dead_letter"), source.get("dead_letter")
+        )
     for name, handler in tables["handlers"].items():
         path = join_path(join_path("handlers", name), "dead_letter")
         target = handler.get("dead_letter")
@@ -619,6 +685,7 @@ def _warnings(config: Config) -> list[ConfigIssue]:
     fed = {name for route in config.routes.values() for name in route.handlers}
     fed.update(h.dead_letter for h in config.handlers.values() if h.dead_letter)
     fed.update(n for n in (config.daemon.dead_letter, config.daemon.unmatched) if n)
+    fed.update(s.dead_letter for s in config.sources.values() if s.dead_letter)
     for name in config.handlers:
         if name not in fed:
             warn(
@@ -649,6 +716,7 @@ def _warnings(config: Config) -> list[ConfigIssue]:
                 )
 
     used = {connection.codec for connection in config.connections.values()}
+    used.update(source.codec for source in config.sources.values())
     for name in config.codecs:
         if name not in used:
             warn(join_path("codecs", name), "no connection uses this codec")

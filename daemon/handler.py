@@ -57,19 +57,32 @@ class Ack:
     dropped.
     """
 
-    __slots__ = ("callback", "pending")
+    __slots__ = ("callback", "pending", "redeliver", "released")
 
-    def __init__(self, callback: Callable[[], None], pending: int = 0) -> None:
+    def __init__(
+        self,
+        callback: Callable[[], None],
+        pending: int = 0,
+        *,
+        redeliver_on_shutdown: bool = False,
+    ) -> None:
         self.callback = callback
         self.pending = pending
+        self.redeliver = redeliver_on_shutdown
+        self.released = False
 
     def add(self, count: int) -> None:
         self.pending += count
 
     def done(self) -> None:
         self.pending -= 1
-        if self.pending == 0:
+        if self.pending == 0 and not self.released:
             self.callback()
+
+    def release(self) -> None:
+        """One delivery was abandoned at shutdown: never acknowledge, let upstream redeliver."""
+        self.released = True
+        self.pending -= 1
 
 
 def _settle(message: Message) -> None:
@@ -89,6 +102,7 @@ class HandlerStats:
     failures: int = 0  # failed attempts, retried or not
     timeouts: int = 0
     lost: int = 0  # dead letters no dead-letter handler could take (logged)
+    released: int = 0  # source messages left unacknowledged at shutdown, redelivered later
 
 
 class HandlerRunner:
@@ -142,9 +156,13 @@ class HandlerRunner:
         return len(self._queue) + sum(1 for m in self._busy if m is not None)
 
     def balanced(self) -> bool:
-        """The accounting identity ``received = handled + dead_lettered + dropped + in_flight``."""
+        """The accounting identity ``received = handled + dead_lettered + dropped + in_flight``.
+
+        (Plus ``released``: messages of a redelivering source left unacknowledged at shutdown.)
+        """
         s = self.stats
-        return s.received == s.handled + s.dead_lettered + s.dropped + self.in_flight
+        settled = s.handled + s.dead_lettered + s.dropped + s.released
+        return s.received == settled + self.in_flight
 
     def snapshot(self) -> dict[str, int]:
         """The counters as a plain dict, for logs, STATUS= and metrics."""
@@ -158,6 +176,7 @@ class HandlerRunner:
             "failures": s.failures,
             "timeouts": s.timeouts,
             "lost": s.lost,
+            "released": s.released,
         }
 
     # -- the hot path --------------------------------------------------------
@@ -195,12 +214,12 @@ class HandlerRunner:
             while not self.offer(message):
                 if not self._accepting:
                     self.stats.received += 1
-                    self.give_up(message, "shutdown")
+                    self.abandon(message, "shutdown")
                     return
                 await self.wait_space()
         except anyio.get_cancelled_exc_class():
             self.stats.received += 1
-            self.give_up(message, "shutdown")
+            self.abandon(message, "shutdown")
             raise
 
     async def wait_space(self) -> None:
@@ -398,7 +417,20 @@ class HandlerRunner:
         if leftovers:
             self.log.warning("handler_leftovers", reason=reason, count=len(leftovers))
         for message in leftovers:
-            self.give_up(message, reason)
+            self.abandon(message, reason)
+
+    def abandon(self, message: Message, reason: str) -> None:
+        """A received message this handler will not finish: dead-letter it, or release it.
+
+        Released: a source that redelivers (a Redis stream) gets it again later,
+        so it is left unacknowledged instead of dead-lettered.
+        """
+        ack = message._ack
+        if ack is not None and ack.redeliver:
+            self.stats.released += 1
+            ack.release()
+            return
+        self.give_up(message, reason)
 
 
 def _describe(error: BaseException) -> str:

@@ -31,7 +31,7 @@ Nothing in this module does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NewType, Protocol, runtime_checkable
 
@@ -49,6 +49,9 @@ __all__ = [
     "Message",
     "Outgoing",
     "Size",
+    "Source",
+    "SourceContext",
+    "SourceLimits",
     "StructArg",
 ]
 
@@ -307,4 +310,75 @@ class HandlerContext(Protocol):
 
     async def unsubscribe(self, connection: str, name: str) -> None:
         """Forget a runtime subscription; nothing is sent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLimits:
+    """What a source needs from the rest of the config, checked by ``wsroute check``.
+
+    A source class may offer ``@classmethod limits(cls, options) -> SourceLimits``.
+    """
+
+    redelivery_after: float | None = None
+    """Seconds after which an unacknowledged message may be delivered again elsewhere
+    (a Redis stream's ``reclaim.min_idle``): ``wsroute check`` warns when a routed
+    handler's ``timeout × (retries + 1)`` is not below it."""
+    needs_dead_letter: bool = False
+    """The source dead-letters by itself (``max_deliveries``): a dead-letter handler
+    (the source's or the daemon's) is then required."""
+
+
+class SourceContext(Protocol):
+    """What a source gets from the daemon: decoding, routing with acknowledgement, dead letters."""
+
+    @property
+    def name(self) -> str:
+        """The source's name: the ``NAME`` in ``[sources.NAME]``, used as ``Message.connection``."""
+        ...
+
+    @property
+    def log(self) -> FilteringBoundLogger:
+        """A structlog logger bound with ``source=NAME``."""
+        ...
+
+    def decode(self, frame: Frame) -> Message:
+        """Decode a frame with the source's codec; raises :class:`~wsroute.DecodeError`."""
+        ...
+
+    async def deliver(self, message: Message, on_settled: Callable[[], None] | None = None) -> None:
+        """Route a message; waits while a ``block`` queue is full (backpressure).
+
+        ``on_settled`` is called once every handler its routes name has handled
+        it or dead-lettered it (after the dead-letter handler wrote it), or it was
+        dropped or matched no route: then the source may acknowledge it upstream.
+        It is never called for a message still queued or in flight at shutdown:
+        that one stays unacknowledged and is delivered again later.
+        """
+        ...
+
+    async def dead_letter(
+        self,
+        message: Message,
+        reason: str,
+        *,
+        error: str | None = None,
+        on_settled: Callable[[], None] | None = None,
+    ) -> None:
+        """Send a message to the source's dead-letter handler without routing it
+        (``max_deliveries`` exceeded, undecodable entry); ``on_settled`` once written."""
+        ...
+
+
+class Source(Protocol):
+    """A producer of messages other than a WebSocket connection, e.g. a Redis stream consumer.
+
+    Constructed as ``Source(options, ctx)``. ``run()`` reads until it is
+    cancelled (shutdown, reload), calling ``ctx.deliver`` per message; it
+    handles its own reconnects. ``close()`` (optional) runs after the handlers
+    drained: acknowledge what settled, close clients.
+    """
+
+    async def run(self) -> None:
+        """Read and deliver until cancelled."""
         ...

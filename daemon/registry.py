@@ -53,15 +53,20 @@ __all__ = [
     "check_plugin_path",
     "create_codec",
     "create_handler",
+    "create_source",
     "describe",
     "format_plugins",
     "plugin_info",
 ]
 
-Kind = Literal["handler", "codec"]
+Kind = Literal["handler", "codec", "source"]
 
 #: The entry-point group of each plugin kind.
-GROUPS: dict[Kind, str] = {"handler": "wsroute.handlers", "codec": "wsroute.codecs"}
+GROUPS: dict[Kind, str] = {
+    "handler": "wsroute.handlers",
+    "codec": "wsroute.codecs",
+    "source": "wsroute.sources",
+}
 
 _SELF_DIST = "wsroute"
 
@@ -243,11 +248,26 @@ def _verify(kind: Kind, name: str, obj: Any) -> type | None:
         if inspect.isclass(obj):
             _check_handler_members(where, obj)
         _check_signature(where, obj, 2, "(options, ctx)")
+    elif kind == "source":
+        if inspect.isclass(obj):
+            _check_source_members(where, obj)
+        _check_signature(where, obj, 2, "(options, ctx)")
     else:
         if inspect.isclass(obj):
             _check_codec_members(where, obj)
         _check_signature(where, obj, 1, "(options)")
     return options
+
+
+def _check_source_members(where: str, obj: Any) -> None:
+    for member in ("run", "stop", "close"):
+        fn = getattr(obj, member, None)
+        if fn is None:
+            if member == "run":
+                raise PluginError(f"{where}: a source needs an async run() method")
+            continue
+        if not inspect.iscoroutinefunction(fn):
+            raise PluginError(f"{where}: {member}() must be an async method")
 
 
 def plugin_info(
@@ -370,6 +390,10 @@ class Registry:
     def codec(self, name: str) -> PluginInfo:
         """Load and check the codec plugin ``name``; :class:`PluginError` if impossible."""
         return self._resolve("codec", name)
+
+    def source(self, name: str) -> PluginInfo:
+        """Load and check the source plugin ``name``; :class:`PluginError` if impossible."""
+        return self._resolve("source", name)
 
     def _resolve(self, kind: Kind, name: str, *, log: bool = True) -> PluginInfo:
         cached = self._cache.get((kind, name))
@@ -614,6 +638,8 @@ def _looks_like(cls: type) -> Kind | None:
         return "handler"
     if callable(getattr(cls, "decode", None)) and callable(getattr(cls, "encode", None)):
         return "codec"
+    if inspect.iscoroutinefunction(getattr(cls, "run", None)):
+        return "source"
     return None
 
 
@@ -670,6 +696,18 @@ def create_handler(info: PluginInfo, options: Any, ctx: Any) -> Any:
     return instance
 
 
+def create_source(info: PluginInfo, options: Any, ctx: Any) -> Any:
+    """Construct a source instance as ``obj(options, ctx)`` and check what came back."""
+    _require_loaded(info)
+    where = f'source "{getattr(ctx, "name", "?")}" (plugin "{info.name}")'
+    try:
+        instance = info.obj(options, ctx)
+    except Exception as exc:
+        raise PluginError(f"{where} could not be created: {type(exc).__name__}: {exc}") from exc
+    _check_source_members(where, instance)
+    return instance
+
+
 def create_codec(info: PluginInfo, options: Any) -> Codec:
     """Construct a codec instance as ``obj(options)`` and check what came back."""
     _require_loaded(info)
@@ -712,11 +750,18 @@ def describe(infos: Iterable[PluginInfo]) -> list[dict[str, Any]]:
 
 
 def format_plugins(infos: Iterable[PluginInfo]) -> str:
-    """The human listing of ``wsroute plugins``: handlers, then codecs, with their options."""
+    """The human listing of ``wsroute plugins``: handlers, codecs, sources, with their options."""
     described = describe(infos)
     lines: list[str] = []
-    for kind, title in (("handler", "Handler plugins"), ("codec", "Codec plugins")):
+    kinds = (
+        ("handler", "Handler plugins"),
+        ("codec", "Codec plugins"),
+        ("source", "Source plugins"),
+    )
+    for kind, title in kinds:
         group = [d for d in described if d["kind"] == kind]
+        if kind == "source" and not group:
+            continue
         if lines:
             lines.append("")
         lines.append(f"{title}:")

@@ -23,14 +23,28 @@ import anyio
 import anyio.abc
 import structlog
 
-from .config import Config, HandlerSection, codec_reference, unchanged_connections
+from .config import (
+    Config,
+    HandlerSection,
+    SourceSection,
+    codec_reference,
+    unchanged_connections,
+    unchanged_sources,
+)
 from .connection import Connection, ConnectionState
 from .dispatch import Dispatcher
 from .exceptions import ConfigError, ConfigIssue, PluginError, SendError
-from .handler import HandlerRunner
+from .handler import Ack, HandlerRunner, retry_budget
 from .notify import Notifier, watchdog_loop
-from .plugin import Codec, Message, Outgoing, StructArg
-from .registry import PluginInfo, Registry, build_options, create_codec, create_handler
+from .plugin import Codec, DeadLetter, Frame, Message, Outgoing, SourceLimits, StructArg
+from .registry import (
+    PluginInfo,
+    Registry,
+    build_options,
+    create_codec,
+    create_handler,
+    create_source,
+)
 from .router import Router
 
 __all__ = ["Plan", "Service", "plan"]
@@ -49,12 +63,21 @@ class HandlerPlan:
 
 
 @dataclass
+class SourcePlan:
+    name: str
+    section: SourceSection
+    info: PluginInfo
+    options: Any
+
+
+@dataclass
 class Plan:
     """A config with every plugin resolved and every option validated."""
 
     config: Config
-    codecs: dict[str, Codec] = field(default_factory=dict)  # per connection
+    codecs: dict[str, Codec] = field(default_factory=dict)  # per connection and source
     handlers: dict[str, HandlerPlan] = field(default_factory=dict)
+    sources: dict[str, SourcePlan] = field(default_factory=dict)
 
 
 def plan(config: Config, registry: Registry | None = None) -> Plan:
@@ -63,15 +86,16 @@ def plan(config: Config, registry: Registry | None = None) -> Plan:
         registry = Registry.discover(config.daemon.plugin_paths)
     issues: list[ConfigIssue] = []
     result = Plan(config)
-    for name in config.connections:
-        path = f"connections.{name}.codec"
+    for name in [*config.connections, *config.sources]:
+        section_name = "connections" if name in config.connections else "sources"
+        path = f"{section_name}.{name}.codec"
         plugin, table = codec_reference(config, name)
         try:
             info = registry.codec(plugin)
         except PluginError as exc:
             issues.append(ConfigIssue(path, str(exc)))
             continue
-        codec_name = config.connections[name].codec
+        codec_name = (config.connections.get(name) or config.sources[name]).codec
         options_path = f"codecs.{codec_name}" if codec_name in config.codecs else path
         before = len(issues)
         options = build_options(info, table, options_path, issues)
@@ -91,9 +115,58 @@ def plan(config: Config, registry: Registry | None = None) -> Plan:
         options = build_options(info, section.options, path, issues)
         if len(issues) == before:
             result.handlers[name] = HandlerPlan(name, section, info, options)
-    if issues:
-        raise ConfigError(issues, source=config.path)
+    for name, source in config.sources.items():
+        path = f"sources.{name}"
+        try:
+            info = registry.source(source.type)
+        except PluginError as exc:
+            issues.append(ConfigIssue(f"{path}.type", str(exc)))
+            continue
+        before = len(issues)
+        options = build_options(info, source.options, path, issues)
+        if len(issues) == before:
+            result.sources[name] = SourcePlan(name, source, info, options)
+            issues.extend(_source_limits(config, name, info, options))
+    if any(not issue.warning for issue in issues):
+        raise ConfigError([i for i in issues if not i.warning], source=config.path)
+    config.warnings.extend(issues)
     return result
+
+
+def _source_limits(config: Config, name: str, info: PluginInfo, options: Any) -> list[ConfigIssue]:
+    """Check what a source needs from the config: a dead-letter handler, handler budgets."""
+    limits_of = getattr(info.obj, "limits", None)
+    if limits_of is None:
+        return []
+    limits: SourceLimits = limits_of(options)
+    path = f"sources.{name}"
+    found: list[ConfigIssue] = []
+    section = config.sources[name]
+    if limits.needs_dead_letter and not (section.dead_letter or config.daemon.dead_letter):
+        found.append(
+            ConfigIssue(
+                path,
+                "max_deliveries needs a dead-letter handler: set dead_letter here or in [daemon]",
+            )
+        )
+    if limits.redelivery_after is not None:
+        for route_name, route in config.routes.items():
+            if route.connection not in (None, name):
+                continue
+            for handler in route.handlers:
+                budget = retry_budget(config.handlers[handler])
+                if budget >= limits.redelivery_after:
+                    found.append(
+                        ConfigIssue(
+                            f"{path}.reclaim.min_idle",
+                            f"{limits.redelivery_after:g}s is not above the time handler "
+                            f'"{handler}" (route "{route_name}") may take on one message '
+                            f"(timeout x (retries + 1) plus backoff = {budget:g}s): a slow "
+                            "message could be reclaimed by another worker while it runs",
+                            warning=True,
+                        )
+                    )
+    return found
 
 
 class _Context:
@@ -147,6 +220,56 @@ class _Context:
         self._service.connection(connection).unsubscribe(name)
 
 
+class _SourceContext:
+    """The :class:`~wsroute.SourceContext` the daemon gives each source."""
+
+    def __init__(self, name: str, service: Service, codec: Codec) -> None:
+        self._name = name
+        self._service = service
+        self._codec = codec
+        self._log = structlog.get_logger("wsroute.source").bind(source=name)
+        self.delivered = 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def log(self) -> Any:
+        return self._log
+
+    def decode(self, frame: Frame) -> Message:
+        return self._codec.decode(frame)
+
+    async def deliver(self, message: Message, on_settled: Callable[[], None] | None = None) -> None:
+        if on_settled is not None:
+            message._ack = Ack(on_settled, redeliver_on_shutdown=True)
+        self.delivered += 1
+        pending = self._service.dispatcher.dispatch(message)
+        if pending is not None:
+            await pending
+
+    async def dead_letter(
+        self,
+        message: Message,
+        reason: str,
+        *,
+        error: str | None = None,
+        on_settled: Callable[[], None] | None = None,
+    ) -> None:
+        service = self._service
+        section = service.config.sources[self._name]
+        target = service.runners.get(section.dead_letter or service.config.daemon.dead_letter or "")
+        letter = message.replace(dead_letter=DeadLetter(reason=reason, error=error))
+        if on_settled is not None:
+            letter._ack = Ack(on_settled, pending=1)
+        if target is None or not target.accept_dead_letter(letter):
+            # Not acknowledged: the entry stays pending upstream rather than vanish.
+            self._log.error(
+                "message_lost", reason=reason, error=error, seq=message.seq, dead_letter=None
+            )
+
+
 def _outgoing(**kwargs: Any) -> Outgoing:
     try:
         return Outgoing.build(**kwargs)
@@ -172,6 +295,7 @@ class Service:
         self._connect = connect
         self.runners: dict[str, HandlerRunner] = {}
         self.connections: dict[str, Connection] = {}
+        self.sources: dict[str, _RunningSource] = {}
         self.dispatcher = Dispatcher(Router([]))
         self._shutdown = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -223,6 +347,15 @@ class Service:
             start_delay=random.uniform(0, spread) if spread > 0 else 0.0,
         )
 
+    async def _start_source(self, plan: Plan, name: str) -> None:
+        sp = plan.sources[name]
+        ctx = _SourceContext(name, self, plan.codecs[name])
+        instance = create_source(sp.info, sp.options, ctx)
+        running = _RunningSource(name, instance, ctx)
+        self.sources[name] = running
+        assert self._tg is not None
+        await self._tg.start(running.run)
+
     # -- running -------------------------------------------------------------
 
     async def run(
@@ -245,6 +378,8 @@ class Service:
                     conn = self._build_connection(self.plan, name, spread)
                     self.connections[name] = conn
                     await tg.start(conn.run)
+                for name in self.plan.sources:
+                    await self._start_source(self.plan, name)
             tg.start_soon(self._signals)
             tg.start_soon(watchdog_loop, self.notifier)
             tg.start_soon(self._status_loop)
@@ -347,6 +482,16 @@ class Service:
                 self.connections[name] = conn
                 await tg.start(conn.run)
                 begun.append(name)
+        kept_sources = unchanged_sources(old, new) if self._connect else set()
+        for name in [n for n in self.sources if n not in kept_sources]:
+            source = self.sources.pop(name)
+            source.stop_reading()
+            await source.wait_stopped()
+            await source.close()
+        if self._connect:
+            for name in new_plan.sources:
+                if name not in kept_sources:
+                    await self._start_source(new_plan, name)
         # 4. retired handlers drain what they hold; the rest is dead-lettered
         deadline = time.monotonic() + new.daemon.shutdown_timeout
         await _drain_all(retired, deadline)
@@ -361,6 +506,7 @@ class Service:
             handlers_kept=sorted(kept_handlers),
             handlers_started=sorted(started),
             handlers_stopped=sorted(r.name for r in retired),
+            sources_kept=sorted(kept_sources),
             routes=len(new.routes),
         )
 
@@ -393,6 +539,8 @@ class Service:
         deadline = started + config.daemon.shutdown_timeout
         self.notifier.stopping()
         log.info("shutdown_started", shutdown_timeout=config.daemon.shutdown_timeout)
+        for source in self.sources.values():
+            source.stop_reading()
         for conn in self.connections.values():
             conn.stop()
         with anyio.move_on_after(
@@ -406,6 +554,8 @@ class Service:
             tg.start_soon(self._extend_stop_timeout, deadline)
             await self._drain_and_stop(deadline)
             tg.cancel_scope.cancel()
+        for source in self.sources.values():
+            await source.close()
         self._log_totals(time.monotonic() - started)
 
     async def _drain_and_stop(self, deadline: float) -> None:
@@ -445,6 +595,60 @@ class Service:
                 reconnects=conn.stats.reconnects,
             )
         log.info("shutdown_complete", took=round(took, 3))
+
+
+class _RunningSource:
+    """Supervises one source: restarts ``run()`` after a crash, stops and closes it."""
+
+    def __init__(self, name: str, instance: Any, ctx: _SourceContext) -> None:
+        self.name = name
+        self.instance = instance
+        self.ctx = ctx
+        self._scope = anyio.CancelScope()
+        self._stopped = anyio.Event()
+        self._closed = False
+        self.log = structlog.get_logger("wsroute.source").bind(source=name)
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        delay = 0.5
+        try:
+            with self._scope:
+                while True:
+                    started = time.monotonic()
+                    try:
+                        await self.instance.run()
+                        self.log.warning("source_returned")
+                    except Exception as exc:  # a plugin bug must not end the daemon
+                        self.log.exception("source_crashed", error=repr(exc))
+                    delay = 0.5 if time.monotonic() - started > 30 else min(delay * 2, 30.0)
+                    await anyio.sleep(delay)
+        finally:
+            self._stopped.set()
+
+    def stop_reading(self) -> None:
+        self._scope.cancel()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def close(self) -> None:
+        """After the drain: let the source acknowledge what settled and close its clients."""
+        if self._closed:
+            return
+        self._closed = True
+        close = getattr(self.instance, "close", None)
+        if close is None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10) as scope:
+            try:
+                await close()
+            except Exception as exc:
+                self.log.error("source_close_failed", error=repr(exc))
+        if scope.cancelled_caught:
+            self.log.error("source_close_timeout")
 
 
 async def _drain_all(runners: list[HandlerRunner], deadline: float) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from wsroute import Duration, HandlerContext, Message
+from wsroute import Duration, Frame, HandlerContext, Message, SourceContext, SourceLimits
 
 
 class Collect:
@@ -68,3 +68,51 @@ class SyncCollect:
     def handle(self, message: Message) -> None:
         time.sleep(self.options.sleep)  # blocks: must not block the event loop
         SyncCollect.seen[self.ctx.name].append(message)
+
+
+class ListSource:
+    """A source that delivers ``count`` JSON frames, then idles; records what was acked."""
+
+    acked: dict[str, list[int]] = defaultdict(list)
+    delivered: dict[str, int] = defaultdict(int)
+
+    @dataclass
+    class Options:
+        count: int = 10
+        poison_every: int = 0  # every Nth entry goes straight to the dead letters
+        redelivery_after: Duration = Duration(0.0)
+        max_deliveries: int = 0
+
+    @classmethod
+    def limits(cls, options: ListSource.Options) -> SourceLimits:
+        return SourceLimits(
+            redelivery_after=options.redelivery_after or None,
+            needs_dead_letter=options.max_deliveries > 0,
+        )
+
+    def __init__(self, options: Options, ctx: SourceContext) -> None:
+        self.options = options
+        self.ctx = ctx
+
+    async def run(self) -> None:
+        name = self.ctx.name
+        for n in range(1, self.options.count + 1):
+            message = self.ctx.decode(Frame(name, f'{{"type": "tick", "n": {n}}}', n, time.time()))
+
+            def settled(n: int = n) -> None:
+                ListSource.acked[name].append(n)
+
+            if self.options.poison_every and n % self.options.poison_every == 0:
+                await self.ctx.dead_letter(message, "max_deliveries", error="5", on_settled=settled)
+            else:
+                await self.ctx.deliver(message, settled)
+            ListSource.delivered[name] += 1
+        await anyio.sleep_forever()
+
+    async def close(self) -> None:
+        ListSource.acked[self.ctx.name].append(-1)  # marks that close() ran after the drain
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.acked.clear()
+        cls.delivered.clear()
