@@ -1224,6 +1224,20 @@ def reference_markdown() -> str:
         "untouched and checked against the plugin's options when it is loaded; "
         "`wsroute plugins` lists them.",
     )
+    _section(
+        out,
+        "[sources.NAME]",
+        SourceSection,
+        "A producer of frames other than a WebSocket connection, such as a Redis stream "
+        'consumer group (`type = "redis-stream"`). Sources share the connection name '
+        "space: a route's `connection` names a source the same way, and a source cannot "
+        "have the name of a connection. Its entries carry raw frames, decoded with `codec` "
+        "like a connection's. A source acknowledges a message upstream only after every "
+        "handler its routes name has handled it or dead-lettered it; what is unfinished "
+        "at shutdown stays unacknowledged and is delivered again (at least once).",
+        extra="Every other key of the table is an option of the source plugin, checked "
+        "against the plugin's options when it is loaded; `wsroute plugins` lists them.",
+    )
     return "\n".join(out).rstrip("\n") + "\n"
 
 
