@@ -24,6 +24,7 @@ import anyio.abc
 import structlog
 
 from .config import (
+    DELIVERY_KEYS,
     Config,
     HandlerSection,
     SourceSection,
@@ -46,6 +47,7 @@ from .registry import (
     create_source,
 )
 from .router import Router
+from .validate import did_you_mean
 
 __all__ = ["Plan", "Service", "plan"]
 
@@ -115,6 +117,8 @@ def plan(config: Config, registry: Registry | None = None) -> Plan:
         options = build_options(info, section.options, path, issues)
         if len(issues) == before:
             result.handlers[name] = HandlerPlan(name, section, info, options)
+        else:
+            issues[before:] = [_delivery_hint(issue, path) for issue in issues[before:]]
     for name, source in config.sources.items():
         path = f"sources.{name}"
         try:
@@ -131,6 +135,17 @@ def plan(config: Config, registry: Registry | None = None) -> Plan:
         raise ConfigError([i for i in issues if not i.warning], source=config.path)
     config.warnings.extend(issues)
     return result
+
+
+def _delivery_hint(issue: ConfigIssue, handler_path: str) -> ConfigIssue:
+    """An unknown plugin option that is close to a delivery key says so: `overflw`."""
+    key = issue.path[len(handler_path) + 1 :]
+    if not issue.message.startswith("unknown key") or "did you mean" in issue.message:
+        return issue
+    hint = did_you_mean(key, DELIVERY_KEYS)
+    if not hint:
+        return issue
+    return ConfigIssue(issue.path, f"unknown key{hint}", issue.line, issue.warning)
 
 
 def _source_limits(config: Config, name: str, info: PluginInfo, options: Any) -> list[ConfigIssue]:

@@ -261,3 +261,21 @@ def test_demo_shows_decoding_routing_and_a_reconnect() -> None:
     assert out.count("welcome") >= 2  # the login was replayed after the reconnect
     assert "frame_undecodable" in out
     assert "shutdown_complete" in out
+
+
+def test_a_misspelt_delivery_key_gets_a_hint(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        """
+[connections.a]
+url = "ws://127.0.0.1:1/"
+[routes.r]
+handlers = ["h"]
+[handlers.h]
+plugin = "log"
+overflw = "drop-oldest"
+"""
+    )
+    result = run("check", "-c", str(config))
+    assert result.returncode == 78
+    assert 'handlers.h.overflw: unknown key (did you mean "overflow"?)' in result.stderr
