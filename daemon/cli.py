@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -69,6 +70,17 @@ def _fail(error: WsrouteError, path: str | None = None) -> int:
     return EX_CONFIG
 
 
+def _leaves(group: BaseExceptionGroup[Any]) -> list[WsrouteError]:
+    """The domain errors inside a (possibly nested) exception group."""
+    found: list[WsrouteError] = []
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            found.extend(_leaves(error))
+        elif isinstance(error, WsrouteError):
+            found.append(error)
+    return found
+
+
 def _load(path: str) -> Config:
     if not Path(path).exists():
         raise ConfigError(f"config file not found: {path}")
@@ -119,6 +131,17 @@ def _run(path: str) -> int:
         anyio.run(service.run, backend="asyncio")
     except KeyboardInterrupt:
         pass
+    except BaseExceptionGroup as group:
+        # A handler that cannot start is a config problem (exit 78), not a crash.
+        domain, rest = group.split((ConfigError, PluginError))
+        if domain is not None and rest is None:
+            for error in _leaves(domain):
+                _fail(error)
+            return EX_CONFIG
+        import structlog
+
+        structlog.get_logger("wsroute").exception("crashed")
+        return 1
     except Exception:
         import structlog
 

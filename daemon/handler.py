@@ -34,6 +34,7 @@ import structlog
 from anyio.lowlevel import checkpoint
 
 from .config import HandlerSection
+from .exceptions import PluginError
 from .plugin import DeadLetter, Message
 
 __all__ = ["Ack", "HandlerRunner", "HandlerStats"]
@@ -252,7 +253,10 @@ class HandlerRunner:
         """Start the plugin, run the workers until :meth:`stop_workers`, then stop the plugin."""
         start = getattr(self.instance, "start", None)
         if start is not None:
-            await start()
+            try:
+                await start()
+            except Exception as exc:  # one line for the operator, exit 78: not a crash
+                raise PluginError(f"handlers.{self.name}: could not start: {exc}") from exc
         try:
             with self._cancel:
                 async with anyio.create_task_group() as tg:

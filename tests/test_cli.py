@@ -279,3 +279,24 @@ overflw = "drop-oldest"
     result = run("check", "-c", str(config))
     assert result.returncode == 78
     assert 'handlers.h.overflw: unknown key (did you mean "overflow"?)' in result.stderr
+
+
+def test_a_handler_that_cannot_start_exits_78_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f"""
+[connections.a]
+url = "ws://127.0.0.1:1/"
+[routes.r]
+handlers = ["h"]
+[handlers.h]
+plugin = "jsonl"
+path = "{tmp_path}/missing/x.jsonl"
+"""
+    )
+    result = run("run", "-c", str(config))
+    assert result.returncode == 78
+    errors = [line for line in result.stderr.splitlines() if line.startswith("wsroute: ")]
+    assert len(errors) == 1
+    assert "handlers.h: could not start" in errors[0]
+    assert "Traceback" not in result.stderr
