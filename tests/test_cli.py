@@ -151,7 +151,7 @@ def upstream() -> Iterator[str]:
 
 DAEMON = """
 [daemon]
-log_level = "info"
+log_level = "debug"
 log_format = "json"
 shutdown_timeout = "3s"
 dead_letter = "dlq"
