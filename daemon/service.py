@@ -244,6 +244,12 @@ class _SourceContext:
         self._codec = codec
         self._log = structlog.get_logger("wsroute.source").bind(source=name)
         self.delivered = 0
+        self.settled = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Delivered and not yet settled by every handler: not acknowledgeable yet."""
+        return self.delivered - self.settled
 
     @property
     def name(self) -> str:
@@ -258,7 +264,14 @@ class _SourceContext:
 
     async def deliver(self, message: Message, on_settled: Callable[[], None] | None = None) -> None:
         if on_settled is not None:
-            message._ack = Ack(on_settled, redeliver_on_shutdown=True)
+
+            def settled() -> None:
+                self.settled += 1
+                on_settled()
+
+            message._ack = Ack(settled, redeliver_on_shutdown=True)
+        else:
+            self.settled += 1  # nothing to wait for
         self.delivered += 1
         pending = self._service.dispatcher.dispatch(message)
         if pending is not None:
@@ -498,10 +511,15 @@ class Service:
                 await tg.start(conn.run)
                 begun.append(name)
         kept_sources = unchanged_sources(old, new) if self._connect else set()
+        deadline = time.monotonic() + new.daemon.shutdown_timeout
         for name in [n for n in self.sources if n not in kept_sources]:
             source = self.sources.pop(name)
             source.stop_reading()
             await source.wait_stopped()
+            # Let what it delivered settle first, so close() acknowledges it and the
+            # replacement does not read it again.
+            while source.ctx.in_flight > 0 and time.monotonic() < deadline:
+                await anyio.sleep(0.01)
             await source.close()
         if self._connect:
             for name in new_plan.sources:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import anyio
 import pytest
 
-from wsroute.config import loads
+from wsroute.config import load, loads
 from wsroute.exceptions import ConfigError
-from wsroute.service import plan
+from wsroute.service import Service, plan
 
 from collectors import Collect, ListSource
 from conftest import running, wait_until
@@ -119,3 +122,18 @@ def test_a_source_cannot_share_a_connection_name() -> None:
     with pytest.raises(ConfigError) as error:
         loads(text)
     assert "sources.ticks: a source cannot have the name of a connection" in str(error.value)
+
+
+async def test_reload_lets_a_changed_source_settle_before_closing(tmp_path: Path) -> None:
+    path = tmp_path / "wsroute.toml"
+    path.write_text(config(count=20, handlers='"slow"', delay="20ms"))
+    service = Service(plan(load(path)), reload=lambda: plan(load(path)))
+    async with anyio.create_task_group() as tg:
+        await tg.start(service.run)
+        await wait_until(lambda: ListSource.delivered["ticks"] == 20)
+        path.write_text(config(count=5, handlers='"slow"', delay="20ms"))
+        await service.reload()
+        closed_at = ListSource.acked["ticks"].index(-1)
+        # everything the old source delivered was acknowledged before its close()
+        assert sorted(ListSource.acked["ticks"][:closed_at]) == list(range(1, 21))
+        service.shutdown()
