@@ -113,8 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(path: str) -> int:
     from .logging import configure
+    from .notify import Notifier
     from .service import Plan, Service, plan
 
+    # Taken out of the environment before plugins are imported, so neither they
+    # nor any process they start inherit it.
+    notifier = Notifier.from_environ(unset=True)
     config = _load(path)
     configure(config.daemon.log_level, config.daemon.log_format)
     the_plan = plan(config)
@@ -122,10 +126,6 @@ def _run(path: str) -> int:
     def reload_plan() -> Plan:
         return plan(load(path))
 
-    from .notify import Notifier
-
-    # Taken out of the environment here, so no subprocess inherits it.
-    notifier = Notifier.from_environ(unset=True)
     service = Service(the_plan, reload=reload_plan, notifier=notifier)
     try:
         anyio.run(service.run, backend="asyncio")

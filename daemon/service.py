@@ -327,6 +327,7 @@ class Service:
         self.dispatcher = Dispatcher(Router([]))
         self._shutdown = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._reload_failed = False  # shown in STATUS= until a reload succeeds
         self._status = ""
         self.stopped_cleanly = False
 
@@ -453,7 +454,8 @@ class Service:
             for issue in issues:
                 log.error("reload_invalid", error=str(issue))
             log.error("reload_failed", errors=len(issues), keeping="old config")
-            self.notifier.ready(status="reload failed; " + self.status_line())
+            self._reload_failed = True
+            self.notifier.ready(status=self.status_line())
             return
         old_daemon = self.config.daemon
         await self._apply(new_plan)
@@ -465,6 +467,7 @@ class Service:
             from .logging import configure
 
             configure(new_daemon.log_level, new_daemon.log_format)
+        self._reload_failed = False
         self.notifier.ready(status=self.status_line())
 
     async def _apply(self, new_plan: Plan) -> None:
@@ -559,7 +562,7 @@ class Service:
         dead = sum(r.stats.dead_lettered for r in self.runners.values())
         dropped = sum(r.stats.dropped for r in self.runners.values())
         queued = sum(r.queued for r in self.runners.values())
-        return (
+        return ("reload failed; " if self._reload_failed else "") + (
             f"{up}/{len(self.connections)} connected; frames={frames} handled={handled} "
             f"dead_lettered={dead} dropped={dropped} queued={queued}"
         )
