@@ -65,9 +65,11 @@ def ws_frame(payload: bytes, *, text: bool) -> bytes:
 def tick_body(n: int, ts: int = 0) -> bytes:
     """The ~80-byte JSON body of a reference-protocol tick."""
     price = 100.0 + (n % 400) * 0.25
-    return (
-        b'{"service":"first","n":%d,"price":%.2f,"qty":%d,"side":"buy","ts":%d}'
-        % (n, price, n % 7 + 1, ts)
+    return b'{"service":"first","n":%d,"price":%.2f,"qty":%d,"side":"buy","ts":%d}' % (
+        n,
+        price,
+        n % 7 + 1,
+        ts,
     )
 
 
@@ -215,7 +217,8 @@ class Upstream:
                     last_yield = time.monotonic()
                     await asyncio.sleep(0)
                 if delay > 0:
-                    time.sleep(delay)
+                    # Blocking on purpose: ~0.1 ms wake-ups, and this loop has nothing else to do.
+                    time.sleep(delay)  # noqa: ASYNC251
             else:
                 await asyncio.sleep(max(0.0, delay))
 

@@ -1214,7 +1214,8 @@ def reference_markdown() -> str:
         "[handlers.NAME]",
         HandlerSection,
         "A handler plugin with its options and delivery settings. `plugin` is the name "
-        "of an installed plugin (built-in: `jsonl`, `log`, `reply`) or "
+        "of an installed plugin (built-in: `log`, `jsonl`, `reply`, `exec`, `webhook`, "
+        "`websocket`, `redis`, `nats`) or "
         '`"package.module:attr"`. Each handler has its own bounded queue and worker '
         "task(s): a slow or failing handler never stops another one or a connection. "
         "A message whose every attempt fails (the first and `retries` more; an attempt "

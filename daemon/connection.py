@@ -319,11 +319,11 @@ class Connection:
         up_for = time.monotonic() - connected_at
         if up_for >= self.section.reconnect.reset_after:
             backoff.reset()
-        code = None if ws.close_code is None else int(ws.close_code)
+        code, reason = _close_details(ws)
         self.log.warning(
             "connection_lost",
             code=code,
-            reason=ws.close_reason or None,
+            reason=reason,
             cause=self._close_cause or None,
             up_for=round(up_for, 3),
             seq=self._seq,
@@ -335,7 +335,7 @@ class Connection:
             "$disconnected",
             {
                 "code": code,
-                "reason": ws.close_reason or None,
+                "reason": reason,
                 "cause": self._close_cause or None,
                 "up_for": round(up_for, 6),
             },
@@ -416,6 +416,11 @@ class Connection:
                     stats.decode_errors += 1
                     await self._decode_failed(frame, exc)
                     continue
+                except Exception as exc:  # a codec bug: dead-letter the frame, keep reading
+                    stats.decode_errors += 1
+                    error = DecodeError(f"codec raised {type(exc).__name__}: {exc}")
+                    await self._decode_failed(frame, error)
+                    continue
                 if self._expect is not None and message.key == self._expect[0]:
                     self._expect[1].set()
                 pending = dispatch(message)
@@ -438,8 +443,12 @@ class Connection:
         )
         if self.decode_failed is not None:
             pending = self.decode_failed(frame, error)
-            if pending is not None:
-                await pending
+            if pending is not None:  # the dead-letter queue is full: backpressure
+                self._blocked = True
+                try:
+                    await pending
+                finally:
+                    self._blocked = False
 
     async def _handshake(self, ws: ClientConnection, tg: anyio.abc.TaskGroup) -> None:
         """Run on_connect, replay subscriptions, announce ``$connected``, start ``every``."""
@@ -544,6 +553,22 @@ class Connection:
         pending = self.dispatch(message)
         if pending is not None:
             await pending
+
+
+def _close_details(ws: ClientConnection) -> tuple[int | None, str | None]:
+    """The close code and reason to report for a finished connection.
+
+    websockets reports 1006 whenever no close frame came back, and after it
+    failed the connection itself it discards the peer's reply. That would hide
+    why *we* closed — a frame over ``max_frame_size`` (1009), invalid UTF-8
+    (1007), a protocol error (1002) — so those come from the close frame we sent.
+    """
+    protocol = ws.protocol
+    sent = protocol.close_sent
+    if protocol.close_rcvd is None and sent is not None and sent.code not in (1000, 1001):
+        return int(sent.code), sent.reason or None
+    code = ws.close_code
+    return (None if code is None else int(code)), ws.close_reason or None
 
 
 def _short(exc: BaseException) -> str:

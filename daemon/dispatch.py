@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable
 
+import anyio
 import structlog
 
 from .exceptions import DecodeError
@@ -66,11 +67,25 @@ class Dispatcher:
         return self._wait(message, blocked)
 
     async def _wait(self, message: Message, blocked: list[HandlerRunner]) -> None:
-        for runner in blocked:
-            await runner.put(message)
+        for index, runner in enumerate(blocked):
+            try:
+                await runner.put(message)
+            except anyio.get_cancelled_exc_class():
+                # Cancelled (shutdown) while waiting for room in one queue: the handlers
+                # further down the line were named by the routes too, and must account
+                # for the message — queued if there is room now, else abandoned.
+                for later in blocked[index + 1 :]:
+                    if not later.offer(message):
+                        later.stats.received += 1
+                        later.abandon(message, "shutdown")
+                raise
 
     def decode_failed(self, frame: Frame, error: DecodeError) -> Awaitable[None] | None:
-        """Dead-letter an undecodable frame: its body is the raw frame."""
+        """Dead-letter an undecodable frame: its body is the raw frame.
+
+        An awaitable when the dead-letter queue is over its limit: the reader
+        awaits it (backpressure), as for a full ``block`` queue.
+        """
         self.decode_errors[frame.connection] += 1
         letter = Message(
             frame.connection,
@@ -92,6 +107,9 @@ class Dispatcher:
                 seq=frame.seq,
                 dead_letter=None,
             )
+            return None
+        if target.full:  # a flood of undecodable frames: hold the reader back
+            return target.wait_below_limit()
         return None
 
     def _log_unmatched(self, message: Message) -> None:

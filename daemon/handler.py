@@ -231,6 +231,22 @@ class HandlerRunner:
             self._space = anyio.Event()
         await self._space.wait()
 
+    @property
+    def full(self) -> bool:
+        """The queue holds ``queue`` messages or more (dead letters may pass the limit)."""
+        return len(self._queue) >= self._limit
+
+    async def wait_below_limit(self) -> None:
+        """Backpressure for dead letters: wait until the queue is below its limit again.
+
+        Dead letters are queued past the limit (never dropped), so whoever
+        produces them — the reader for undecodable frames, a failing handler's
+        worker — waits here; a flood of them cannot grow the queue without bound.
+        Returns once the runner stops accepting (shutdown).
+        """
+        while len(self._queue) >= self._limit and self._accepting:
+            await self.wait_space()
+
     def _drop(self, message: Message) -> None:
         self.stats.dropped += 1
         _settle(message)
@@ -297,15 +313,21 @@ class HandlerRunner:
                 self._space = None
                 space.set()
             busy[index] = message
-            await self._deliver(message)
+            backlog = await self._deliver(message)
             busy[index] = None
+            if backlog is not None:
+                await backlog.wait_below_limit()
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0
                 await checkpoint()
 
-    async def _deliver(self, message: Message) -> None:
-        """Try ``retries + 1`` times with backoff, then dead-letter."""
+    async def _deliver(self, message: Message) -> HandlerRunner | None:
+        """Try ``retries + 1`` times with backoff, then dead-letter.
+
+        Returns the dead-letter runner to wait for when it is over its limit
+        (only a terminal one: it waits on nobody, so no cycle can deadlock).
+        """
         section = self.section
         timeout = section.timeout
         attempt = 0
@@ -329,7 +351,7 @@ class HandlerRunner:
             else:
                 self.stats.handled += 1
                 _settle(message)
-                return
+                return None
             if attempt > section.retries:
                 self.log.error(
                     "handler_failed",
@@ -340,7 +362,10 @@ class HandlerRunner:
                     attempts=attempt,
                 )
                 self.give_up(message, reason, error=_describe(error), attempts=attempt)
-                return
+                target = self.dead_letter
+                if target is not None and target.dead_letter is None and target.full:
+                    return target
+                return None
             delay = min(_RETRY_MAX, _RETRY_INITIAL * 2 ** (attempt - 1))
             self.log.warning(
                 "handler_retry",

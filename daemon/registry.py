@@ -339,8 +339,18 @@ def _package_of(modname: str) -> tuple[str | None, str | None]:
     return top, version if isinstance(version, str) else None
 
 
+#: Modules the built-in sinks import, and the extra of wsroute that installs each.
+EXTRAS = {"redis": "redis", "nats": "nats", "httpx": "webhook"}
+
+
 def _import_failure(where: str, exc: BaseException) -> PluginError:
     if isinstance(exc, ModuleNotFoundError) and exc.name:
+        extra = EXTRAS.get(exc.name.partition(".")[0])
+        if extra is not None:
+            return PluginError(
+                f'{where} needs the module "{exc.name}", which is not installed: '
+                f"install the extra with pip install 'wsroute[{extra}]'"
+            )
         return PluginError(
             f'{where} cannot be imported: it needs the module "{exc.name}", which is not installed'
         )

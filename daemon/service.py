@@ -533,6 +533,8 @@ class Service:
         await _drain_all(retired, deadline)
         for runner in retired:
             await runner.stop_workers("removed")
+            # Its final account, as at shutdown: the operator can reconcile every message.
+            _log_handler_totals(runner)
         log.info(
             "reload_applied",
             connections_kept=sorted(keep),
@@ -615,12 +617,8 @@ class Service:
             await anyio.sleep(2.0)
 
     def _log_totals(self, took: float) -> None:
-        for name, runner in self.runners.items():
-            counts = runner.snapshot()
-            if runner.balanced():
-                log.info("delivery_totals", handler=name, **counts)
-            else:
-                log.error("delivery_unbalanced", handler=name, **counts)
+        for runner in self.runners.values():
+            _log_handler_totals(runner)
         for name, conn in self.connections.items():
             log.info(
                 "connection_totals",
@@ -631,6 +629,14 @@ class Service:
                 reconnects=conn.stats.reconnects,
             )
         log.info("shutdown_complete", took=round(took, 3))
+
+
+def _log_handler_totals(runner: HandlerRunner) -> None:
+    counts = runner.snapshot()
+    if runner.balanced():
+        log.info("delivery_totals", handler=runner.name, **counts)
+    else:
+        log.error("delivery_unbalanced", handler=runner.name, **counts)
 
 
 class _RunningSource:

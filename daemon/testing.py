@@ -1,6 +1,6 @@
-"""Test helpers for plugin authors: run a handler or a codec without a network.
+"""Test helpers for plugin authors: a handler or a codec without a network, or end to end.
 
-::
+Without a network::
 
     from wsroute.testing import RecordingContext, build_handler, message
 
@@ -12,19 +12,49 @@
 
 Options go through the same validation as in the daemon, so a test also
 catches an options table the config would reject.
+
+End to end, with the ``wsroute_daemon`` pytest fixture (installed with wsroute
+as a pytest plugin): a real upstream on 127.0.0.1 and the daemon in-process on a
+config, where ``${WSROUTE_UPSTREAM}`` is the upstream's URL and ``${WSROUTE_TMP}``
+the test's temporary folder::
+
+    async def test_end_to_end(wsroute_daemon) -> None:
+        upstream = ScriptedUpstream(frames=['{"type": "hello"}'])
+        async with wsroute_daemon(CONFIG, upstream=upstream) as daemon:
+            seen = daemon.handler("seen")          # a wsroute.testing:Recorder
+            await daemon.wait_until(lambda: seen.messages)
+        assert seen.messages[0].key == "hello"
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+import anyio
 import structlog
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from .exceptions import ConfigError, ConfigIssue, SendError
-from .plugin import Codec, DeadLetter, Frame, Key, Message, Outgoing, StructArg
+from .plugin import (
+    Codec,
+    DeadLetter,
+    Frame,
+    HandlerContext,
+    Key,
+    Message,
+    Outgoing,
+    StructArg,
+)
 from .registry import (
     PluginInfo,
     Registry,
@@ -34,10 +64,30 @@ from .registry import (
     plugin_info,
 )
 
+try:
+    import pytest
+except ImportError:  # the kit works without pytest; only the fixture needs it
+    pytest = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
-__all__ = ["RecordingContext", "build_codec", "build_handler", "decode", "message"]
+    from .service import Service
+
+__all__ = [
+    "Daemon",
+    "Recorder",
+    "RecordingContext",
+    "ScriptedUpstream",
+    "build_codec",
+    "build_handler",
+    "decode",
+    "decode_all",
+    "free_port",
+    "message",
+    "run_daemon",
+    "wait_until",
+]
 
 
 class RecordingContext:
@@ -183,8 +233,23 @@ def build_codec(plugin: str | Any, options: Mapping[str, Any] | None = None) -> 
     return create_codec(info, _options(info, options, f"codecs.{info.name}"))
 
 
+def _codec(codec: str | Mapping[str, Any] | Codec, options: Mapping[str, Any] | None) -> Codec:
+    if isinstance(codec, str):
+        # The built-in codecs load through their entry points only now, on first use.
+        return build_codec(codec, options)
+    if options is not None:
+        raise TypeError("options apply only to a codec given by name")
+    if isinstance(codec, Mapping):
+        table = dict(codec)
+        plugin = table.pop("type", None)
+        if not isinstance(plugin, str):
+            raise TypeError('a codec table needs its "type", as in [codecs.NAME]')
+        return build_codec(plugin, table)
+    return codec
+
+
 def decode(
-    codec: str | Codec,
+    codec: str | Mapping[str, Any] | Codec,
     data: bytes | str,
     *,
     options: Mapping[str, Any] | None = None,
@@ -194,22 +259,233 @@ def decode(
 ) -> Message:
     """Decode one raw frame the way a connection using ``codec`` would.
 
-    ``codec`` is a codec name (with ``options`` as its TOML table) or a codec
-    instance. Raises :class:`~wsroute.DecodeError` as the codec does.
+    ``codec`` is a codec name (with ``options`` as its TOML table), a whole
+    ``[codecs.NAME]`` table as a dict (``{"type": "struct", "header": "<i",
+    ...}``) or a codec instance. Raises :class:`~wsroute.DecodeError` as the
+    codec does.
     """
-    if isinstance(codec, str):
-        # The built-in codecs load through their entry points only now, on first use.
-        instance = build_codec(codec, options)
-    else:
-        if options is not None:
-            raise TypeError("options apply only to a codec given by name")
-        instance = codec
+    instance = _codec(codec, options)
     when = time.time() if received_at is None else received_at
     return instance.decode(Frame(connection, data, seq, when))
 
 
+def decode_all(
+    codec: str | Mapping[str, Any] | Codec,
+    frames: Iterable[bytes | str],
+    *,
+    options: Mapping[str, Any] | None = None,
+    connection: str = "test",
+) -> list[Message]:
+    """Decode frames as one connection reads them: ``seq`` from 1, one codec instance.
+
+    For feeding a handler realistic messages: ``for m in decode_all(...): await h.handle(m)``.
+    """
+    instance = _codec(codec, options)
+    now = time.time()
+    return [
+        instance.decode(Frame(connection, data, seq, now))
+        for seq, data in enumerate(frames, start=1)
+    ]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago (for servers a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_until(
+    predicate: Callable[[], object], timeout: float = 5.0, step: float = 0.01
+) -> None:
+    """Poll ``predicate()`` until it is true; ``TimeoutError`` after ``timeout`` seconds."""
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(step)
+
+
+class Recorder:
+    """A handler that keeps what it receives: ``plugin = "wsroute.testing:Recorder"``.
+
+    Reach the instance with :meth:`Daemon.handler` and look at ``messages``.
+    ``fail_first`` makes the first attempts raise, to exercise retries and dead letters.
+    """
+
+    @dataclass
+    class Options:
+        fail_first: int = field(
+            default=0, metadata={"doc": "Raise on this many attempts in total, then succeed."}
+        )
+
+    def __init__(self, options: Options, ctx: HandlerContext) -> None:
+        self.options = options
+        self.ctx = ctx
+        self.messages: list[Message] = []
+        self.attempts = 0
+
+    async def handle(self, message: Message) -> None:
+        """Record the message (after failing ``fail_first`` attempts)."""
+        self.attempts += 1
+        if self.attempts <= self.options.fail_first:
+            raise RuntimeError(f"{self.ctx.name}: failing attempt {self.attempts} on purpose")
+        self.messages.append(message)
+
+
+class ScriptedUpstream:
+    """A real WebSocket server on 127.0.0.1 that sends the frames a test gives it.
+
+    Every client that connects gets ``frames`` in order (``str`` as text
+    frames, ``bytes`` as binary). What clients send is kept in ``received``;
+    :meth:`send` pushes more frames to every connected client and :meth:`drop`
+    cuts them off. ``port`` 0 picks a free one; give a fixed port to stop the
+    server and serve again at the same URL (an outage). Use
+    :class:`wsroute.demo.ReferenceUpstream` instead for the reference protocol.
+    """
+
+    def __init__(self, frames: Sequence[bytes | str] = (), *, port: int = 0) -> None:
+        self.frames = list(frames)
+        self.port = port
+        self.received: list[bytes | str] = []
+        self.connections = 0
+        self.url = ""
+        self._clients: set[ServerConnection] = set()
+
+    @contextlib.asynccontextmanager
+    async def serve(self) -> AsyncIterator[str]:
+        """Run the server; yields its ``ws://127.0.0.1:PORT/`` URL. Leaving stops it."""
+        async with serve(self._session, "127.0.0.1", self.port) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            self.url = f"ws://127.0.0.1:{port}/"
+            try:
+                yield self.url
+            finally:
+                self.drop()  # do not wait for clients to say goodbye
+
+    def drop(self) -> None:
+        """Cut every client off without a close frame, as a network failure would."""
+        for ws in list(self._clients):
+            if ws.transport is not None:
+                ws.transport.abort()
+
+    @property
+    def connected(self) -> int:
+        """How many clients are connected right now."""
+        return len(self._clients)
+
+    async def send(self, data: bytes | str) -> None:
+        """Send one frame to every connected client."""
+        for ws in list(self._clients):
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(data)
+
+    async def _session(self, ws: ServerConnection) -> None:
+        self.connections += 1
+        self._clients.add(ws)
+        try:
+            for data in self.frames:
+                await ws.send(data)
+            async for data in ws:
+                self.received.append(data)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._clients.discard(ws)
+
+
+class Upstream(Protocol):
+    """What :func:`run_daemon` needs of an upstream: ``serve()`` yielding its URL."""
+
+    def serve(self) -> contextlib.AbstractAsyncContextManager[str]: ...
+
+
+class Daemon:
+    """A daemon running in-process for a test; see :func:`run_daemon`."""
+
+    def __init__(self, service: Service, upstream: Any, url: str, tmp_path: Path) -> None:
+        self.service = service
+        self.upstream = upstream
+        self.url = url
+        self.tmp_path = tmp_path
+
+    def handler(self, name: str) -> Any:
+        """The plugin instance of ``[handlers.NAME]`` (a :class:`Recorder`, say)."""
+        return self.service.runners[name].instance
+
+    def stats(self, name: str) -> dict[str, int]:
+        """The delivery counters of ``[handlers.NAME]``: received, handled, dead_lettered..."""
+        return self.service.runners[name].snapshot()
+
+    async def wait_until(self, predicate: Callable[[], object], timeout: float = 5.0) -> None:
+        """Poll ``predicate()`` until true; ``TimeoutError`` after ``timeout`` seconds."""
+        await wait_until(predicate, timeout)
+
+    def shutdown(self) -> None:
+        """Start the ordered shutdown now (leaving the ``async with`` waits for it)."""
+        self.service.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def run_daemon(
+    config: str,
+    *,
+    upstream: Upstream | None = None,
+    environ: Mapping[str, str] | None = None,
+    tmp_path: str | os.PathLike[str] | None = None,
+) -> AsyncIterator[Daemon]:
+    """Run ``upstream`` (if any) and the daemon on the TOML ``config``; drain both on exit.
+
+    In ``config``, ``${WSROUTE_UPSTREAM}`` is the upstream's URL and
+    ``${WSROUTE_TMP}`` a temporary folder (``tmp_path``, or one made and removed
+    here); ``environ`` adds variables to the process environment for ``${...}``.
+    Leaving the block shuts the daemon down as SIGTERM would: connections close,
+    queues drain within ``shutdown_timeout``. An invalid config raises
+    :class:`~wsroute.ConfigError`; a plugin that cannot load,
+    :class:`~wsroute.PluginError`.
+    """
+    from .config import loads
+    from .service import Service, plan
+
+    async with contextlib.AsyncExitStack() as stack:
+        if tmp_path is None:
+            tmp_path = stack.enter_context(tempfile.TemporaryDirectory(prefix="wsroute-test-"))
+        url = "" if upstream is None else await stack.enter_async_context(upstream.serve())
+        variables = dict(os.environ, WSROUTE_UPSTREAM=url, WSROUTE_TMP=os.fspath(tmp_path))
+        variables.update(environ or {})
+        service = Service(plan(loads(config, path="test.toml", environ=variables)))
+        async with anyio.create_task_group() as tg:
+            await tg.start(service.run)
+            try:
+                yield Daemon(service, upstream, url, Path(tmp_path))
+            finally:
+                service.shutdown()
+
+
+if pytest is not None:
+
+    @pytest.fixture
+    def wsroute_daemon(
+        tmp_path: Path,
+    ) -> Callable[..., contextlib.AbstractAsyncContextManager[Daemon]]:
+        """``async with wsroute_daemon(config, upstream=...) as daemon:`` — see :func:`run_daemon`.
+
+        The daemon's ``${WSROUTE_TMP}`` is the test's ``tmp_path``.
+        """
+
+        def start(
+            config: str,
+            *,
+            upstream: Upstream | None = None,
+            environ: Mapping[str, str] | None = None,
+        ) -> contextlib.AbstractAsyncContextManager[Daemon]:
+            return run_daemon(config, upstream=upstream, environ=environ, tmp_path=tmp_path)
+
+        return start
+
+
 if TYPE_CHECKING:
-    from .plugin import HandlerContext
 
     def _conforms(ctx: RecordingContext) -> HandlerContext:
         # mypy proves here that RecordingContext implements the HandlerContext protocol.

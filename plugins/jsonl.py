@@ -278,9 +278,10 @@ class JsonlHandler:
         if was_open:
             self._ctx.log.info("jsonl_reopened", path=self.options.path)
 
-    def _write(self, fd: int, data: bytes) -> None:
+    def _write(self, fd: int, data: bytes, st: os.stat_result | None = None) -> None:
         """Write all of ``data`` or none of it: a failure truncates back, then raises."""
-        st = os.fstat(fd)
+        if st is None:
+            st = os.fstat(fd)
         regular = stat.S_ISREG(st.st_mode)
         before = st.st_size
         view = memoryview(data)
@@ -307,10 +308,17 @@ class JsonlHandler:
         Synchronous and unbuffered: when it returns, the lines are in the file.
         """
         self._reopen_if_rotated()
+        st = os.fstat(self._fd)
+        if st.st_nlink == 0 and stat.S_ISREG(st.st_mode):
+            # Removed under us: lines written now would be counted handled and be gone.
+            self._checked_at = 0.0
+            self._reopen_if_rotated()
+            st = os.fstat(self._fd)
         if self._dirty:
             self._close_torn_line(self._fd)
             self._dirty = False
-        self._write(self._fd, data)
+            st = os.fstat(self._fd)
+        self._write(self._fd, data, st)
         self._appended += 1
 
     async def _sync(self, upto: int) -> None:

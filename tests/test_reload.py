@@ -122,6 +122,8 @@ async def test_valid_change_keeps_unchanged_sockets_and_applies_routes(tmp_path:
         write(path, up_a.url, up_b.url)
         with capture_logs() as logs:
             async with daemon(path) as service:
+                # both connected (first connects are spread out by up to 100 ms)
+                await wait_until(lambda: up_a.connections == up_b.connections == 1)
                 await wait_until(lambda: len(Collect.seen["first"]) >= 10)
                 conn_a = service.connections["a"]
                 seq_b = service.connections["b"].seq
@@ -171,4 +173,6 @@ async def test_removed_handler_drains_or_dead_letters(tmp_path: Path) -> None:
         m for m in Collect.seen["dlq"] if m.dead_letter and m.dead_letter.reason == "removed"
     ]
     assert len(removed) == second.stats.dead_lettered
+    totals = [e for e in logs if e["event"] == "delivery_totals" and e["handler"] == "second"]
+    assert totals[0]["dead_lettered"] == second.stats.dead_lettered  # logged at retirement
     assert not any(e["event"] == "delivery_unbalanced" for e in logs)

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import free_port
 from systemd_helpers import (
     PROBES,
     Daemon,
@@ -33,8 +35,6 @@ from systemd_helpers import (
     upstream,
     wait_for,
 )
-
-from conftest import free_port
 
 # WATCHDOG_USEC=400000: the daemon pings every 0.2 s.
 WATCHDOG_USEC = 400_000

@@ -28,10 +28,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from systemd_helpers import PROBES, UPSTREAM_CODE, reference_config, wait_for
 
 import wsroute
 import wsroute.plugins
+
+from systemd_helpers import PROBES, UPSTREAM_CODE, reference_config, wait_for
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 

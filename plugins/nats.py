@@ -1,0 +1,216 @@
+"""The built-in ``nats`` handler: publish each message to a NATS subject, or to JetStream.
+
+Needs the ``nats`` extra (``pip install 'wsroute[nats]'``: nats-py).
+
+A core NATS publish is followed by a flush (a PING/PONG round trip): the message
+is handled once the server has read it. With ``jetstream = true`` the publish
+waits for the stream's acknowledgement instead — the message is stored — and
+carries a ``Nats-Msg-Id`` made of the connection, ``seq`` and ``received_at``,
+so the stream drops the copy a retry sends inside its duplicate window.
+
+The payload is the message's ``jsonl`` record as JSON (``payload = "record"``),
+or the raw frame (``payload = "frame"``) with the fields of a Redis stream entry
+as headers: ``connection``, ``key`` (JSON), ``seq``, ``received_at``, and
+``kind`` (``text`` for a text frame; ``message`` for a message without a raw
+frame, whose payload is then its JSON record).
+
+The client connects in the background and reconnects on its own, forever. While
+it is not connected, ``handle()`` waits for it within the handler's ``timeout``
+rather than queueing in the client's buffer, so a message that timed out is not
+sent later behind the daemon's back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import anyio
+import anyio.abc
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from wsroute import Duration, HandlerContext, Message
+from wsroute.connection import redact_url
+from wsroute.plugins._sinks import PluginTasks, TlsSection, entry_fields, ssl_context
+from wsroute.plugins.jsonl import encode_record
+
+__all__ = ["NatsHandler", "payload_and_headers"]
+
+
+def payload_and_headers(message: Message, payload: str) -> tuple[bytes, dict[str, str] | None]:
+    """The NATS payload and headers of ``message`` for ``payload = "record"`` or ``"frame"``."""
+    if payload == "record":
+        return encode_record(message)[:-1], None
+    fields = entry_fields(message)
+    frame = fields.pop("frame")
+    assert isinstance(frame, bytes)
+    return frame, {name: str(value) for name, value in fields.items()}
+
+
+class NatsHandler:
+    """Publish each message to a NATS subject, or to JetStream and wait for the stream's ack.
+
+    Core NATS: handled once a flush round trip confirms the server read it.
+    JetStream: handled once stored, deduplicated by ``Nats-Msg-Id``. The payload
+    is the JSON record, or the raw frame with the metadata in headers.
+    """
+
+    @dataclass
+    class Options:
+        subject: str = field(metadata={"doc": "The subject to publish to."})
+        url: str | list[str] = field(
+            default="nats://127.0.0.1:4222",
+            metadata={
+                "doc": "Server URL, or a list of them (nats://, tls://; credentials never logged)."
+            },
+        )
+        jetstream: bool = field(
+            default=False,
+            metadata={"doc": "Publish to JetStream and wait for the stream's acknowledgement."},
+        )
+        payload: Literal["record", "frame"] = field(
+            default="record",
+            metadata={"doc": "record: the jsonl record as JSON; frame: the raw frame + headers."},
+        )
+        ack_timeout: Duration = field(
+            default=Duration(2.0),
+            metadata={"doc": "Wait for the flush round trip or the JetStream ack this long."},
+        )
+        connect_timeout: Duration = field(
+            default=Duration(5.0), metadata={"doc": "Budget of one connect attempt."}
+        )
+        user: str | None = field(default=None, metadata={"doc": "User name."})
+        password: str | None = field(default=None, metadata={"doc": "Password (never logged)."})
+        token: str | None = field(default=None, metadata={"doc": "Auth token (never logged)."})
+        creds_file: str | None = field(
+            default=None, metadata={"doc": "A .creds file (JWT and NKey seed) to authenticate."}
+        )
+        tls: TlsSection = field(
+            default_factory=TlsSection,
+            metadata={"doc": "For tls:// servers: ca_file, cert_file, key_file, verify."},
+        )
+        reconnect_wait: Duration = field(
+            default=Duration(1.0), metadata={"doc": "Pause between reconnect attempts."}
+        )
+
+        def __post_init__(self) -> None:
+            if not self.subject or any(c.isspace() for c in self.subject):
+                raise ValueError(f"subject must be a NATS subject without spaces: {self.subject!r}")
+            servers = self.servers
+            if not servers:
+                raise ValueError("url must name at least one server")
+            for server in servers:
+                if not server.startswith(("nats://", "tls://", "ws://", "wss://")):
+                    raise ValueError(
+                        f"url must start with nats://, tls://, ws:// or wss://, "
+                        f"got {redact_url(server)!r}"
+                    )
+            if self.ack_timeout <= 0 or self.connect_timeout <= 0:
+                raise ValueError("ack_timeout and connect_timeout must be above 0")
+
+        @property
+        def servers(self) -> list[str]:
+            """``url`` as a list."""
+            return [self.url] if isinstance(self.url, str) else list(self.url)
+
+    def __init__(self, options: Options, ctx: HandlerContext) -> None:
+        self.options = options
+        self._ctx = ctx
+        self._servers_for_logs = [redact_url(s) for s in options.servers]
+        self._client = Client()
+        self._js: JetStreamContext | None = None
+        self._tasks = PluginTasks(ctx.log)
+        self._connected = anyio.Event()
+        self._quiet = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is connected right now."""
+        return self._client.is_connected
+
+    async def start(self) -> None:
+        """Start connecting in the background: a server that is down does not hold the daemon."""
+        await self._tasks.open()
+        self._tasks.start_soon(self._connect, name=f"nats connect {self._ctx.name}")
+
+    async def _connect(self) -> None:
+        options = self.options
+        tls = None
+        if any(s.startswith(("tls://", "wss://")) for s in options.servers):
+            tls = ssl_context(options.tls, self._ctx.log)
+        kwargs: dict[str, Any] = {}
+        if options.creds_file:
+            kwargs["user_credentials"] = options.creds_file
+        try:
+            await self._client.connect(
+                servers=options.servers,
+                name=f"wsroute {self._ctx.name}",
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,  # forever, the first connect included
+                reconnect_time_wait=cast(int, options.reconnect_wait),  # seconds; floats work
+                connect_timeout=cast(int, options.connect_timeout),
+                tls=tls,
+                user=options.user,
+                password=options.password,
+                token=options.token,
+                **kwargs,
+            )
+        except Exception as exc:  # a bad creds file, for one: nothing to retry
+            self._ctx.log.error("nats_connect_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if options.jetstream:
+            self._js = self._client.jetstream(timeout=options.ack_timeout)
+        self._quiet = False
+        self._ctx.log.info("nats_connected", servers=self._servers_for_logs)
+        self._connected.set()
+
+    async def _on_error(self, exc: Exception) -> None:
+        # Every failed reconnect attempt reports here: one warning per outage is enough.
+        level = "debug" if self._quiet else "warning"
+        self._quiet = not self._client.is_connected
+        getattr(self._ctx.log, level)(
+            "nats_error", servers=self._servers_for_logs, error=f"{type(exc).__name__}: {exc}"
+        )
+
+    async def _on_disconnected(self) -> None:
+        if self._connected.is_set():
+            self._connected = anyio.Event()
+            self._ctx.log.warning("nats_disconnected", servers=self._servers_for_logs)
+
+    async def _on_reconnected(self) -> None:
+        self._quiet = False
+        self._ctx.log.info("nats_reconnected", servers=self._servers_for_logs)
+        self._connected.set()
+
+    async def stop(self) -> None:
+        """Stop connecting, flush what the client still holds and close it."""
+        await self._tasks.aclose()
+        client = self._client
+        if not client.is_closed:
+            with anyio.move_on_after(self.options.ack_timeout + 1.0, shield=True):
+                await client.close()
+
+    async def handle(self, message: Message) -> None:
+        """Publish; return once flushed (core NATS) or acknowledged (JetStream)."""
+        options = self.options
+        data, headers = payload_and_headers(message, options.payload)
+        while not self._client.is_connected:  # wait for it, bounded by the handler's timeout
+            if self._connected.is_set():
+                await anyio.sleep(0.05)  # lost, and the client has not told us yet
+            else:
+                await self._connected.wait()
+        if self._js is not None:
+            headers = dict(headers or {})
+            headers["Nats-Msg-Id"] = (
+                f"{message.connection}:{message.seq}:{float(message.received_at)!r}"
+            )
+            await self._js.publish(
+                options.subject, data, timeout=options.ack_timeout, headers=headers
+            )
+            return
+        await self._client.publish(options.subject, data, headers=headers)
+        await self._client.flush(timeout=cast(int, options.ack_timeout))  # seconds; floats work

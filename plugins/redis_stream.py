@@ -1,0 +1,883 @@
+"""The ``redis-stream`` source: a worker daemon consuming a Redis stream through a consumer group.
+
+Needs the ``redis`` extra (``pip install 'wsroute[redis]'``). An ingest daemon's
+``redis`` sink writes one entry per frame (``frame``, ``connection``,
+``key``, ``seq``, ``received_at``, ``kind = "text"`` for text frames); this source reads
+them with ``XREADGROUP``, decodes ``frame`` with the source's codec, routes the message
+like a connection's, and acknowledges the entry (``XACK``) only once every routed
+handler has handled it or its dead letter was written. Built on the public source API
+only (:class:`~wsroute.Source`, :class:`~wsroute.SourceContext`).
+
+The promises, and how they are kept:
+
+- **At least once.** An entry leaves the group's pending list only through ``XACK``
+  of a settled message. What a worker holds when it stops or dies stays pending: its
+  own restart re-reads it first (same ``consumer`` name), other workers reclaim it
+  with ``XAUTOCLAIM`` once it sat idle for ``reclaim.min_idle``. Handlers must be
+  idempotent: a message can arrive twice.
+- **No redelivery storms.** Handler failures go through the daemon's retries and
+  dead letters and end in an ``XACK`` like a success. Redis redelivers only what a
+  worker never settled: a process that crashed, hung or was stopped.
+- **Poison entries.** With ``max_deliveries`` set, an entry Redis delivered more often
+  than that is dead-lettered (reason ``max_deliveries``, the delivery count and the
+  entry ID in the error text and in ``fields``) and acknowledged without being routed.
+  Redelivered entries are then handled one at a time and acknowledged at once, so a
+  crash blames only the entry that was in flight, not the ones read with it.
+- **Bounded.** At most ``max_in_flight`` entries are read and not yet settled;
+  backpressure from a full ``block`` queue stops reading too. The worker's share of
+  the pending list stays bounded.
+- **The lease.** While a slow handler still runs, the worker re-claims its in-flight
+  entries every ``reclaim.min_idle / 3`` (``XCLAIM ... JUSTID``: idle time reset,
+  delivery count unchanged) so other workers' reclaim does not take them. Without
+  it (``lease = false``), an entry held longer than ``min_idle`` is handled twice.
+- **Nothing silently skipped.** A pending entry trimmed out of the stream before any
+  worker handled it is counted (``trimmed_unprocessed``) and logged as an error with
+  its ID; a group that vanished (Redis restarted empty, stream deleted) is recreated
+  with a loud error; outages are retried with capped, jittered backoff, forever.
+
+Each message gets ``fields["stream_id"]`` (the entry ID) and, when the entry names
+it, ``fields["source_connection"]`` (the ingest daemon's connection); ``seq`` and
+``received_at`` come from the entry, ``connection`` is the source's own name. An
+entry of ``kind = "message"`` (the sink had no raw frame: a lifecycle, emitted or
+replayed message) carries a ``jsonl`` record and is rebuilt from it, not decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal, TypeVar
+
+import anyio
+
+# A missing redis-py is a ModuleNotFoundError the registry turns into "pip install
+# 'wsroute[redis]'", naming the plugin.
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from wsroute import (
+    DeadLetter,
+    DecodeError,
+    Duration,
+    Frame,
+    Message,
+    SourceContext,
+    SourceLimits,
+)
+from wsroute.plugins.jsonl import parse_record
+
+__all__ = ["ReadOptions", "ReclaimOptions", "RedisStreamSource", "StreamStats", "default_consumer"]
+
+T = TypeVar("T")
+
+# Settled IDs are acknowledged in one XACK at most this long after they settled,
+# or at once when this many are waiting: one round trip per batch, not per message.
+_ACK_EVERY = 0.05
+_ACK_BATCH = 100
+_ACK_MAX = 1000  # IDs per XACK command
+# Reconnect backoff: from _RETRY_INITIAL doubling up to _RETRY_MAX, each delay
+# jittered down by up to half so that workers restarted together spread out.
+_RETRY_INITIAL = 0.2
+_RETRY_MAX = 10.0
+# close() acknowledges what settled during the drain within this budget.
+_CLOSE_ACK_BUDGET = 5.0
+# Trimmed IDs shown in one log line (the count is always complete).
+_LOG_IDS = 20
+
+
+def default_consumer() -> str:
+    """``<hostname>:<instance>``: ``$WSROUTE_INSTANCE`` (set it per systemd instance), else 1."""
+    return f"{socket.gethostname()}:{os.environ.get('WSROUTE_INSTANCE') or '1'}"
+
+
+@dataclass
+class ReadOptions:
+    """``read = { count, block }``: how new entries are fetched."""
+
+    count: int = field(default=100, metadata={"doc": "Entries fetched per XREADGROUP (at most)."})
+    block: Duration = field(
+        default=Duration(1.0),
+        metadata={"doc": "How long one XREADGROUP waits for new entries (BLOCK)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"read.count must be at least 1, got {self.count}")
+        if self.block < 0.001:
+            # BLOCK 0 means "forever" to Redis: shutdown and outages would go unnoticed.
+            raise ValueError(f"read.block must be at least 1ms, got {self.block:g}s")
+
+
+@dataclass
+class ReclaimOptions:
+    """``reclaim = { min_idle, every, count }``: taking over entries other workers left."""
+
+    min_idle: Duration = field(
+        default=Duration(30.0),
+        metadata={
+            "doc": "An entry pending this long without its worker renewing it is taken over "
+            "(XAUTOCLAIM). Keep it above the routed handlers' timeout x (retries + 1)."
+        },
+    )
+    every: Duration = field(
+        default=Duration(5.0), metadata={"doc": "How often to look for such entries."}
+    )
+    count: int = field(default=100, metadata={"doc": "Entries claimed per XAUTOCLAIM (at most)."})
+
+    def __post_init__(self) -> None:
+        if self.min_idle < 0.001:
+            raise ValueError(f"reclaim.min_idle must be at least 1ms, got {self.min_idle:g}s")
+        if self.every <= 0:
+            raise ValueError(f"reclaim.every must be positive, got {self.every:g}s")
+        if self.count < 1:
+            raise ValueError(f"reclaim.count must be at least 1, got {self.count}")
+
+
+@dataclass
+class StreamStats:
+    """The source's counters; :attr:`RedisStreamSource.stats`, logged as ``source_totals``."""
+
+    read: int = 0  # entries taken from Redis: new, own pending and reclaimed
+    recovered: int = 0  # of those, this consumer's own pending entries re-read at start
+    reclaimed: int = 0  # of those, idle entries taken over with XAUTOCLAIM
+    delivered: int = 0  # routed (ctx.deliver)
+    dead_lettered: int = 0  # sent to the dead-letter handler: decode_error, max_deliveries
+    acked: int = 0  # IDs acknowledged with XACK
+    trimmed_unprocessed: int = 0  # pending entries found trimmed away: data loss
+    groups_recreated: int = 0
+    redis_errors: int = 0  # failed commands (each retried)
+
+
+class RedisStreamSource:
+    """Consume a Redis stream as one consumer of a consumer group (``type = "redis-stream"``)."""
+
+    @dataclass
+    class Options:
+        stream: str = field(
+            metadata={"doc": 'The stream key, e.g. "{ticks}:in" (braces: a Cluster hash tag).'}
+        )
+        url: str = field(
+            default="redis://127.0.0.1:6379/0",
+            metadata={"doc": "redis:// or rediss:// URL (password, database number)."},
+        )
+        group: str = field(default="wsroute", metadata={"doc": "The consumer group."})
+        consumer: str = field(
+            default="",
+            metadata={
+                "doc": "This worker's name in the group: unique per live process, the same "
+                "after a restart (empty: <hostname>:<$WSROUTE_INSTANCE or 1>)."
+            },
+        )
+        create_group: Literal["oldest", "newest", "no"] = field(
+            default="oldest",
+            metadata={
+                "doc": "Create a missing group (and stream) starting at the oldest entry, "
+                "at new entries only, or not at all (wait for it, logging errors)."
+            },
+        )
+        read: ReadOptions = field(default_factory=ReadOptions, metadata={"doc": "{ count, block }"})
+        reclaim: ReclaimOptions = field(
+            default_factory=ReclaimOptions, metadata={"doc": "{ min_idle, every, count }"}
+        )
+        lease: bool = field(
+            default=True,
+            metadata={
+                "doc": "Renew in-flight entries every reclaim.min_idle / 3 so other workers "
+                "do not take them from a slow handler (off: such an entry is handled twice)."
+            },
+        )
+        max_deliveries: int = field(
+            default=0,
+            metadata={
+                "doc": "Dead-letter an entry delivered more often than this without being "
+                "acknowledged (it crashes or hangs the process); 0: never. Needs a "
+                "dead-letter handler."
+            },
+        )
+        max_in_flight: int = field(
+            default=1000,
+            metadata={"doc": "Entries read and not yet settled, at most (backpressure)."},
+        )
+
+        def __post_init__(self) -> None:
+            for name in ("stream", "group"):
+                if not getattr(self, name):
+                    raise ValueError(f"{name} must not be empty")
+            if not self.url.startswith(("redis://", "rediss://", "unix://")):
+                # Only the scheme: the rest of the URL may hold a password.
+                scheme = self.url.partition(":")[0]
+                raise ValueError(f"url must be redis://, rediss:// or unix://, not {scheme!r}")
+            if self.max_deliveries < 0:
+                raise ValueError(f"max_deliveries must not be negative, got {self.max_deliveries}")
+            if self.max_in_flight < 1:
+                raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+
+    @classmethod
+    def limits(cls, options: RedisStreamSource.Options) -> SourceLimits:
+        """For ``wsroute check``: handler budgets below min_idle, a dead-letter handler."""
+        return SourceLimits(
+            redelivery_after=float(options.reclaim.min_idle),
+            needs_dead_letter=options.max_deliveries > 0,
+        )
+
+    def __init__(self, options: Options, ctx: SourceContext) -> None:
+        self.options = options
+        self.ctx = ctx
+        self.consumer = options.consumer or default_consumer()
+        self.stats = StreamStats()
+        self.log = ctx.log.bind(stream=options.stream, group=options.group, consumer=self.consumer)
+        self._client = aioredis.Redis.from_url(
+            options.url,
+            socket_connect_timeout=5.0,
+            # A blocked XREADGROUP must not look like a dead socket.
+            socket_timeout=max(10.0, options.read.block + 5.0),
+            socket_keepalive=True,
+            # Retries (with backoff and logging) are ours: see _call.
+            retry=Retry(NoBackoff(), 0),
+        )
+        # Entry IDs this process holds, by state; an ID is in at most one of them.
+        self._in_flight: set[str] = set()  # routed, not settled yet
+        self._dead: set[str] = set()  # sent to the dead-letter handler, not written yet
+        self._to_ack: set[str] = set()  # settled, XACK not sent yet
+        self._acking: set[str] = set()  # settled, XACK under way
+        self._room: anyio.Event | None = None  # set when in-flight drops below the cap
+        self._priority = 0  # reclaimers waiting for room: the reader lets them go first
+        self._ack_now: anyio.Event | None = None  # set when a batch of acks is waiting
+        self._waiting_for: dict[str, anyio.Event] = {}  # one-at-a-time redeliveries
+        self._group_lock: anyio.Lock | None = None
+        self._down_since: float | None = None  # first failed command of an outage
+        self._serial = options.max_deliveries > 0
+        self._min_idle_ms = max(1, round(options.reclaim.min_idle * 1000))
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Create the group, re-read this consumer's pending entries, then read new ones."""
+        options = self.options
+        self._group_lock = anyio.Lock()
+        self.log.info(
+            "source_started",
+            create_group=options.create_group,
+            lease=options.lease,
+            max_deliveries=options.max_deliveries,
+            min_idle=options.reclaim.min_idle,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._acker)
+            if options.lease:
+                tg.start_soon(self._leaser)
+            if options.create_group != "no":
+                created = await self._call("xgroup_create", self._create_group)
+                if created:
+                    self.log.info("group_created", start=options.create_group)
+            await self._recover_own()
+            tg.start_soon(self._reclaimer)
+            await self._read_new()
+
+    async def close(self) -> None:
+        """After the drain: acknowledge what settled, log the totals, close the client."""
+        with anyio.move_on_after(_CLOSE_ACK_BUDGET):
+            while self._to_ack:
+                try:
+                    await self._ack_batch()
+                except (RedisError, OSError) as exc:
+                    self.stats.redis_errors += 1
+                    self.log.warning("ack_retry", error=_describe(exc), waiting=len(self._to_ack))
+                    await anyio.sleep(0.2)
+        if self._to_ack:
+            self.log.error(
+                "ack_failed",
+                count=len(self._to_ack),
+                note="settled but not acknowledged: these entries will be delivered again",
+            )
+        self.log.info(
+            "source_totals",
+            left_pending=len(self._in_flight) + len(self._dead) + len(self._to_ack),
+            **dataclasses.asdict(self.stats),
+        )
+        await self._client.aclose()
+
+    # -- reading -------------------------------------------------------------
+
+    async def _recover_own(self) -> None:
+        """Deliver this consumer's pending entries (left by its previous run) before new ones."""
+        stream = self.options.stream
+        after = "0-0"
+        recovered = 0
+        while True:
+            count = 1 if self._serial else min(self.options.read.count, await self._wait_room())
+            reply = await self._call(
+                "xreadgroup",
+                partial(
+                    self._client.xreadgroup,
+                    self.options.group,
+                    self.consumer,
+                    {stream: after},
+                    count=count,
+                ),
+            )
+            entries = _stream_entries(reply)
+            if not entries:
+                break
+            after = entries[-1][0]
+            taken = self._take_ownership(entries)
+            self.stats.recovered += len(taken)
+            recovered += len(taken)
+            await self._handle(taken, redelivered=True)
+        if recovered:
+            self.log.info("pending_recovered", count=recovered)
+
+    async def _read_new(self) -> None:
+        options = self.options
+        block = max(1, round(options.read.block * 1000))
+        while True:
+            count = min(options.read.count, await self._wait_room())
+            reply = await self._call(
+                "xreadgroup",
+                partial(
+                    self._client.xreadgroup,
+                    options.group,
+                    self.consumer,
+                    {options.stream: ">"},
+                    count=count,
+                    block=block,
+                ),
+            )
+            entries = self._take_ownership(_stream_entries(reply))
+            if entries:
+                await self._handle(entries, redelivered=False)
+
+    async def _reclaimer(self) -> None:
+        """Take over entries other workers left idle, following XAUTOCLAIM's cursor.
+
+        Reclaimed entries are older than anything new, so when a probe finds idle
+        entries the reclaimer takes the next free in-flight room before the reader.
+        """
+        options = self.options
+        cursor = "0-0"
+        while True:
+            await anyio.sleep(options.reclaim.every)
+            if not await self._anything_idle():
+                cursor = "0-0"
+                continue
+            while True:
+                room = await self._wait_room(priority=True)
+                count = 1 if self._serial else min(options.reclaim.count, room)
+                reply = await self._call(
+                    "xautoclaim",
+                    partial(
+                        self._client.xautoclaim,
+                        options.stream,
+                        options.group,
+                        self.consumer,
+                        self._min_idle_ms,
+                        cursor,
+                        count=count,
+                    ),
+                )
+                cursor, claimed, deleted = _autoclaim_reply(reply)
+                gone = [i for i in deleted if not self._holds(i)]
+                if gone:
+                    self._trimmed(gone, "xautoclaim")
+                    self._to_ack.update(gone)  # already out of the PEL; harmless, explicit
+                taken = self._take_ownership(claimed)
+                self.stats.reclaimed += len(taken)
+                if taken:
+                    self.log.info("entries_reclaimed", count=len(taken), first=taken[0][0])
+                    await self._handle(taken, redelivered=True, found_by="xautoclaim")
+                if cursor == "0-0":
+                    break
+
+    async def _anything_idle(self) -> bool:
+        """Whether any pending entry of the group sat idle for min_idle (one cheap XPENDING)."""
+        rows = await self._call(
+            "xpending",
+            partial(
+                self._client.xpending_range,
+                self.options.stream,
+                self.options.group,
+                "-",
+                "+",
+                1,
+                idle=self._min_idle_ms,
+            ),
+        )
+        return bool(rows)
+
+    def _take_ownership(
+        self, entries: list[tuple[str, dict[bytes, bytes] | None]]
+    ) -> list[tuple[str, dict[bytes, bytes] | None]]:
+        """Mark fresh entries in flight, synchronously; drop the ones this process holds.
+
+        Whatever this process still holds (routed, dead-lettering, waiting for XACK)
+        is never delivered a second time by it, however it comes back from Redis.
+        """
+        taken = []
+        in_flight = self._in_flight
+        for entry in entries:
+            entry_id = entry[0]
+            if self._holds(entry_id):
+                continue
+            in_flight.add(entry_id)
+            taken.append(entry)
+        self.stats.read += len(taken)
+        return taken
+
+    # -- delivering ----------------------------------------------------------
+
+    async def _handle(
+        self,
+        entries: list[tuple[str, dict[bytes, bytes] | None]],
+        *,
+        redelivered: bool,
+        found_by: str = "xreadgroup",
+    ) -> None:
+        """Route entries taken into flight; redeliveries one at a time under max_deliveries.
+
+        An entry without fields is one that was trimmed away while pending.
+        """
+        trimmed = [entry_id for entry_id, fields in entries if not fields]
+        if trimmed:
+            self._trimmed(trimmed, found_by)
+            for entry_id in trimmed:
+                self._settled(entry_id)  # acknowledge: it is gone, leave the PEL
+        for entry_id, fields in entries:
+            if not fields:
+                continue
+            if not (redelivered and self._serial):
+                await self._deliver(entry_id, fields, deliveries=0)
+                continue
+            deliveries = await self._deliveries(entry_id)
+            event = self._waiting_for[entry_id] = anyio.Event()
+            await self._deliver(entry_id, fields, deliveries=deliveries)
+            # Wait for it to settle (a handler that hangs gets min_idle), then
+            # acknowledge at once: a crash now can only blame the next entry.
+            with anyio.move_on_after(self.options.reclaim.min_idle):
+                await event.wait()
+            self._waiting_for.pop(entry_id, None)
+            await self._flush_acks()
+
+    async def _deliveries(self, entry_id: str) -> int:
+        """How often Redis delivered the entry (this delivery included); 0 if not pending."""
+        rows = await self._call(
+            "xpending",
+            partial(
+                self._client.xpending_range,
+                self.options.stream,
+                self.options.group,
+                entry_id,
+                entry_id,
+                1,
+            ),
+        )
+        return int(rows[0]["times_delivered"]) if rows else 0
+
+    async def _deliver(self, entry_id: str, fields: dict[bytes, bytes], deliveries: int) -> None:
+        ctx = self.ctx
+        limit = self.options.max_deliveries
+        try:
+            message = entry_message(ctx, entry_id, fields)
+        except (ValueError, DecodeError) as exc:
+            letter = raw_message(ctx.name, entry_id, fields)
+            self.log.warning("entry_undecodable", stream_id=entry_id, error=str(exc))
+            await self._dead_letter(entry_id, letter, "decode_error", str(exc))
+            return
+        if limit and deliveries > limit:
+            message.fields["delivery_count"] = deliveries
+            error = (
+                f"entry {entry_id} delivered {deliveries} times without being acknowledged "
+                f"(max_deliveries = {limit})"
+            )
+            self.log.error(
+                "max_deliveries_exceeded", stream_id=entry_id, deliveries=deliveries, limit=limit
+            )
+            await self._dead_letter(entry_id, message, "max_deliveries", error)
+            return
+        self.stats.delivered += 1
+        await ctx.deliver(message, partial(self._settled, entry_id))
+
+    async def _dead_letter(self, entry_id: str, message: Message, reason: str, error: str) -> None:
+        """Dead-letter without routing; acknowledged once the dead-letter handler wrote it."""
+        self._in_flight.discard(entry_id)
+        self._dead.add(entry_id)
+        self.stats.dead_lettered += 1
+        self._wake_readers()
+        settled = partial(self._settled, entry_id)
+        await self.ctx.dead_letter(message, reason, error=error, on_settled=settled)
+
+    def _settled(self, entry_id: str) -> None:
+        """on_settled: every routed handler finished (or the dead letter was written)."""
+        self._in_flight.discard(entry_id)
+        self._dead.discard(entry_id)
+        self._to_ack.add(entry_id)
+        self._wake_readers()
+        event = self._waiting_for.get(entry_id)
+        if event is not None:
+            event.set()
+        if len(self._to_ack) >= _ACK_BATCH and self._ack_now is not None:
+            self._ack_now.set()
+
+    def _trimmed(self, ids: list[str], found_by: str) -> None:
+        self.stats.trimmed_unprocessed += len(ids)
+        self.log.error(
+            "trimmed_unprocessed",
+            count=len(ids),
+            ids=ids[:_LOG_IDS],
+            found_by=found_by,
+            total=self.stats.trimmed_unprocessed,
+            note="pending entries were trimmed out of the stream before being handled: "
+            "data loss; raise the sink's max_len or add workers",
+        )
+
+    # -- backpressure --------------------------------------------------------
+
+    def _cap(self) -> int:
+        return self.options.max_in_flight
+
+    def _holds(self, entry_id: str) -> bool:
+        return (
+            entry_id in self._in_flight
+            or entry_id in self._to_ack
+            or entry_id in self._acking
+            or entry_id in self._dead
+        )
+
+    async def _wait_room(self, *, priority: bool = False) -> int:
+        """Wait until fewer than ``max_in_flight`` entries are unsettled; return the room.
+
+        While a ``priority`` caller (the reclaimer) waits, other callers wait behind it.
+        """
+        if priority:
+            self._priority += 1
+        try:
+            while (room := self._cap() - len(self._in_flight)) <= 0 or (
+                self._priority and not priority
+            ):
+                if self._room is None:
+                    self._room = anyio.Event()
+                await self._room.wait()
+        finally:
+            if priority:
+                self._priority -= 1
+                self._wake_readers(force=True)
+        return room
+
+    def _wake_readers(self, *, force: bool = False) -> None:
+        room = self._room
+        if room is not None and (force or len(self._in_flight) < self._cap()):
+            self._room = None
+            room.set()
+
+    # -- acknowledging -------------------------------------------------------
+
+    async def _acker(self) -> None:
+        while True:
+            self._ack_now = anyio.Event()
+            with anyio.move_on_after(_ACK_EVERY):
+                await self._ack_now.wait()
+            while self._to_ack:
+                await self._call("xack", self._ack_batch)
+
+    async def _flush_acks(self) -> None:
+        """XACK everything settled so far, including a batch the acker is sending right now."""
+        while self._to_ack or self._acking:
+            if self._to_ack:
+                await self._call("xack", self._ack_batch)
+            else:
+                await anyio.sleep(0.005)
+
+    async def _ack_batch(self) -> None:
+        """One XACK of up to _ACK_MAX settled IDs; on failure they stay queued."""
+        batch = list(_first(self._to_ack, _ACK_MAX))
+        if not batch:
+            return
+        self._to_ack.difference_update(batch)
+        self._acking.update(batch)
+        try:
+            await self._client.xack(self.options.stream, self.options.group, *batch)
+        except BaseException:
+            self._acking.difference_update(batch)
+            self._to_ack.update(batch)
+            raise
+        self._acking.difference_update(batch)
+        self.stats.acked += len(batch)
+
+    # -- the lease -----------------------------------------------------------
+
+    async def _leaser(self) -> None:
+        """Reset the idle time of what this process holds, so no other worker reclaims it."""
+        interval = self.options.reclaim.min_idle / 3
+        while True:
+            await anyio.sleep(interval)
+            await self._call("xclaim", self._renew)
+
+    async def _renew(self) -> None:
+        held: list[Any] = [*self._in_flight, *self._dead, *self._to_ack, *self._acking]
+        for start in range(0, len(held), _ACK_MAX):
+            await self._client.xclaim(
+                self.options.stream,
+                self.options.group,
+                self.consumer,
+                0,
+                held[start : start + _ACK_MAX],
+                justid=True,
+            )
+
+    # -- Redis calls, outages and the group ----------------------------------
+
+    async def _create_group(self) -> bool:
+        """XGROUP CREATE ... MKSTREAM; ``False`` when it exists already."""
+        start = "0" if self.options.create_group == "oldest" else "$"
+        try:
+            await self._client.xgroup_create(
+                self.options.stream, self.options.group, id=start, mkstream=True
+            )
+        except ResponseError as exc:
+            if str(exc).startswith("BUSYGROUP"):
+                return False
+            raise
+        return True
+
+    async def _call(self, op: str, command: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis command until it succeeds: outages back off, a lost group is recreated.
+
+        Never raises a Redis error: a worker waits out Redis, it does not crash on it.
+        """
+        delays = _backoff()
+        while True:
+            try:
+                result = await command()
+            except ResponseError as exc:
+                error: Exception = exc
+                if _group_missing(exc):
+                    self.stats.redis_errors += 1
+                    await self._recover_group(op, exc)
+                    await anyio.sleep(next(delays))
+                    continue
+            except (RedisError, OSError) as exc:
+                error = exc
+            else:
+                if self._down_since is not None:
+                    self.log.info(
+                        "redis_reconnected",
+                        op=op,
+                        down_for=round(time.monotonic() - self._down_since, 3),
+                    )
+                    self._down_since = None
+                return result
+            self.stats.redis_errors += 1
+            delay = next(delays)
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                self.log.error("redis_unavailable", op=op, error=_describe(error))
+            self.log.warning("redis_retry", op=op, error=_describe(error), delay=round(delay, 3))
+            await anyio.sleep(delay)
+
+    async def _recover_group(self, op: str, exc: Exception) -> None:
+        """The group (or the whole stream) is gone: Redis restarted empty, or someone deleted it."""
+        assert self._group_lock is not None
+        async with self._group_lock:
+            if self.options.create_group == "no":
+                self.log.error(
+                    "group_missing",
+                    op=op,
+                    error=_describe(exc),
+                    note="create_group is no: create it with XGROUP CREATE; retrying",
+                )
+                return
+            try:
+                created = await self._create_group()
+            except (RedisError, OSError) as create_error:
+                self.log.warning("group_create_failed", error=_describe(create_error))
+                return
+            if created:
+                self.stats.groups_recreated += 1
+                self.log.error(
+                    "group_recreated",
+                    op=op,
+                    error=_describe(exc),
+                    start=self.options.create_group,
+                    note="the consumer group had vanished (Redis restarted empty, or the "
+                    "stream or group was deleted); entries may be delivered again"
+                    + ("" if self.options.create_group == "oldest" else " or skipped"),
+                )
+
+
+# -- pure helpers ------------------------------------------------------------
+
+
+def entry_message(ctx: SourceContext, entry_id: str, fields: dict[bytes, bytes]) -> Message:
+    """The message an entry carries; ``ValueError`` or ``DecodeError`` when it cannot be read.
+
+    A frame goes through the source's codec. An entry of ``kind = "message"``
+    (a message the ingest side had no raw frame for: lifecycle, emitted, replayed)
+    holds a ``jsonl`` record and is rebuilt from it. Either way ``connection``
+    becomes the source's name, ``fields`` gain ``stream_id`` and
+    ``source_connection``, and an entry written as a dead letter (``reason`` ...)
+    keeps its :class:`~wsroute.DeadLetter`.
+    """
+    if fields.get(b"kind") == b"message":
+        record = fields.get(b"frame")
+        if record is None:
+            raise ValueError("the entry has no frame field")
+        message = parse_record(record).replace(connection=ctx.name)
+    else:
+        message = ctx.decode(entry_frame(ctx.name, entry_id, fields))
+    message.fields = {**message.fields, **entry_fields(entry_id, fields)}
+    if message.dead_letter is None and b"reason" in fields:
+        message.dead_letter = entry_dead_letter(fields)
+    return message
+
+
+def entry_dead_letter(fields: dict[bytes, bytes]) -> DeadLetter:
+    """The dead-letter fields the ``redis`` sink writes when it is a dead-letter handler."""
+
+    def text(name: bytes) -> str | None:
+        value = fields.get(name)
+        return value.decode("utf-8", "replace") if value else None
+
+    attempts = fields.get(b"attempts", b"")
+    return DeadLetter(
+        reason=text(b"reason") or "",
+        handler=text(b"handler"),
+        error=text(b"error"),
+        attempts=int(attempts) if attempts.isdigit() else 0,
+    )
+
+
+def entry_frame(name: str, entry_id: str, fields: dict[bytes, bytes]) -> Frame:
+    """The frame an entry carries, as the ``redis`` sink wrote it; ``ValueError`` if malformed.
+
+    ``seq`` defaults to 0 and ``received_at`` to the entry ID's time when the
+    producer did not write them; ``kind = "text"`` makes the frame a text frame.
+    """
+    raw = fields.get(b"frame")
+    if raw is None:
+        raise ValueError("the entry has no frame field")
+    data: bytes | str = raw
+    if fields.get(b"kind") == b"text":
+        try:
+            data = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"a text frame that is not UTF-8: {exc}") from exc
+    raw_seq = fields.get(b"seq")
+    raw_time = fields.get(b"received_at")
+    try:
+        seq = int(raw_seq) if raw_seq is not None else 0
+        received_at = float(raw_time) if raw_time is not None else id_time(entry_id)
+    except ValueError as exc:
+        raise ValueError(f"seq or received_at is not a number: {exc}") from exc
+    if not math.isfinite(received_at):
+        raise ValueError(f"received_at is not a finite number: {received_at}")
+    return Frame(name, data, seq, received_at)
+
+
+def entry_fields(entry_id: str, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """What a worker adds to ``Message.fields``: the entry ID, the ingest connection's name."""
+    out: dict[str, Any] = {"stream_id": entry_id}
+    connection = fields.get(b"connection")
+    if connection is not None:
+        out["source_connection"] = connection.decode("utf-8", "replace")
+    return out
+
+
+def raw_message(name: str, entry_id: str, fields: dict[bytes, bytes]) -> Message:
+    """An undecodable entry as a dead letter: body and ``raw`` are the frame field as stored."""
+    data = fields.get(b"frame", b"")
+    seq = fields.get(b"seq", b"")
+    received = fields.get(b"received_at", b"")
+    return Message(
+        name,
+        None,
+        data,
+        fields=entry_fields(entry_id, fields),
+        raw=data,
+        seq=int(seq) if seq.isdigit() else 0,
+        received_at=_float_or(received, id_time(entry_id)),
+    )
+
+
+def id_time(entry_id: str) -> float:
+    """The Unix time in an entry ID (``<milliseconds>-<n>``); 0.0 for other IDs."""
+    millis, _, _ = entry_id.partition("-")
+    return int(millis) / 1000 if millis.isdigit() else 0.0
+
+
+def _float_or(value: bytes, default: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        return default
+    return number if math.isfinite(number) else default
+
+
+def _stream_entries(reply: Any) -> list[tuple[str, dict[bytes, bytes] | None]]:
+    """XREADGROUP's reply for one stream as ``[(id, fields)]``; ``fields`` ``None``: trimmed.
+
+    RESP2 replies ``[[stream, entries]]``, RESP3 ``{stream: [entries]}``.
+    """
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        groups = [v[0] if v and isinstance(v[0], list) else v for v in reply.values()]
+    else:
+        groups = [item[1] for item in reply]
+    return [entry for entries in groups for entry in _entries(entries)]
+
+
+def _entries(items: Iterable[Any]) -> Iterator[tuple[str, dict[bytes, bytes] | None]]:
+    for item in items:
+        if item is None:
+            continue
+        entry_id, fields = item[0], item[1]
+        if isinstance(fields, list):  # an unparsed field list
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
+        yield _id(entry_id), fields or None
+
+
+def _autoclaim_reply(
+    reply: Any,
+) -> tuple[str, list[tuple[str, dict[bytes, bytes] | None]], list[str]]:
+    """XAUTOCLAIM's reply: next cursor, claimed entries, IDs gone from the stream (Redis >= 7)."""
+    cursor = _id(reply[0])
+    claimed = list(_entries(reply[1]))
+    deleted = [_id(i) for i in reply[2]] if len(reply) > 2 and reply[2] else []
+    return cursor, claimed, deleted
+
+
+def _id(value: bytes | str) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else value
+
+
+def _group_missing(exc: ResponseError) -> bool:
+    # NOGROUP: no such key or group. UNBLOCKED: a blocked XREADGROUP's stream was deleted.
+    text = str(exc)
+    return text.startswith(("NOGROUP", "UNBLOCKED"))
+
+
+def _first(items: set[str], count: int) -> Iterator[str]:
+    for n, item in enumerate(items):
+        if n >= count:
+            return
+        yield item
+
+
+def _backoff() -> Iterator[float]:
+    delay = _RETRY_INITIAL
+    while True:
+        yield delay * random.uniform(0.5, 1.0)
+        delay = min(_RETRY_MAX, delay * 2)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

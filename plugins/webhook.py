@@ -1,0 +1,237 @@
+"""The built-in ``webhook`` handler: an HTTP request per message.
+
+Needs the ``webhook`` extra (``pip install 'wsroute[webhook]'``: httpx, which
+runs on anyio). One client per handler keeps a pool of up to
+``max_connections`` kept-alive connections, shared by the handler's workers
+(``concurrency``).
+
+A message is handled when the server answered 2xx: the request left the
+process and the server took it. A 5xx, a 429 or a transport error (refused,
+reset, timed out) is tried again within the same ``handle()``, ``request_retries`` times
+with doubling delays, honouring ``Retry-After`` when it fits under
+``backoff_max``; what still fails raises, and the daemon's own retries and dead
+letters take over. Any other status (a 400, a 404) fails at once: the same
+request would fail again. Keep the handler's ``timeout`` (a delivery key) above
+what the attempts can take (``request_timeout × (request_retries + 1)`` plus the
+delays), or set ``request_retries = 0`` and leave retrying to the daemon.
+
+Header values (``Authorization = "Bearer ${credential:hook-token}"``) are
+interpolated by the config loader and never logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+import httpx
+import msgspec
+
+from wsroute import Duration, HandlerContext, Message
+from wsroute.connection import redact_url, retry_after
+from wsroute.plugins._sinks import TlsSection, ssl_context
+from wsroute.plugins.jsonl import record
+
+__all__ = ["WebhookError", "WebhookHandler"]
+
+_ERROR_BODY = 200
+
+
+class WebhookError(RuntimeError):
+    """The server did not take the request: ``status`` is its answer, ``None`` if none came."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _fallback(value: Any) -> Any:
+    return str(value)
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_fallback)
+
+
+def request_body(message: Message, payload: str) -> tuple[bytes, str]:
+    """The request body and its ``Content-Type`` for ``payload = "record"`` or ``"body"``.
+
+    ``record``: the ``jsonl`` record (connection, key, seq, received_at, fields,
+    body) as JSON. ``body``: the decoded body alone — JSON as JSON, text as
+    ``text/plain``, bytes as ``application/octet-stream``.
+    """
+    if payload == "record":
+        return _encoder.encode(record(message)), "application/json"
+    body = message.body
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body), "application/octet-stream"
+    if isinstance(body, str):
+        return body.encode(), "text/plain; charset=utf-8"
+    return _encoder.encode(body), "application/json"
+
+
+def _retryable(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+class WebhookHandler:
+    """Send each message to an HTTP endpoint (POST by default, JSON body).
+
+    2xx means handled; 5xx, 429 and transport errors are retried ``request_retries``
+    times with backoff (``Retry-After`` honoured), then raised to the daemon's
+    retries and dead letters. Keep-alive connection pool, TLS options, header
+    values with ``${...}`` secrets.
+    """
+
+    @dataclass
+    class Options:
+        url: str = field(metadata={"doc": "http:// or https:// URL of the endpoint."})
+        method: Literal["POST", "PUT", "PATCH"] = field(
+            default="POST", metadata={"doc": "HTTP method."}
+        )
+        headers: dict[str, str] = field(
+            default_factory=dict,
+            metadata={"doc": "Extra request headers (values never logged; ${...} for secrets)."},
+        )
+        payload: Literal["record", "body"] = field(
+            default="record",
+            metadata={
+                "doc": "record: the jsonl record as JSON; body: the decoded body alone "
+                "(JSON, text or bytes)."
+            },
+        )
+        request_timeout: Duration = field(
+            default=Duration(2.0),
+            metadata={"doc": "Budget of one request: connect, send, answer."},
+        )
+        request_retries: int = field(
+            default=1,
+            metadata={
+                "doc": "Tries again after a 5xx, 429 or transport error, within one handle()."
+            },
+        )
+        backoff: Duration = field(
+            default=Duration(0.2), metadata={"doc": "Delay before the first retry; doubles."}
+        )
+        backoff_max: Duration = field(
+            default=Duration(2.0),
+            metadata={
+                "doc": "Cap on the delay; a longer Retry-After fails the attempt at once "
+                "(the daemon retries later)."
+            },
+        )
+        max_connections: int = field(
+            default=10, metadata={"doc": "Connections kept open to the server, at most."}
+        )
+        tls: TlsSection = field(
+            default_factory=TlsSection,
+            metadata={"doc": "ca_file, cert_file, key_file, verify: as a connection's tls."},
+        )
+        proxy: str = field(
+            default="none",
+            metadata={
+                "doc": 'none (proxy variables ignored) | env (HTTPS_PROXY...) | "http://..."'
+            },
+        )
+
+        def __post_init__(self) -> None:
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+            if self.request_timeout <= 0:
+                raise ValueError("request_timeout must be above 0")
+            if self.request_retries < 0:
+                raise ValueError(
+                    f"request_retries must not be negative, got {self.request_retries}"
+                )
+            if self.max_connections < 1:
+                raise ValueError(f"max_connections must be at least 1, got {self.max_connections}")
+            if self.proxy not in ("none", "env") and not self.proxy.startswith(
+                ("http://", "https://")
+            ):
+                raise ValueError(
+                    f'proxy must be "none", "env" or an http(s):// URL: {self.proxy!r}'
+                )
+            for name, value in self.headers.items():
+                if "\r" in value or "\n" in value:
+                    raise ValueError(f"headers: the value of {name} must not contain a line break")
+
+    def __init__(self, options: Options, ctx: HandlerContext) -> None:
+        self.options = options
+        self._ctx = ctx
+        self._url_for_logs = redact_url(options.url)
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        """Create the client and its connection pool (nothing is connected yet)."""
+        options = self.options
+        verify: Any = True
+        if options.url.startswith("https://"):
+            verify = ssl_context(options.tls, self._ctx.log)
+        self._client = httpx.AsyncClient(
+            headers=options.headers,
+            timeout=httpx.Timeout(options.request_timeout),
+            limits=httpx.Limits(
+                max_connections=options.max_connections,
+                max_keepalive_connections=options.max_connections,
+            ),
+            verify=verify,
+            trust_env=options.proxy == "env",
+            proxy=None if options.proxy in ("none", "env") else options.proxy,
+            follow_redirects=False,
+        )
+
+    async def stop(self) -> None:
+        """Close the pool's connections."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def handle(self, message: Message) -> None:
+        """Send the request; return on 2xx, raise :class:`WebhookError` once retries are spent."""
+        client = self._client
+        if client is None:
+            raise WebhookError("the webhook handler is not started")
+        options = self.options
+        content, content_type = request_body(message, options.payload)
+        headers = {"Content-Type": content_type}
+        delay: float = options.backoff
+        attempt = 0
+        while True:
+            attempt += 1
+            wait: float | None = None
+            try:
+                response = await client.request(
+                    options.method, options.url, content=content, headers=headers
+                )
+            except httpx.TransportError as exc:
+                error = WebhookError(f"{type(exc).__name__}: {str(exc) or 'no answer'}")
+                error.__cause__ = exc
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return
+                text = response.text[:_ERROR_BODY].strip()
+                error = WebhookError(
+                    f"HTTP {status} {response.reason_phrase}" + (f": {text}" if text else ""),
+                    status,
+                )
+                if not _retryable(status):
+                    raise error
+                wait = retry_after(response.headers)
+            if attempt > options.request_retries:
+                raise error
+            if wait is not None and wait > options.backoff_max:
+                error.args = (f"{error}; Retry-After {wait:g}s is beyond backoff_max",)
+                raise error
+            pause = max(delay, wait or 0.0)
+            self._ctx.log.info(
+                "webhook_retry",
+                url=self._url_for_logs,
+                error=str(error),
+                attempt=attempt,
+                delay=round(pause, 3),
+                connection=message.connection,
+                seq=message.seq,
+            )
+            await anyio.sleep(pause)
+            delay = min(options.backoff_max, delay * 2)

@@ -1,0 +1,182 @@
+"""The built-in ``websocket`` handler: forward messages to another WebSocket server.
+
+The outgoing connection is the daemon's own upstream connection class, so it
+takes the same options as a ``[connections.NAME]`` table — ``url``,
+``headers``, ``tls``, ``proxy``, ``reconnect``, keepalive, ``on_connect``
+(a login replayed after every reconnect), ``every`` — and behaves the same:
+capped backoff with jitter, ``Retry-After``, keepalive pings. What the target
+server sends back is read (so its pongs and close frames get through) and
+dropped. ``codec`` only matters to ``on_connect`` steps that ``expect`` a reply:
+``json`` reads the reply's route key from its ``type`` field.
+
+(This reuses ``wsroute.connection.Connection``, which is internal API: the
+built-in sinks ship with the daemon and move with it.)
+
+``payload`` picks what is sent per message: ``frame`` — the raw frame as
+received, text as text and binary as binary (a message without a raw frame
+sends its ``jsonl`` record as JSON text); ``body`` — the decoded body as JSON
+text (a bytes body as a binary frame); ``record`` — the ``jsonl`` record as
+JSON text.
+
+Messages wait for the connection (its ``on_connect`` done) within the
+handler's ``timeout``. ``confirm`` says when one counts as handled: ``pong``
+(the default) once the server answered a ping sent after the frame — it has
+read the frame, so a connection that dies first fails the message, and the
+daemon retries it (at least once); ``write`` as soon as the frame is in the
+kernel's socket buffer (if it is still queued in the process, a pong is
+awaited instead) — it survives the daemon being killed, but not the
+connection dying just then. With ``concurrency = N``, N frames await their
+pongs at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from wsroute import Codec, HandlerContext, Message, Outgoing, SendError
+from wsroute.codec import BytesCodec, JsonCodec, TextCodec
+from wsroute.config import ConnectionSection
+from wsroute.connection import Connection, ConnectionState
+from wsroute.plugins._sinks import PluginTasks
+from wsroute.plugins.jsonl import encode_record
+
+__all__ = ["WebsocketHandler", "outgoing_for"]
+
+_CODECS: dict[str, type[Any]] = {"bytes": BytesCodec, "json": JsonCodec, "text": TextCodec}
+
+
+def outgoing_for(message: Message, payload: str) -> Outgoing:
+    """The frame sent for ``message`` under ``payload = "frame"``, ``"body"`` or ``"record"``."""
+    if payload == "frame":
+        raw = message.raw
+        if isinstance(raw, str) and raw:
+            return Outgoing(text=raw)
+        if raw:
+            return Outgoing(raw=bytes(raw))
+    elif payload == "body":
+        body = message.body
+        if isinstance(body, bytes | bytearray | memoryview):
+            return Outgoing(raw=bytes(body))
+        return Outgoing(json=body, has_json=True)
+    return Outgoing(text=encode_record(message)[:-1].decode())
+
+
+def _socket(connection: Connection) -> ClientConnection | None:
+    # Connection keeps its socket to itself; the sink needs it to know where a
+    # frame is (internal API, same distribution: see the module docstring).
+    ws: ClientConnection | None = getattr(connection, "_ws", None)
+    return ws
+
+
+class WebsocketHandler:
+    """Forward each message to another WebSocket server, over a kept-up connection.
+
+    Takes every option of a ``[connections.NAME]`` table (url, headers, tls,
+    reconnect, on_connect...), plus ``payload`` (frame, body or record) and
+    ``confirm`` (write or pong).
+    """
+
+    @dataclass
+    class Options(ConnectionSection):
+        url: str = field(metadata={"doc": "ws:// or wss:// URL of the server to forward to."})
+        codec: Literal["bytes", "json", "text"] = field(
+            default="bytes",
+            metadata={
+                "doc": "How the server's frames are decoded; only on_connect expect steps "
+                "look at them (json: the key is the `type` field)."
+            },
+        )
+        payload: Literal["frame", "body", "record"] = field(
+            default="frame",
+            metadata={
+                "doc": "frame: the raw frame as received; body: the decoded body as JSON; "
+                "record: the jsonl record as JSON."
+            },
+        )
+        confirm: Literal["pong", "write"] = field(
+            default="pong",
+            metadata={
+                "doc": "Handled once the server answered a ping sent after the frame (pong), "
+                "or once the frame is in the kernel's socket buffer (write: faster, but a "
+                "connection dying then loses it)."
+            },
+        )
+
+    def __init__(self, options: Options, ctx: HandlerContext) -> None:
+        self.options = options
+        self._ctx = ctx
+        self._codec: Codec = _CODECS[options.codec]()
+        self._connection: Connection | None = None
+        self._tasks = PluginTasks(ctx.log)
+        self._ready = anyio.Event()
+
+    @property
+    def connection(self) -> Connection:
+        """The outgoing connection (its ``state`` and ``stats``), once started."""
+        if self._connection is None:
+            raise SendError(f"handler {self._ctx.name!r} is not started")
+        return self._connection
+
+    def _on_message(self, message: Message) -> None:
+        # The server's own frames are dropped; its lifecycle tells us when to send.
+        if message.key == "$connected":
+            self._ready.set()
+        elif message.key == "$disconnected" and self._ready.is_set():
+            self._ready = anyio.Event()
+
+    async def start(self) -> None:
+        """Start the connection loop; the server being down is logged, not fatal."""
+        # Its log lines say connection=handlers.NAME: not one of the config's upstreams.
+        self._connection = Connection(
+            f"handlers.{self._ctx.name}", self.options, self._codec, self._on_message
+        )
+        await self._tasks.open()
+        try:
+            await self._tasks.start(self._connection.run, name=f"websocket {self._ctx.name}")
+        except BaseException:
+            await self._tasks.aclose()  # stop() is not called when start() fails
+            raise
+
+    async def stop(self) -> None:
+        """Close the connection (close frame, ``close_timeout``) and stop its loop."""
+        if self._connection is not None:
+            self._connection.stop()
+            with anyio.move_on_after(self.options.close_timeout + 1.0):
+                await self._connection.wait_stopped()
+        await self._tasks.aclose()
+
+    async def handle(self, message: Message) -> None:
+        """Send the frame; return once the server confirmed it (``confirm``)."""
+        outgoing = outgoing_for(message, self.options.payload)
+        connection = self.connection
+        while connection.state is not ConnectionState.CONNECTED:
+            if self._ready.is_set():  # stale: set by the previous session
+                self._ready = anyio.Event()
+            await self._ready.wait()  # bounded by the handler's timeout
+        ws = _socket(connection)
+        await connection.send(outgoing)
+        if ws is None or _socket(connection) is not ws:  # not the socket we confirm on
+            raise SendError(f"handler {self._ctx.name!r}: connection lost while sending")
+        await self._confirm(ws)
+
+    async def _confirm(self, ws: ClientConnection) -> None:
+        transport = ws.transport
+        if (
+            self.options.confirm == "write"
+            and transport is not None
+            and transport.get_write_buffer_size() == 0
+        ):
+            return
+        try:
+            pong = await ws.ping()
+            await pong
+        except ConnectionClosed as exc:
+            raise SendError(
+                f"handler {self._ctx.name!r}: connection closed before the server confirmed: {exc}"
+            ) from exc

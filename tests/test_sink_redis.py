@@ -1,0 +1,433 @@
+"""The ``redis`` sink against a real redis-server started by the tests.
+
+The server runs without persistence in tmp_path on a free port; an outage is
+the server really stopped, and the recovery the server really started again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+from structlog.testing import capture_logs
+
+from wsroute import ConfigError, DeadLetter, Message
+from wsroute.plugins.jsonl import parse_record
+from wsroute.plugins.redis import Batcher, PipelineError, RedisHandler, stream_fields
+from wsroute.testing import (
+    RecordingContext,
+    ScriptedUpstream,
+    build_handler,
+    free_port,
+    message,
+)
+
+REDIS_SERVER = shutil.which("redis-server")
+needs_redis = pytest.mark.skipif(
+    REDIS_SERVER is None,
+    reason="redis-server is not installed (CI installs it with .ci/services-setup)",
+)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class RedisServer:
+    """A redis-server process on 127.0.0.1, no persistence, that a test can stop and restart."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.folder)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            assert self.process.poll() is None, "redis-server exited at start"
+            time.sleep(0.02)
+        raise TimeoutError("redis-server did not answer PING within 10 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def client(server: RedisServer) -> aioredis.Redis:
+    return aioredis.Redis.from_url(server.url)
+
+
+# --------------------------------------------------------------------------- entry fields
+
+
+def test_binary_frame_is_written_byte_for_byte() -> None:
+    raw = b"\x01\x00\x00\x00" + b'{"price": 1.5}'
+    msg = Message("exchange", 1, {"price": 1.5}, raw=raw, seq=42, received_at=1700000000.125)
+    assert stream_fields(msg) == {
+        "frame": raw,
+        "connection": "exchange",
+        "key": "1",
+        "seq": "42",
+        "received_at": "1700000000.125",
+    }
+
+
+def test_text_frame_is_utf8_with_kind_text() -> None:
+    msg = Message("news", "news", {"headline": "é"}, raw='{"headline": "é"}', seq=1)
+    fields = stream_fields(msg)
+    assert fields["frame"] == '{"headline": "é"}'.encode()
+    assert fields["kind"] == "text"
+    assert fields["key"] == '"news"'
+
+
+def test_message_without_raw_frame_carries_its_record() -> None:
+    # A lifecycle message has no raw frame: a worker rebuilds it from the record.
+    msg = Message("exchange", "$connected", {"outage": 1.5}, seq=9, received_at=1700000000.5)
+    fields = stream_fields(msg)
+    assert fields["kind"] == "message"
+    assert fields["key"] == '"$connected"'
+    frame = fields["frame"]
+    assert isinstance(frame, bytes)
+    assert parse_record(frame) == msg
+
+
+def test_dead_letter_adds_its_reason() -> None:
+    dead = DeadLetter(reason="timeout", handler="archive", error="TimeoutError", attempts=4)
+    fields = stream_fields(Message("c", None, b"x", raw=b"x", dead_letter=dead))
+    assert (fields["reason"], fields["handler"], fields["attempts"]) == ("timeout", "archive", "4")
+
+
+def test_options_need_exactly_one_target() -> None:
+    with pytest.raises(ConfigError, match="exactly one of stream"):
+        build_handler("redis", {})
+    with pytest.raises(ConfigError, match="exactly one of stream"):
+        build_handler("redis", {"stream": "s", "channel": "c"})
+    with pytest.raises(ConfigError, match="redis://"):
+        build_handler("redis", {"stream": "s", "url": "http://user:secret@host/"})
+
+
+def test_bad_url_error_hides_the_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_handler("redis", {"stream": "s", "url": "http://user:secret@host/"})
+    assert "secret" not in str(info.value)
+
+
+CHECK_CONFIG = '[handlers.q]\nplugin = "redis"\nstream = "s"\n'
+
+
+def test_missing_extra_is_named_by_check(tmp_path: Path) -> None:
+    # The client library hidden from a real `wsroute check` in a subprocess.
+    config = tmp_path / "wsroute.toml"
+    config.write_text(CHECK_CONFIG)
+    code = (
+        "import sys; sys.modules['redis'] = None; from wsroute.cli import main; "
+        "sys.exit(main(['check', '-c', sys.argv[1]]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert "pip install 'wsroute[redis]'" in result.stderr
+
+
+# --------------------------------------------------------------------------- batcher (no I/O)
+
+
+@pytest.mark.anyio
+async def test_batcher_sends_what_waits_in_one_flush() -> None:
+    batches: list[list[int]] = []
+
+    async def flush(items: list[Any]) -> list[Any]:
+        batches.append(list(items))
+        await anyio.sleep(0.05)  # a round trip: the others queue meanwhile
+        return [ValueError("odd") if n % 2 else n * 10 for n in items]
+
+    batcher = Batcher(flush)
+    results: dict[int, Any] = {}
+
+    async def submit(n: int) -> None:
+        try:
+            results[n] = await batcher.submit(n)
+        except ValueError as exc:
+            results[n] = exc
+
+    async with anyio.create_task_group() as tg:
+        for n in range(10):
+            tg.start_soon(submit, n)
+    assert sorted(n for batch in batches for n in batch) == list(range(10))
+    assert len(batches) < 10
+    assert all(results[n] == n * 10 for n in range(0, 10, 2))
+    assert all(isinstance(results[n], ValueError) for n in range(1, 10, 2))
+
+
+@pytest.mark.anyio
+async def test_batcher_failure_fails_the_whole_batch_and_recovers() -> None:
+    calls = 0
+
+    async def flush(items: list[Any]) -> list[Any]:
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(0.02)
+        if calls == 2:
+            raise ConnectionError("connection lost")
+        return list(items)
+
+    batcher = Batcher(flush)
+    outcomes: list[str] = []
+
+    async def submit(n: int) -> None:
+        try:
+            await batcher.submit(n)
+        except (ConnectionError, PipelineError) as exc:
+            outcomes.append(type(exc).__name__)
+        else:
+            outcomes.append("ok")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(submit, 0)
+        await anyio.sleep(0.005)  # the first flush is under way
+        for n in range(1, 6):
+            tg.start_soon(submit, n)
+    # the first flush carries one item, the second (failing) the five that queued
+    assert outcomes.count("ok") == 1
+    assert outcomes.count("ConnectionError") == 1  # the caller that sent it sees the cause
+    assert outcomes.count("PipelineError") == 4
+    assert await batcher.submit(99) == 99
+
+
+@pytest.mark.anyio
+async def test_batcher_forgets_a_cancelled_waiter() -> None:
+    sent: list[int] = []
+    release = anyio.Event()
+
+    async def flush(items: list[Any]) -> list[Any]:
+        sent.extend(items)
+        await release.wait()
+        return list(items)
+
+    batcher = Batcher(flush)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(batcher.submit, 1)
+        await anyio.sleep(0.01)
+        with anyio.move_on_after(0.05):
+            await batcher.submit(2)  # waits behind 1, then gives up
+        release.set()
+    assert await batcher.submit(3) == 3
+    assert sent == [1, 3]
+
+
+# --------------------------------------------------------------------------- real Redis
+
+
+@needs_redis
+@pytest.mark.anyio
+async def test_xadd_writes_the_entry_fields(redis_server: RedisServer) -> None:
+    handler = build_handler("redis", {"url": redis_server.url, "stream": "{ticks}:in"})
+    await handler.start()
+    try:
+        raw = b"\x01\x00\x00\x00{}"
+        await handler.handle(message({}, key=1, raw=raw, seq=7, received_at=1700000000.25))
+        await handler.handle(message({"a": 1}, key="news", raw='{"a": 1}', seq=8))
+    finally:
+        await handler.stop()
+    async with client(redis_server) as redis:
+        entries = await redis.xrange("{ticks}:in")
+    assert len(entries) == 2
+    first = entries[0][1]
+    assert first == {
+        b"frame": raw,
+        b"connection": b"test",
+        b"key": b"1",
+        b"seq": b"7",
+        b"received_at": b"1700000000.25",
+    }
+    assert entries[1][1][b"kind"] == b"text"
+    assert entries[1][1][b"frame"] == b'{"a": 1}'
+
+
+@needs_redis
+@pytest.mark.anyio
+async def test_stream_is_trimmed_to_about_max_len(redis_server: RedisServer) -> None:
+    handler = build_handler("redis", {"url": redis_server.url, "stream": "trimmed", "max_len": 10})
+    await handler.start()
+    try:
+        for seq in range(1, 501):
+            await handler.handle(message(None, raw=b"x", seq=seq))
+    finally:
+        await handler.stop()
+    async with client(redis_server) as redis:
+        length = await redis.xlen("trimmed")
+        last = await redis.xrevrange("trimmed", count=1)
+    # MAXLEN ~ trims whole radix-tree nodes: about, never fewer than max_len.
+    assert 10 <= length < 500
+    assert last[0][1][b"seq"] == b"500"
+
+
+@needs_redis
+@pytest.mark.anyio
+async def test_concurrent_calls_share_round_trips(redis_server: RedisServer) -> None:
+    handler: RedisHandler = build_handler("redis", {"url": redis_server.url, "stream": "batch"})
+    await handler.start()
+    try:
+        async with anyio.create_task_group() as tg:
+            for seq in range(1, 201):
+                tg.start_soon(handler.handle, message(None, raw=b"x", seq=seq))
+    finally:
+        await handler.stop()
+    async with client(redis_server) as redis:
+        assert await redis.xlen("batch") == 200
+    assert handler.batches < 200
+
+
+@needs_redis
+@pytest.mark.anyio
+async def test_publish_sends_the_json_record(redis_server: RedisServer) -> None:
+    handler = build_handler("redis", {"url": redis_server.url, "channel": "ticks"})
+    async with client(redis_server) as redis, redis.pubsub() as pubsub:
+        await pubsub.subscribe("ticks")
+        await pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+        await handler.start()
+        try:
+            await handler.handle(message({"price": 2}, key=1, connection="exchange", seq=3))
+        finally:
+            await handler.stop()
+        got = None
+        with anyio.fail_after(5):
+            while got is None:
+                got = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+    record = json.loads(got["data"])
+    assert (record["connection"], record["key"], record["seq"], record["body"]) == (
+        "exchange",
+        1,
+        3,
+        {"price": 2},
+    )
+
+
+@needs_redis
+@pytest.mark.anyio
+async def test_server_down_at_start_is_only_logged(redis_server: RedisServer) -> None:
+    redis_server.stop()
+    ctx = RecordingContext("r")
+    handler = build_handler(
+        "redis", {"url": redis_server.url, "stream": "s", "socket_timeout": "1s"}, ctx=ctx
+    )
+    with capture_logs() as logs:
+        await handler.start()  # does not raise: the daemon must start without its targets
+    assert [e["event"] for e in logs] == ["redis_unavailable"]
+    try:
+        with pytest.raises(Exception, match=r"(?i)connect"):
+            await handler.handle(message(None, raw=b"x"))
+        redis_server.start()
+        await handler.handle(message(None, raw=b"x"))  # recovers with the server
+    finally:
+        await handler.stop()
+
+
+# --------------------------------------------------------------------------- the daemon, an outage
+
+CONFIG = """
+[daemon]
+dead_letter = "dlq"
+shutdown_timeout = "5s"
+
+[connections.up]
+url = "${WSROUTE_UPSTREAM}"
+codec = "json"
+ping_interval = 0
+
+[routes.all]
+handlers = ["ticks"]
+
+[handlers.ticks]
+plugin = "redis"
+url = "${REDIS_URL}"
+stream = "ticks"
+socket_timeout = "1s"
+concurrency = 4
+timeout = "2s"
+retries = 2
+
+[handlers.dlq]
+plugin = "jsonl"
+path = "${WSROUTE_TMP}/dead.jsonl"
+"""
+
+
+@needs_redis
+@pytest.mark.anyio
+async def test_outage_retries_dead_letters_then_recovers(
+    redis_server: RedisServer, wsroute_daemon: Any
+) -> None:
+    upstream = ScriptedUpstream()
+    env = {"REDIS_URL": redis_server.url}
+    async with wsroute_daemon(CONFIG, upstream=upstream, environ=env) as daemon:
+        await daemon.wait_until(lambda: upstream.connected == 1)
+        await upstream.send('{"type": "tick", "n": 1}')
+        await daemon.wait_until(lambda: daemon.stats("ticks")["handled"] == 1)
+
+        redis_server.stop()
+        await upstream.send('{"type": "tick", "n": 2}')
+        await daemon.wait_until(lambda: daemon.stats("ticks")["dead_lettered"] == 1, timeout=15)
+        assert daemon.stats("ticks")["failures"] == 3  # the first attempt and two retries
+
+        await anyio.to_thread.run_sync(redis_server.start)
+        await upstream.send('{"type": "tick", "n": 3}')
+        await daemon.wait_until(lambda: daemon.stats("ticks")["handled"] == 2, timeout=10)
+        dead_file = daemon.tmp_path / "dead.jsonl"
+    dead = [json.loads(line) for line in dead_file.read_text().splitlines()]
+    assert [(d["body"]["n"], d["handler"], d["reason"]) for d in dead] == [
+        (2, "ticks", "handler_error")
+    ]
+    async with client(redis_server) as redis:
+        entries = await redis.xrange("ticks")
+    # The server came back empty (no persistence): only what was sent after it.
+    assert [json.loads(e[1][b"frame"])["n"] for e in entries] == [3]
