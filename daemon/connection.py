@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import anyio
 import anyio.abc
 import structlog
+from anyio.lowlevel import checkpoint
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
@@ -58,6 +59,8 @@ DecodeFailed = Callable[[Frame, DecodeError], Awaitable[None] | None]
 # Frames websockets buffers before it stops reading the socket (its high-water mark).
 _MAX_QUEUE = 64
 _RETRY_AFTER_CAP = 3600.0
+# Frames read between two explicit yields to the event loop.
+_YIELD_EVERY = 64
 # Close codes 1012 (service restart) and 1013 (try again later) ask us to wait.
 _SLOW_DOWN_CODES = {1012, 1013}
 _SLOW_DOWN_DELAY = 5.0
@@ -405,8 +408,15 @@ class Connection:
         dispatch = self.dispatch
         stats = self.stats
         now = time.time
+        since_yield = 0
         try:
             async for data in ws:
+                # websockets hands out buffered frames without suspending: against a
+                # flooding upstream this loop would never let the workers run.
+                since_yield += 1
+                if since_yield >= _YIELD_EVERY:
+                    since_yield = 0
+                    await checkpoint()
                 self._seq += 1
                 stats.last_frame_at = received_at = now()
                 frame = Frame(name, data, self._seq, received_at)
