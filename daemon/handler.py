@@ -132,6 +132,11 @@ class HandlerRunner:
         self._limit = section.queue
         self._policy = section.overflow
         self._busy: list[Message | None] = [None] * section.concurrency
+        # Per worker: when the current attempt started (inf: none running), its number,
+        # and the cancel scope the watchdog cancels on a timeout.
+        self._started: list[float] = [math.inf] * section.concurrency
+        self._attempts: list[int] = [0] * section.concurrency
+        self._scopes: list[anyio.CancelScope] = [anyio.CancelScope()] * section.concurrency
         self._item = anyio.Event()
         self._space: anyio.Event | None = None
         self._accepting = True
@@ -278,6 +283,8 @@ class HandlerRunner:
                 async with anyio.create_task_group() as tg:
                     for index in range(len(self._busy)):
                         tg.start_soon(self._worker, index)
+                    if self.section.timeout > 0:
+                        tg.start_soon(self._watchdog)
                     task_status.started()
         finally:
             self._workers_done.set()
@@ -295,9 +302,26 @@ class HandlerRunner:
         if scope.cancelled_caught:
             self.log.error("handler_stop_timeout")
 
+    # Timeouts cost nothing per message: each worker runs inside one cancel scope,
+    # records when the current attempt started, and a watchdog task cancels that
+    # scope when an attempt overruns `timeout`. The worker then counts the timeout
+    # and goes on with the message's next attempt in a fresh scope. (A cancel
+    # scope per attempt, the obvious way, took half of the per-frame budget.)
+
     async def _worker(self, index: int) -> None:
+        resume: tuple[Message, int] | None = None
+        while True:
+            scope = anyio.CancelScope()
+            self._scopes[index] = scope
+            with scope:
+                await self._work(index, resume)
+            # Only the watchdog cancels this scope: the message in hand timed out.
+            resume = self._timed_out(index)
+
+    async def _work(self, index: int, resume: tuple[Message, int] | None) -> None:
+        if resume is not None:
+            await self._finish(index, *resume)
         queue = self._queue
-        busy = self._busy
         since_yield = 0
         while True:
             if not queue:
@@ -312,71 +336,103 @@ class HandlerRunner:
             if space is not None:
                 self._space = None
                 space.set()
-            busy[index] = message
-            backlog = await self._deliver(message)
-            busy[index] = None
-            if backlog is not None:
-                await backlog.wait_below_limit()
+            await self._finish(index, message, 1)
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0
                 await checkpoint()
 
-    async def _deliver(self, message: Message) -> HandlerRunner | None:
-        """Try ``retries + 1`` times with backoff, then dead-letter.
+    async def _finish(self, index: int, message: Message, attempt: int) -> None:
+        self._busy[index] = message
+        backlog = await self._deliver(index, message, attempt)
+        self._busy[index] = None
+        if backlog is not None:
+            await backlog.wait_below_limit()
+
+    async def _deliver(self, index: int, message: Message, attempt: int) -> HandlerRunner | None:
+        """Attempts ``attempt`` .. ``retries + 1`` with backoff, then dead-letter.
 
         Returns the dead-letter runner to wait for when it is over its limit
         (only a terminal one: it waits on nobody, so no cycle can deadlock).
         """
-        section = self.section
-        timeout = section.timeout
-        attempt = 0
+        started = self._started
+        attempts = self._attempts
         while True:
-            attempt += 1
+            if attempt > 1:
+                started[index] = math.inf  # waiting to retry is not part of the budget
+                await anyio.sleep(_retry_delay(attempt - 1))
+            attempts[index] = attempt
+            started[index] = time.monotonic()
             try:
-                if timeout > 0:
-                    with anyio.fail_after(timeout):
-                        await self._call(message)
-                else:
-                    await self._call(message)
-            except TimeoutError as exc:
-                self.stats.failures += 1
-                self.stats.timeouts += 1
-                error: BaseException = exc
-                reason = "timeout"
+                await self._call(message)
             except Exception as exc:
+                started[index] = math.inf
                 self.stats.failures += 1
-                error = exc
-                reason = "handler_error"
+                if not self._failed(message, attempt, "handler_error", _describe(exc)):
+                    return self._backlog()
+                attempt += 1
             else:
+                started[index] = math.inf
                 self.stats.handled += 1
                 _settle(message)
                 return None
-            if attempt > section.retries:
-                self.log.error(
-                    "handler_failed",
-                    reason=reason,
-                    error=_describe(error),
-                    connection=message.connection,
-                    seq=message.seq,
-                    attempts=attempt,
-                )
-                self.give_up(message, reason, error=_describe(error), attempts=attempt)
-                target = self.dead_letter
-                if target is not None and target.dead_letter is None and target.full:
-                    return target
-                return None
-            delay = min(_RETRY_MAX, _RETRY_INITIAL * 2 ** (attempt - 1))
-            self.log.warning(
-                "handler_retry",
+
+    def _failed(self, message: Message, attempt: int, reason: str, error: str) -> bool:
+        """Log a failed attempt; ``True`` if another follows, else the message is given up."""
+        if attempt > self.section.retries:
+            self.log.error(
+                "handler_failed",
                 reason=reason,
-                error=_describe(error),
+                error=error,
                 connection=message.connection,
                 seq=message.seq,
-                attempt=attempt,
-                delay=delay,
+                attempts=attempt,
             )
-            await anyio.sleep(delay)
+            self.give_up(message, reason, error=error, attempts=attempt)
+            return False
+        self.log.warning(
+            "handler_retry",
+            reason=reason,
+            error=error,
+            connection=message.connection,
+            seq=message.seq,
+            attempt=attempt,
+            delay=_retry_delay(attempt),
+        )
+        return True
+
+    def _backlog(self) -> HandlerRunner | None:
+        target = self.dead_letter
+        if target is not None and target.dead_letter is None and target.full:
+            return target
+        return None
+
+    def _timed_out(self, index: int) -> tuple[Message, int] | None:
+        """Count the timeout of the message in hand; what to resume with, if anything."""
+        message = self._busy[index]
+        if message is None:  # pragma: no cover - the watchdog only fires mid-attempt
+            return None
+        attempt = self._attempts[index]
+        self.stats.failures += 1
+        self.stats.timeouts += 1
+        error = f"TimeoutError: no result within {self.section.timeout:g}s"
+        if self._failed(message, attempt, "timeout", error):
+            return message, attempt + 1
+        self._busy[index] = None
+        return None
+
+    async def _watchdog(self) -> None:
+        """Cancel a worker's scope when its current attempt overran ``timeout``."""
+        timeout = self.section.timeout
+        interval = min(max(timeout / 20, 0.005), 0.25)
+        started = self._started
+        while True:
+            await anyio.sleep(interval)
+            now = time.monotonic()
+            for index, since in enumerate(started):
+                if now - since >= timeout and self._busy[index] is not None:
+                    started[index] = math.inf  # once per attempt
+                    self._scopes[index].cancel()
 
     async def _call_in_thread(self, message: Message) -> None:
         await anyio.to_thread.run_sync(self.instance.handle, message, abandon_on_cancel=True)
@@ -462,6 +518,11 @@ class HandlerRunner:
         self.give_up(message, reason)
 
 
+def _retry_delay(failed_attempts: int) -> float:
+    """Backoff before the next attempt: 0.1 s doubling per failed attempt, capped at 5 s."""
+    return float(min(_RETRY_MAX, _RETRY_INITIAL * 2 ** (failed_attempts - 1)))
+
+
 def _describe(error: BaseException) -> str:
     text = str(error)
     name = type(error).__name__
@@ -475,5 +536,5 @@ def retry_budget(section: HandlerSection) -> float:
     attempts = section.retries + 1
     if section.timeout <= 0:
         return math.inf
-    sleeps = sum(min(_RETRY_MAX, _RETRY_INITIAL * 2**i) for i in range(section.retries))
+    sleeps = sum(_retry_delay(n) for n in range(1, section.retries + 1))
     return float(attempts * section.timeout + sleeps)

@@ -282,3 +282,30 @@ async def test_ack_fires_once_every_delivery_settled() -> None:
         for r in (ra, rb, dlq):
             await r.stop_workers("shutdown")
     assert acked == [1]  # once, after the dead letter was handled
+
+
+async def test_a_timed_out_attempt_is_retried_and_other_workers_go_on() -> None:
+    class HangOnce:
+        def __init__(self) -> None:
+            self.calls: dict[int, int] = {}
+            self.seen: list[int] = []
+
+        async def handle(self, message: Message) -> None:
+            self.calls[message.seq] = self.calls.get(message.seq, 0) + 1
+            if message.seq == 1 and self.calls[1] == 1:
+                await anyio.sleep_forever()  # only the first attempt of message 1 hangs
+            self.seen.append(message.seq)
+
+    handler = HangOnce()
+    runner = HandlerRunner("h", section(timeout=0.1, retries=2, concurrency=2), handler)
+    async with anyio.create_task_group() as tg:
+        await tg.start(runner.run)
+        for i in range(1, 6):
+            runner.offer(msg(i))
+        await wait_until(lambda: len(handler.seen) == 5)
+        await runner.stop_workers("shutdown")
+    assert handler.seen[-1] == 1  # retried after its timeout, the others went on meanwhile
+    assert handler.calls[1] == 2
+    assert runner.stats.timeouts == 1
+    assert runner.stats.handled == 5
+    assert runner.balanced()
