@@ -136,7 +136,7 @@ class HandlerRunner:
         # and the cancel scope the watchdog cancels on a timeout.
         self._started: list[float] = [math.inf] * section.concurrency
         self._attempts: list[int] = [0] * section.concurrency
-        self._scopes: list[anyio.CancelScope] = [anyio.CancelScope()] * section.concurrency
+        self._scopes: list[anyio.CancelScope | None] = [None] * section.concurrency
         self._item = anyio.Event()
         self._space: anyio.Event | None = None
         self._accepting = True
@@ -321,7 +321,15 @@ class HandlerRunner:
     async def _work(self, index: int, resume: tuple[Message, int] | None) -> None:
         if resume is not None:
             await self._finish(index, *resume)
+        # The per-message path, inlined: the first attempt's success costs no extra
+        # coroutine; failures and retries go through _finish.
         queue = self._queue
+        busy = self._busy
+        started = self._started
+        attempts = self._attempts
+        stats = self.stats
+        call = self._call
+        monotonic = time.monotonic
         since_yield = 0
         while True:
             if not queue:
@@ -336,7 +344,27 @@ class HandlerRunner:
             if space is not None:
                 self._space = None
                 space.set()
-            await self._finish(index, message, 1)
+            busy[index] = message
+            attempts[index] = 1
+            started[index] = monotonic()
+            try:
+                await call(message)
+            except Exception as exc:
+                started[index] = math.inf
+                stats.failures += 1
+                if self._failed(message, 1, "handler_error", _describe(exc)):
+                    await self._finish(index, message, 2)
+                else:
+                    busy[index] = None
+                    backlog = self._backlog()
+                    if backlog is not None:
+                        await backlog.wait_below_limit()
+            else:
+                started[index] = math.inf
+                busy[index] = None
+                stats.handled += 1
+                if message._ack is not None:
+                    message._ack.done()
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0
@@ -430,9 +458,10 @@ class HandlerRunner:
             await anyio.sleep(interval)
             now = time.monotonic()
             for index, since in enumerate(started):
-                if now - since >= timeout and self._busy[index] is not None:
+                scope = self._scopes[index]
+                if now - since >= timeout and self._busy[index] is not None and scope:
                     started[index] = math.inf  # once per attempt
-                    self._scopes[index].cancel()
+                    scope.cancel()
 
     async def _call_in_thread(self, message: Message) -> None:
         await anyio.to_thread.run_sync(self.instance.handle, message, abandon_on_cancel=True)
