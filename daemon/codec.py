@@ -30,7 +30,7 @@ from typing import Any, Literal, cast
 import msgspec
 
 from .exceptions import DecodeError, EncodeError
-from .plugin import Frame, Key, Message, Outgoing
+from .plugin import Frame, Key, Message, Outgoing, make_message
 from .validate import did_you_mean
 
 __all__ = [
@@ -182,13 +182,14 @@ class JsonCodec:
                 key = None
         else:
             key = None
-        return Message(
+        return make_message(
             frame.connection,
             key,
             body,
-            raw=frame.data,
-            seq=frame.seq,
-            received_at=frame.received_at,
+            {},
+            frame.data,
+            frame.seq,
+            frame.received_at,
         )
 
     def encode(self, outgoing: Outgoing) -> bytes | str:
@@ -355,14 +356,14 @@ class StructCodec:
                 raise DecodeError(f"invalid UTF-8 in text body at byte {size + exc.start}") from exc
         else:
             body = data[size:]
-        return Message(
+        return make_message(
             frame.connection,
             key,
             body,
-            fields=fields,
-            raw=data,
-            seq=frame.seq,
-            received_at=frame.received_at,
+            fields,
+            data,
+            frame.seq,
+            frame.received_at,
         )
 
     def _text_key_of(self, value: bytes) -> str:
@@ -381,13 +382,14 @@ class StructCodec:
             key = lookup_key(body, self._text_parts)
         else:
             body, key = data, None
-        return Message(
+        return make_message(
             frame.connection,
             key,
             body,
-            raw=data,
-            seq=frame.seq,
-            received_at=frame.received_at,
+            {},
+            data,
+            frame.seq,
+            frame.received_at,
         )
 
     def encode(self, outgoing: Outgoing) -> bytes | str:
@@ -417,13 +419,14 @@ class TextCodec:
                 body = data.decode()
             except UnicodeDecodeError as exc:
                 raise DecodeError(f"invalid UTF-8 in binary frame at byte {exc.start}") from exc
-        return Message(
+        return make_message(
             frame.connection,
             None,
             body,
-            raw=data,
-            seq=frame.seq,
-            received_at=frame.received_at,
+            {},
+            data,
+            frame.seq,
+            frame.received_at,
         )
 
     def encode(self, outgoing: Outgoing) -> bytes | str:
@@ -456,13 +459,14 @@ class BytesCodec:
                 ) from exc
         else:
             body = data
-        return Message(
+        return make_message(
             frame.connection,
             None,
             body,
-            raw=data,
-            seq=frame.seq,
-            received_at=frame.received_at,
+            {},
+            data,
+            frame.seq,
+            frame.received_at,
         )
 
     def encode(self, outgoing: Outgoing) -> bytes | str:

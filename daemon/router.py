@@ -86,7 +86,8 @@ class Router(Generic[T]):
 
     def lookup(self, connection: str, key: Key) -> tuple[T, ...]:
         """The targets of a message, without ``unmatched``: empty when no route matches."""
-        memo_key = (connection, _typed(key))
+        # _typed() inlined: this runs once per message
+        memo_key = (connection, ("bool", key) if key.__class__ is bool else key)
         try:
             return self._memo[memo_key]
         except KeyError:
