@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -249,7 +250,11 @@ class ConnectionSection:
         'none (proxy variables ignored) | env (HTTPS_PROXY...) | "http://..." | "socks5://..."',
         default="none",
     )
-    transport: Literal["websockets"] = _doc("The WebSocket client library.", default="websockets")
+    transport: Literal["websockets", "picows"] = _doc(
+        'The WebSocket client library: websockets, or picows (faster; needs the "fast" extra, '
+        'compression = "none").',
+        default="websockets",
+    )
     tls: TlsSection = _doc("TLS options.", default_factory=TlsSection)
     reconnect: ReconnectSection = _doc(
         "Backoff between attempts.", default_factory=ReconnectSection
@@ -271,6 +276,18 @@ class ConnectionSection:
             )
         if self.codec == "":
             raise ValueError("codec must not be empty")
+        if self.transport == "picows":
+            # picows has no permessage-deflate. Refused rather than dropped silently:
+            # the connection would offer something else than the file says.
+            if self.compression != "none":
+                raise ValueError(
+                    'transport "picows" cannot compress (no permessage-deflate): '
+                    'add compression = "none" to this connection'
+                )
+            if importlib.util.find_spec("picows") is None:
+                raise ValueError(
+                    'transport "picows" needs the picows package: pip install "wsroute[fast]"'
+                )
         for name, value in self.headers.items():
             if not _HEADER_NAME.fullmatch(name):
                 raise ValueError(f"headers: {show_value(name)} is not a valid HTTP header name")

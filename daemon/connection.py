@@ -1,10 +1,12 @@
 """One upstream WebSocket, kept connected: retry loop, keepalive, on_connect, periodic frames.
 
-This is the only module that talks to the network. It does not know about
-routes or handlers: it decodes each frame with its codec and hands the message
-to a callback, which returns ``None`` when the message was queued, or an
-awaitable when some handler's queue is full under ``overflow = "block"`` — the
-reader then awaits it, which is how backpressure reaches the socket.
+This module and :mod:`wsroute.transport` (the WebSocket libraries behind a
+connection: websockets or picows) are the only ones that talk to the network.
+It does not know about routes or handlers: it decodes each frame with its
+codec and hands the message to a callback, which returns ``None`` when the
+message was queued, or an awaitable when some handler's queue is full under
+``overflow = "block"`` — the reader then awaits it, which is how backpressure
+reaches the socket.
 
 The daemon owns its retry loop (``websockets``' own ``async for ... in
 connect()`` resets its backoff after every handshake and gives up on 401/403):
@@ -23,24 +25,26 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
 import structlog
-from anyio.lowlevel import checkpoint
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidStatus,
-    InvalidURI,
-)
 
 from .config import ConnectionSection, ReconnectSection
 from .exceptions import DecodeError, SendError
 from .plugin import Codec, Frame, Key, Message, Outgoing
+from .transport import (
+    BadURL,
+    ConnectionClosed,
+    Data,
+    FrameHandler,
+    HandshakeFailed,
+    HandshakeRejected,
+    Transport,
+    open_transport,
+)
 
 __all__ = [
     "Backoff",
@@ -56,11 +60,7 @@ log = structlog.get_logger("wsroute.connection")
 Dispatch = Callable[[Message], Awaitable[None] | None]
 DecodeFailed = Callable[[Frame, DecodeError], Awaitable[None] | None]
 
-# Frames websockets buffers before it stops reading the socket (its high-water mark).
-_MAX_QUEUE = 64
 _RETRY_AFTER_CAP = 3600.0
-# Frames read between two explicit yields to the event loop.
-_YIELD_EVERY = 64
 # Close codes 1012 (service restart) and 1013 (try again later) ask us to wait.
 _SLOW_DOWN_CODES = {1012, 1013}
 _SLOW_DOWN_DELAY = 5.0
@@ -192,7 +192,9 @@ class Connection:
         self._every = [(spec.interval, spec.outgoing()) for spec in section.every]
         self._ssl = make_ssl_context(section)
         self._seq = 0
-        self._ws: ClientConnection | None = None
+        # The open socket, whichever library speaks it. The websocket sink reads it
+        # (its ``transport`` and ``ping()``): keep the name.
+        self._ws: Transport | None = None
         self._blocked = False
         self._expect: tuple[Key, anyio.Event] | None = None
         self._stop = anyio.CancelScope()
@@ -279,11 +281,11 @@ class Connection:
         self.state = ConnectionState.CONNECTING
         self.log.debug("connecting", url=self.url_for_logs)
         try:
-            ws = await self._open()
-        except InvalidStatus as exc:
+            ws = await open_transport(self.section, self._ssl)
+        except HandshakeRejected as exc:
             self.stats.failed_attempts += 1
-            status = exc.response.status_code
-            wait = retry_after(exc.response.headers) if status in (429, 503) else None
+            status = exc.status
+            wait = retry_after(exc.headers) if status in (429, 503) else None
             delay = backoff.next()
             level = "error" if status in (401, 403) else "warning"
             getattr(self.log, level)(
@@ -301,11 +303,11 @@ class Connection:
             self.stats.failed_attempts += 1
             self.log.error("tls_error", error=str(exc), url=self.url_for_logs)
             return backoff.next()
-        except InvalidURI as exc:
+        except BadURL as exc:
             self.stats.failed_attempts += 1
             self.log.error("connect_failed", error=str(exc), url=self.url_for_logs)
             return backoff.next()
-        except (OSError, TimeoutError, InvalidHandshake, EOFError) as exc:
+        except (OSError, TimeoutError, HandshakeFailed, EOFError) as exc:
             self.stats.failed_attempts += 1
             self.log.warning("connect_failed", error=_short(exc), url=self.url_for_logs)
             return backoff.next()
@@ -322,7 +324,7 @@ class Connection:
         up_for = time.monotonic() - connected_at
         if up_for >= self.section.reconnect.reset_after:
             backoff.reset()
-        code, reason = _close_details(ws)
+        code, reason = ws.close_details()
         self.log.warning(
             "connection_lost",
             code=code,
@@ -348,29 +350,9 @@ class Connection:
             delay = max(delay, min(self.section.reconnect.max, _SLOW_DOWN_DELAY))
         return delay
 
-    async def _open(self) -> ClientConnection:
-        s = self.section
-        proxy: str | Literal[True] | None = (
-            None if s.proxy == "none" else True if s.proxy == "env" else s.proxy
-        )
-        return await connect(
-            s.url,
-            additional_headers=dict(s.headers) or None,
-            subprotocols=list(s.subprotocols) or None,  # type: ignore[arg-type]
-            compression="deflate" if s.compression == "deflate" else None,
-            proxy=proxy,
-            ssl=self._ssl,
-            open_timeout=s.open_timeout or None,
-            ping_interval=None,  # our own keepalive: see _keepalive
-            ping_timeout=None,
-            close_timeout=s.close_timeout,
-            max_size=s.max_frame_size or None,
-            max_queue=_MAX_QUEUE,
-        )
-
     # -- one session ---------------------------------------------------------
 
-    async def _session(self, ws: ClientConnection) -> None:
+    async def _session(self, ws: Transport) -> None:
         self._ws = ws
         self._close_cause = ""
         self.stats.connects += 1
@@ -387,61 +369,56 @@ class Connection:
                 if self.section.idle_timeout > 0:
                     tg.start_soon(self._idle_watch, ws)
                 try:
-                    await self._read(ws)
+                    await ws.read(self._frame_handler())
                 finally:
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                await self._close(ws)
+                # A close frame, then close_timeout at most for the peer's, then abort.
+                await ws.close()
 
-    async def _close(self, ws: ClientConnection) -> None:
-        """Send a close frame and wait ``close_timeout`` at most for the peer's."""
-        with anyio.move_on_after(self.section.close_timeout + 0.5):
-            await ws.close()
-        if ws.transport is not None:
-            ws.transport.abort()
+    def _frame_handler(self) -> FrameHandler:
+        """The per-frame path, called by the transport's reader with each data frame.
 
-    async def _read(self, ws: ClientConnection) -> None:
-        # The per-frame path: keep it lean (see bench/README.md).
+        Synchronous and lean (see bench/README.md): number, decode, dispatch.
+        It returns an awaitable only when the reader must wait — a full handler
+        queue under ``overflow = "block"``, or a frame to dead-letter.
+        """
         name = self.name
         decode = self.codec.decode
         dispatch = self.dispatch
         stats = self.stats
         now = time.time
-        since_yield = 0
+
+        def handle(data: Data) -> Awaitable[None] | None:
+            seq = self._seq = self._seq + 1
+            stats.last_frame_at = received_at = now()
+            frame = Frame(name, data, seq, received_at)
+            try:
+                message = decode(frame)
+            except DecodeError as exc:
+                stats.decode_errors += 1
+                return self._decode_failed(frame, exc)
+            except Exception as exc:  # a codec bug: dead-letter the frame, keep reading
+                stats.decode_errors += 1
+                error = DecodeError(f"codec raised {type(exc).__name__}: {exc}")
+                return self._decode_failed(frame, error)
+            if self._expect is not None and message.key == self._expect[0]:
+                self._expect[1].set()
+            pending = dispatch(message)
+            if pending is not None:
+                return self._backpressure(pending)
+            return None
+
+        return handle
+
+    async def _backpressure(self, pending: Awaitable[None]) -> None:
+        """Wait for room in a full handler queue; the keepalive knows the reader is paused."""
+        self._blocked = True
         try:
-            async for data in ws:
-                # websockets hands out buffered frames without suspending: against a
-                # flooding upstream this loop would never let the workers run.
-                since_yield += 1
-                if since_yield >= _YIELD_EVERY:
-                    since_yield = 0
-                    await checkpoint()
-                self._seq += 1
-                stats.last_frame_at = received_at = now()
-                frame = Frame(name, data, self._seq, received_at)
-                try:
-                    message = decode(frame)
-                except DecodeError as exc:
-                    stats.decode_errors += 1
-                    await self._decode_failed(frame, exc)
-                    continue
-                except Exception as exc:  # a codec bug: dead-letter the frame, keep reading
-                    stats.decode_errors += 1
-                    error = DecodeError(f"codec raised {type(exc).__name__}: {exc}")
-                    await self._decode_failed(frame, error)
-                    continue
-                if self._expect is not None and message.key == self._expect[0]:
-                    self._expect[1].set()
-                pending = dispatch(message)
-                if pending is not None:
-                    self._blocked = True
-                    try:
-                        await pending
-                    finally:
-                        self._blocked = False
-        except ConnectionClosed:
-            pass
+            await pending
+        finally:
+            self._blocked = False
 
     async def _decode_failed(self, frame: Frame, error: DecodeError) -> None:
         self.log.warning(
@@ -454,13 +431,9 @@ class Connection:
         if self.decode_failed is not None:
             pending = self.decode_failed(frame, error)
             if pending is not None:  # the dead-letter queue is full: backpressure
-                self._blocked = True
-                try:
-                    await pending
-                finally:
-                    self._blocked = False
+                await self._backpressure(pending)
 
-    async def _handshake(self, ws: ClientConnection, tg: anyio.abc.TaskGroup) -> None:
+    async def _handshake(self, ws: Transport, tg: anyio.abc.TaskGroup) -> None:
         """Run on_connect, replay subscriptions, announce ``$connected``, start ``every``."""
         try:
             for index, (step, outgoing) in enumerate(self._on_connect):
@@ -488,7 +461,7 @@ class Connection:
         for interval, outgoing in self._every:
             tg.start_soon(self._periodic, ws, interval, outgoing)
 
-    async def _wait_for(self, ws: ClientConnection, index: int, key: Key, timeout: float) -> None:
+    async def _wait_for(self, ws: Transport, index: int, key: Key, timeout: float) -> None:
         event = anyio.Event()
         self._expect = (key, event)
         try:
@@ -502,7 +475,7 @@ class Connection:
             await ws.close(1000, "expected reply not received")
             raise _Restart
 
-    async def _periodic(self, ws: ClientConnection, interval: float, outgoing: Outgoing) -> None:
+    async def _periodic(self, ws: Transport, interval: float, outgoing: Outgoing) -> None:
         data = self.codec.encode(outgoing)
         while True:
             await anyio.sleep(interval)
@@ -511,7 +484,7 @@ class Connection:
             except ConnectionClosed:
                 return
 
-    async def _keepalive(self, ws: ClientConnection) -> None:
+    async def _keepalive(self, ws: Transport) -> None:
         """Ping every ``ping_interval``; no pong within ``ping_timeout`` → abort, reconnect.
 
         A missing pong does not count while our own reader is paused by
@@ -535,11 +508,10 @@ class Connection:
                 continue
             self._close_cause = "keepalive_timeout"
             self.log.warning("keepalive_timeout", ping_timeout=timeout)
-            if ws.transport is not None:
-                ws.transport.abort()  # do not wait out a close handshake with a silent peer
+            ws.abort()  # do not wait out a close handshake with a silent peer
             return
 
-    async def _idle_watch(self, ws: ClientConnection) -> None:
+    async def _idle_watch(self, ws: Transport) -> None:
         """No frame for ``idle_timeout`` (and not paused by us) → reconnect."""
         idle = self.section.idle_timeout
         step = idle / 4
@@ -554,8 +526,7 @@ class Connection:
             if time.monotonic() - quiet_since >= idle:
                 self._close_cause = "idle_timeout"
                 self.log.warning("idle_timeout", idle_timeout=idle)
-                if ws.transport is not None:
-                    ws.transport.abort()
+                ws.abort()
                 return
 
     async def _lifecycle(self, key: str, body: dict[str, Any]) -> None:
@@ -563,22 +534,6 @@ class Connection:
         pending = self.dispatch(message)
         if pending is not None:
             await pending
-
-
-def _close_details(ws: ClientConnection) -> tuple[int | None, str | None]:
-    """The close code and reason to report for a finished connection.
-
-    websockets reports 1006 whenever no close frame came back, and after it
-    failed the connection itself it discards the peer's reply. That would hide
-    why *we* closed — a frame over ``max_frame_size`` (1009), invalid UTF-8
-    (1007), a protocol error (1002) — so those come from the close frame we sent.
-    """
-    protocol = ws.protocol
-    sent = protocol.close_sent
-    if protocol.close_rcvd is None and sent is not None and sent.code not in (1000, 1001):
-        return int(sent.code), sent.reason or None
-    code = ws.close_code
-    return (None if code is None else int(code)), ws.close_reason or None
 
 
 def _short(exc: BaseException) -> str:

@@ -475,9 +475,15 @@ def test_wrong_types_inside_arrays_and_tables(tmp_path: Path) -> None:
             '"a b" is not a valid HTTP header name',
         ),
         (
+            'url = "ws://x/"\ntransport = "aiohttp"',
+            "connections.ex.transport",
+            'expected one of "websockets" | "picows", got "aiohttp"',
+        ),
+        (
             'url = "ws://x/"\ntransport = "picows"',
             "connections.ex.transport",
-            'expected one of "websockets", got "picows"',
+            '"picows" cannot compress (no permessage-deflate): '
+            'add compression = "none" to this connection',
         ),
     ],
 )

@@ -1,0 +1,496 @@
+"""Both transports against hostile peers: the same close codes, the same recovery.
+
+picows leaves much of RFC 6455 to its user (reassembly, UTF-8, answering a
+close), which ``wsroute.transport`` does for it; each test here runs on both
+transports, so a difference from websockets shows up as a failing picows case.
+The peers are the hand-written ones of the fault suite (tests/faults/peers.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib.util
+import json
+import struct
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request, Response
+
+from wsroute.config import loads
+from wsroute.exceptions import ConfigError
+from wsroute.service import Service
+from wsroute.testing import ScriptedUpstream, build_handler, message
+from wsroute.transport import picows_available
+
+import conftest
+from collectors import Collect
+from conftest import wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "faults"))
+from peers import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    RawServer,
+    RawSession,
+    close_payload,
+    events,
+    frame,
+    ws_server,
+)
+
+pytestmark = pytest.mark.anyio
+
+NEEDS_PICOWS = pytest.mark.skipif(
+    not picows_available(), reason='picows is not installed (pip install "wsroute[fast]")'
+)
+TRANSPORTS = ["websockets", pytest.param("picows", marks=NEEDS_PICOWS)]
+
+Logs = list[MutableMapping[str, Any]]
+
+
+@pytest.fixture(autouse=True)
+def _reset_collectors() -> None:
+    Collect.reset()
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+CONFIG = """
+[daemon]
+dead_letter = "dlq"
+shutdown_timeout = "2s"
+
+[connections.up]
+url = "URL"
+transport = "TRANSPORT"
+compression = "none"
+close_timeout = "500ms"
+max_frame_size = "64KiB"
+reconnect = { initial = "50ms", max = "200ms" }
+EXTRA
+
+[routes.data]
+key = "tick"
+handlers = ["sink"]
+
+[handlers.sink]
+plugin = "collectors:Collect"
+[handlers.dlq]
+plugin = "collectors:Collect"
+"""
+
+
+def config(url: str, transport: str, extra: str = "") -> str:
+    return CONFIG.replace("URL", url).replace("TRANSPORT", transport).replace("EXTRA", extra)
+
+
+# Binary frames: an int32 opcode header and a JSON body; text frames: JSON.
+_MIXED = (
+    'codec = "mixed"\n[codecs.mixed]\ntype = "struct"\nheader = "<i"\nfields = ["op"]\nkey = "op"'
+)
+_RAW_ROUTE = (
+    '[routes.raw]\nkey = 7\nhandlers = ["raw"]\n[handlers.raw]\nplugin = "collectors:Collect"\n'
+)
+_SLOW = 'plugin = "collectors:Collect"\nqueue = 8\ndelay = "1ms"\n'
+
+
+@contextlib.asynccontextmanager
+async def running(text: str, environ: Mapping[str, str] | None = None) -> AsyncIterator[Service]:
+    async with conftest.running(text, environ) as service:
+        yield service
+    for name, runner in service.runners.items():
+        assert runner.balanced(), (name, runner.snapshot())
+
+
+def tick(number: int) -> bytes:
+    return json.dumps({"type": "tick", "id": number}).encode()
+
+
+def ids() -> list[int]:
+    return [m.body["id"] for m in Collect.seen["sink"]]
+
+
+def then_ticks(bad: bytes, before: int = 5, after: int = 5) -> RawServer:
+    """Session 1: ``before`` ticks, then ``bad`` (raw bytes); session 2: ``after`` more ticks.
+
+    Both answer the client's close frame, so the client sees the code it sent.
+    """
+
+    async def peer(session: RawSession) -> None:
+        control = asyncio.ensure_future(session.answer_control())
+        try:
+            first = 1 if session.number == 1 else before + 1
+            count = before if session.number == 1 else after
+            for number in range(first, first + count):
+                await session.text(tick(number))
+            if session.number == 1:
+                await session.send(bad)
+            await control
+        finally:
+            control.cancel()
+
+    return RawServer(peer)
+
+
+async def lost_after_bad_frame(server: RawServer, transport: str, total: int = 10) -> Logs:
+    """Run until ``total`` ticks arrived over two sessions; the logs of the run."""
+    with capture_logs() as logs:
+        async with server.serve() as url, running(config(url, transport)) as svc:
+            await wait_until(lambda: len(Collect.seen["sink"]) >= total, timeout=8)
+            assert server.connections == 2
+            assert svc.connections["up"].stats.reconnects == 1
+    # the refused frame was never read: seq runs on without a gap, nothing lost
+    assert [m.seq for m in Collect.seen["sink"]] == list(range(1, total + 1))
+    assert ids() == list(range(1, total + 1))
+    assert not Collect.seen["dlq"]
+    assert not events(logs, "session_crashed")
+    return logs
+
+
+# -- reassembly -------------------------------------------------------------------
+
+
+async def test_fragmented_messages_with_an_interleaved_ping_are_reassembled(
+    transport: str,
+) -> None:
+    pongs: list[bytes] = []
+    text = tick(1)
+    binary = struct.pack("<i", 7) + json.dumps({"pad": "x" * 300}).encode()
+
+    async def peer(session: RawSession) -> None:
+        await session.send(frame(OP_TEXT, text[:5], fin=False))
+        await session.send(frame(OP_PING, b"mid-message"))
+        await session.send(frame(OP_CONT, text[5:12], fin=False))
+        await session.send(frame(OP_CONT, text[12:]))
+        await session.send(frame(OP_BINARY, binary[:100], fin=False))
+        await session.send(frame(OP_CONT, binary[100:]))
+        await session.text(tick(2))
+        while True:
+            opcode, payload = await session.read_frame()
+            if opcode == OP_PONG:
+                pongs.append(payload)
+            elif opcode == OP_CLOSE:
+                await session.send(frame(OP_CLOSE, payload))
+                return
+
+    server = RawServer(peer)
+    async with server.serve() as url, running(config(url, transport, _MIXED) + _RAW_ROUTE):
+        await wait_until(lambda: len(Collect.seen["sink"]) == 2 and len(Collect.seen["raw"]) == 1)
+        await wait_until(lambda: bool(pongs))
+    assert ids() == [1, 2]
+    assert [m.seq for m in Collect.seen["sink"]] == [1, 3]
+    assert Collect.seen["raw"][0].raw == binary
+    assert pongs == [b"mid-message"]
+    assert server.connections == 1
+
+
+# -- frames the transport refuses: the code it sent is what the log says -------------
+
+
+async def test_invalid_utf8_closes_1007_and_reconnects(transport: str) -> None:
+    bad = frame(OP_TEXT, b'{"type": "tick", "id": "\xff\xfe"}')
+    logs = await lost_after_bad_frame(then_ticks(bad), transport)
+    lost = events(logs, "connection_lost")[0]
+    assert (lost["code"], lost["reason"]) == (1007, "invalid start byte at position 24")
+    assert lost["seq"] == 5
+
+
+async def test_invalid_utf8_split_across_fragments_closes_1007(transport: str) -> None:
+    payload = '{"type": "tick", "id": "é"}'.encode()
+    cut = payload.index(b"\xc3") + 1  # inside the two-byte sequence: each half is invalid
+    bad = frame(OP_TEXT, payload[:cut], fin=False) + frame(OP_CONT, b"\xff" + payload[cut + 1 :])
+    logs = await lost_after_bad_frame(then_ticks(bad), transport)
+    assert events(logs, "connection_lost")[0]["code"] == 1007
+
+
+async def test_frame_over_max_frame_size_closes_1009(transport: str) -> None:
+    logs = await lost_after_bad_frame(then_ticks(frame(OP_BINARY, b"x" * 70_000)), transport)
+    lost = events(logs, "connection_lost")[0]
+    assert lost["code"] == 1009
+    assert "65536" in lost["reason"]
+
+
+async def test_message_over_max_frame_size_in_small_fragments_closes_1009(transport: str) -> None:
+    piece = b"x" * 30_000  # each fragment is fine, the message (90,000 bytes) is not
+    bad = (
+        frame(OP_BINARY, piece, fin=False)
+        + frame(OP_CONT, piece, fin=False)
+        + frame(OP_CONT, piece)
+    )
+    logs = await lost_after_bad_frame(then_ticks(bad), transport)
+    lost = events(logs, "connection_lost")[0]
+    assert lost["code"] == 1009
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(frame(0x3, b"reserved"), id="reserved-opcode"),
+        pytest.param(frame(OP_PING, b"p" * 200), id="big-control"),
+        pytest.param(bytes([0x81, 0x80 | 4]) + b"\x01\x02\x03\x04" + b"abcd", id="masked"),
+        pytest.param(frame(OP_TEXT, tick(0), rsv1=True), id="rsv1-without-deflate"),
+        pytest.param(frame(OP_CONT, b"orphan"), id="unexpected-continuation"),
+        pytest.param(
+            frame(OP_TEXT, b"{", fin=False) + frame(OP_TEXT, b"}"), id="data-inside-a-message"
+        ),
+    ],
+)
+async def test_protocol_violation_closes_1002_and_reconnects(transport: str, bad: bytes) -> None:
+    logs = await lost_after_bad_frame(then_ticks(bad), transport)
+    lost = events(logs, "connection_lost")[0]
+    assert lost["code"] == 1002
+    assert lost["reason"]
+    assert events(logs, "reconnect_scheduled")
+
+
+# -- the peer ends the connection ----------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["fin", "reset"])
+async def test_connection_dropped_without_a_close_frame_is_1006(transport: str, how: str) -> None:
+    async def peer(session: RawSession) -> None:
+        first = 1 if session.number == 1 else 4
+        for number in range(first, first + 3):
+            await session.text(tick(number))
+        if session.number == 1:
+            await (session.fin() if how == "fin" else session.reset())
+        else:
+            await session.answer_control()
+
+    server = RawServer(peer)
+    with capture_logs() as logs:
+        async with server.serve() as url, running(config(url, transport)):
+            await wait_until(lambda: len(Collect.seen["sink"]) >= 6, timeout=8)
+    assert ids() == [1, 2, 3, 4, 5, 6]
+    lost = events(logs, "connection_lost")[0]
+    assert (lost["code"], lost["seq"]) == (1006, 3)
+
+
+@pytest.mark.parametrize("code", [1012, 1013])
+async def test_service_restart_close_codes_slow_the_reconnect_down(
+    transport: str, code: int
+) -> None:
+    echoed: list[tuple[int, bytes]] = []
+
+    async def peer(session: RawSession) -> None:
+        await session.text(tick(session.number))
+        if session.number == 1:
+            await session.send(frame(OP_CLOSE, close_payload(code, "back soon")))
+            echoed.append(await session.read_frame())
+            await session.fin()
+        else:
+            await session.answer_control()
+
+    server = RawServer(peer)
+    extra = 'reconnect = { initial = "50ms", max = "700ms", jitter = 0.0 }'
+    text = config("URL", transport, extra).replace(
+        'reconnect = { initial = "50ms", max = "200ms" }\n', ""
+    )
+    with capture_logs() as logs:
+        async with server.serve() as url, running(text.replace("URL", url)):
+            await wait_until(lambda: len(Collect.seen["sink"]) >= 2, timeout=8)
+    lost = events(logs, "connection_lost")[0]
+    assert (lost["code"], lost["reason"]) == (code, "back soon")
+    # the backoff would say 50 ms; the close code asks for min(max, 5 s)
+    assert events(logs, "reconnect_scheduled")[0]["delay"] == 0.7
+    assert echoed == [(OP_CLOSE, close_payload(code, "back soon"))]  # echoed, as RFC 6455 asks
+
+
+async def test_stop_sends_a_close_frame_and_waits_for_the_reply(transport: str) -> None:
+    closes: list[bytes] = []
+
+    async def peer(session: RawSession) -> None:
+        await session.text(tick(1))
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            while True:
+                opcode, payload = await session.read_frame()
+                if opcode == OP_CLOSE:
+                    closes.append(payload)
+                    await session.send(frame(OP_CLOSE, payload))
+                    return
+
+    server = RawServer(peer)
+    async with server.serve() as url, running(config(url, transport)):
+        await wait_until(lambda: len(Collect.seen["sink"]) == 1)
+    assert closes == [close_payload(1000)]
+
+
+# -- backpressure --------------------------------------------------------------------
+
+
+async def test_a_slow_handler_pauses_reading_without_loss_or_keepalive_timeout(
+    transport: str,
+) -> None:
+    total = 1500
+
+    async def peer(session: RawSession) -> None:
+        control = asyncio.ensure_future(session.answer_control())
+        try:
+            await session.send(b"".join(frame(OP_TEXT, tick(n)) for n in range(1, total + 1)))
+            await control
+        finally:
+            control.cancel()
+
+    text = config("URL", transport, 'ping_interval = "100ms"\nping_timeout = "100ms"')
+    text = text.replace('plugin = "collectors:Collect"\n[handlers.dlq]', _SLOW + "[handlers.dlq]")
+    server = RawServer(peer)
+    with capture_logs() as logs:
+        async with server.serve() as url, running(text.replace("URL", url)):
+            await wait_until(lambda: len(Collect.seen["sink"]) == total, timeout=30)
+    assert ids() == list(range(1, total + 1))
+    assert server.connections == 1
+    assert not events(logs, "keepalive_timeout")
+
+
+# -- handshake -------------------------------------------------------------------------
+
+
+async def test_credentials_in_the_url_are_sent_as_basic_auth(transport: str) -> None:
+    seen: list[str | None] = []
+
+    def record(ws: ServerConnection, request: Request) -> Response | None:
+        seen.append(request.headers.get("Authorization"))
+        return None
+
+    async def accept(ws: ServerConnection) -> None:
+        await ws.send(tick(1).decode())
+        await ws.wait_closed()
+
+    with capture_logs() as logs:
+        async with ws_server(accept, record) as url:
+            secret = url.replace("ws://", "ws://feed%40user:s3cr3t@")
+            async with running(config(secret, transport)):
+                await wait_until(lambda: len(Collect.seen["sink"]) == 1)
+    assert seen == ["Basic " + base64.b64encode(b"feed@user:s3cr3t").decode()]
+    assert "s3cr3t" not in repr(logs)
+
+
+async def test_subprotocol_is_offered_and_the_servers_choice_reported(transport: str) -> None:
+    offered: list[str | None] = []
+
+    async def accept(ws: ServerConnection) -> None:
+        offered.append(ws.request.headers.get("Sec-WebSocket-Protocol") if ws.request else None)
+        await ws.send(tick(1).decode())
+        await ws.wait_closed()
+
+    text = config("URL", transport, 'subprotocols = ["v1.feed", "v2.feed"]')
+    with capture_logs() as logs:
+        async with (
+            ws_server(accept, subprotocols=["v2.feed"]) as url,  # type: ignore[list-item]
+            running(text.replace("URL", url)),
+        ):
+            await wait_until(lambda: len(Collect.seen["sink"]) == 1)
+    assert offered == ["v1.feed, v2.feed"]
+    assert events(logs, "connected")[0]["subprotocol"] == "v2.feed"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_refused_handshake_reports_status_and_retry_after(
+    transport: str, status: int
+) -> None:
+    attempts: list[float] = []
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        attempts.append(time.monotonic())
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            f"HTTP/1.1 {status} Busy\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n".encode()
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with capture_logs() as logs:
+            async with running(config(f"ws://127.0.0.1:{port}/", transport)):
+                await wait_until(lambda: len(attempts) >= 2, timeout=5)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert attempts[1] - attempts[0] >= 0.95
+    rejected = events(logs, "handshake_rejected")[0]
+    assert (rejected["status"], rejected["retry_after"]) == (status, 1.0)
+
+
+# -- the websocket sink reaches into the connection's transport ------------------------
+
+
+@pytest.mark.parametrize("confirm", ["pong", "write"])
+async def test_websocket_sink_forwards_and_confirms(transport: str, confirm: str) -> None:
+    target = ScriptedUpstream()
+    async with target.serve() as url:
+        handler: Any = build_handler(
+            "websocket",
+            {"url": url, "transport": transport, "compression": "none", "confirm": confirm},
+        )
+        await handler.start()
+        try:
+            with anyio.fail_after(5):
+                await handler.handle(message({}, raw=b"\x01\x00\x00\x00{}"))
+                await handler.handle(message({"type": "news"}, raw='{"type": "news"}'))
+            await wait_until(lambda: len(target.received) == 2)
+        finally:
+            await handler.stop()
+    assert target.received == [b"\x01\x00\x00\x00{}", '{"type": "news"}']
+
+
+# -- config ------------------------------------------------------------------------------
+
+
+def test_picows_with_compression_is_a_config_error() -> None:
+    text = '[connections.up]\nurl = "ws://127.0.0.1:1/"\ntransport = "picows"\n'
+    with pytest.raises(ConfigError) as caught:
+        loads(text + '[routes.all]\nhandlers = ["h"]\n[handlers.h]\nplugin = "log"\n')
+    (issue,) = caught.value.issues
+    assert issue.path == "connections.up.transport"
+    assert 'compression = "none"' in issue.message
+    assert issue.line == 3
+
+
+@NEEDS_PICOWS
+def test_picows_with_compression_none_is_valid() -> None:
+    text = '[connections.up]\nurl = "ws://127.0.0.1:1/"\ntransport = "picows"\n'
+    text += 'compression = "none"\n[routes.all]\nhandlers = ["h"]\n[handlers.h]\nplugin = "log"\n'
+    assert loads(text).connections["up"].transport == "picows"
+
+
+def test_unknown_transport_names_the_choices() -> None:
+    text = '[connections.up]\nurl = "ws://127.0.0.1:1/"\ntransport = "aiohttp"\n'
+    with pytest.raises(ConfigError) as caught:
+        loads(text)
+    (issue,) = caught.value.issues
+    assert issue.path == "connections.up.transport"
+    assert "picows" in issue.message
+
+
+def test_picows_not_installed_is_a_config_error_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "picows" else find_spec(name)
+    )
+    text = '[connections.up]\nurl = "ws://127.0.0.1:1/"\ntransport = "picows"\n'
+    with pytest.raises(ConfigError) as caught:
+        loads(text + 'compression = "none"\n')
+    (issue,) = caught.value.issues
+    assert issue.path == "connections.up.transport"
+    assert 'pip install "wsroute[fast]"' in issue.message
