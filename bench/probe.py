@@ -1,0 +1,117 @@
+"""``wsroute run`` with counters around the hot path: ``python bench/probe.py run -c FILE``.
+
+For diagnosis only (``bench/run.py --probe``): it wraps a few methods of the
+real classes before calling ``wsroute.cli.main``, and when the daemon exits it
+writes, to the file named by ``$WSROUTE_PROBE_OUT`` (JSON):
+
+- ``wakeups``: how often an offer found the worker asleep (one task switch each),
+  and ``offers``, so ``offers / wakeups`` is the mean batch a worker drains;
+- ``reader_waits``: how often the reader found websockets' frame queue empty
+  and suspended (one event-loop iteration each);
+- ``blocked``: how often a full ``block`` queue made the reader wait;
+- ``queue_max`` and a histogram of the queue length seen at each offer;
+- ``gc``: collections and their total time per generation.
+
+The wrappers cost time themselves: read the counts, not the speed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import json
+import os
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from websockets.asyncio import messages
+
+from wsroute import dispatch, handler
+from wsroute.cli import main
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from experiment import apply
+
+stats: dict[str, Any] = {
+    "offers": 0,
+    "wakeups": 0,
+    "reader_waits": 0,
+    "reader_gets": 0,
+    "blocked": 0,
+    "queue_max": 0,
+}
+queue_hist: Counter[str] = Counter()
+gc_stats = {g: {"count": 0, "seconds": 0.0} for g in (0, 1, 2)}
+_gc_started = [0.0]
+
+
+def _gc_callback(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    else:
+        entry = gc_stats[info["generation"]]
+        entry["count"] += 1
+        entry["seconds"] += time.perf_counter() - _gc_started[0]
+
+
+def _bucket(n: int) -> str:
+    for edge in (0, 1, 16, 64, 256, 1024, 4096, 9999):
+        if n <= edge:
+            return f"<={edge}"
+    return ">=10000"
+
+
+_offer = handler.HandlerRunner.offer
+
+
+def offer(self: handler.HandlerRunner, message: Any) -> bool:
+    stats["offers"] += 1
+    n = len(self._queue)
+    queue_hist[_bucket(n)] += 1
+    if n > stats["queue_max"]:
+        stats["queue_max"] = n
+    asleep = not self._item.is_set()
+    ok = _offer(self, message)
+    if ok and asleep and self._item.is_set():
+        stats["wakeups"] += 1
+    return ok
+
+
+_wait = dispatch.Dispatcher._wait
+
+
+async def blocked_wait(self: dispatch.Dispatcher, message: Any, blocked: Any) -> None:
+    stats["blocked"] += 1
+    await _wait(self, message, blocked)
+
+
+_get = messages.SimpleQueue.get
+
+
+async def queue_get(self: Any, block: bool = True) -> Any:
+    stats["reader_gets"] += 1
+    if not self.queue:
+        stats["reader_waits"] += 1
+    return await _get(self, block)
+
+
+def _dump() -> None:
+    path = os.environ.get("WSROUTE_PROBE_OUT")
+    if not path:
+        return
+    out = dict(stats, queue_hist=dict(queue_hist), gc=gc_stats, gc_threshold=gc.get_threshold())
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    apply([n for n in os.environ.get("WSROUTE_EXPERIMENTS", "").split(",") if n])
+    handler.HandlerRunner.offer = offer  # type: ignore[method-assign]
+    dispatch.Dispatcher._wait = blocked_wait  # type: ignore[method-assign]
+    messages.SimpleQueue.get = queue_get  # type: ignore[method-assign]
+    gc.callbacks.append(_gc_callback)
+    atexit.register(_dump)
+    sys.exit(main(sys.argv[1:]))
