@@ -16,9 +16,25 @@ source of a worker daemon reads back (DESIGN.md, "Scale-out"):
   record (body, fields...) as JSON in ``frame``, so a worker rebuilds it with
   :func:`wsroute.plugins.jsonl.parse_record` instead of a codec;
 - a dead-lettered message adds ``reason``, ``handler``, ``error`` and
-  ``attempts``.
+  ``attempts``;
+- with ``pack = N`` several frames share one entry: ``kind = "pack"``,
+  ``count`` (decimal) and ``frames``, a msgpack array holding each frame's
+  fields above as a map of strings to byte strings (:func:`pack_entry`).
 
-Each ``XADD`` trims the stream to about ``max_len`` entries (``MAXLEN ~``).
+Each ``XADD`` trims the stream to about ``max_len`` entries (``MAXLEN ~``), or
+with ``min_age`` drops entries older than that (``MINID ~``; ``max_len`` then
+caps the length with one ``XTRIM`` per stream and round trip).
+
+``shards = N`` spreads the entries over N streams named by a template
+(``stream = "{ticks.%d}:in"``): a frame goes to shard ``crc32(key JSON) % N``
+(:func:`shard_of`), so the frames of one key stay in order in one stream.
+
+**HA pairs** (``dedupe``): two ingest daemons on the same upstream write one
+copy of each frame. ``"seq"`` gives each entry the ID ``0-<the upstream's
+sequence number>`` and Redis refuses an ID that is not above the stream's top;
+``"hash"`` stores a key per frame content for ``dedupe_window`` and writes the
+entry only when that key was new. Both run as one Lua script per entry, so
+Redis alone decides which daemon's copy is stored.
 
 **Channel messages** (``channel = "ticks"``) are the message's ``jsonl`` record
 as JSON. Pub/sub keeps nothing: a message no subscriber was listening for is
@@ -26,32 +42,57 @@ gone, though it counts as handled.
 
 ``handle()`` returns once Redis answered the command. Under load the workers'
 concurrent calls (``concurrency = N``) share one pipeline round trip: whoever
-gets to send takes every entry waiting, so up to N entries travel together,
-in the order the workers took them. With ``concurrency = 1`` entries are written
-strictly in order, one round trip each. Delivery is at least once: a batch cut
-off by a lost connection fails every message in it, and some of them may
-already be in the stream when the daemon retries them.
+gets to send takes up to ``batch`` waiting entries, after waiting at most
+``flush_delay`` for more to arrive, so up to N entries travel together, in the
+order the workers took them. With ``concurrency = 1`` entries are written
+strictly in order, one round trip each. Delivery is at least once (without
+``dedupe``): a batch cut off by a lost connection fails every message in it,
+and some of them may already be in the stream when the daemon retries them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import dataclasses
+import hashlib
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.lowlevel
+import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from wsroute import Duration, HandlerContext, Message
 from wsroute.connection import redact_url
 from wsroute.plugins._sinks import entry_fields
 from wsroute.plugins.jsonl import encode_record
 
-__all__ = ["PipelineError", "RedisHandler", "stream_fields"]
+__all__ = [
+    "Batcher",
+    "DedupeError",
+    "PipelineError",
+    "RedisHandler",
+    "SinkStats",
+    "dedupe_key",
+    "hash_tag",
+    "pack_entry",
+    "shard_of",
+    "shard_stream",
+    "stream_fields",
+    "upstream_seq",
+]
+
+# The placeholder of a sharded stream name: "{ticks.%d}:in" -> "{ticks.0}:in", ...
+SHARD = "%d"
+
+_pack_encoder = msgspec.msgpack.Encoder()
 
 
 def stream_fields(message: Message) -> dict[str, str | bytes]:
@@ -59,15 +100,99 @@ def stream_fields(message: Message) -> dict[str, str | bytes]:
     return entry_fields(message)
 
 
+def pack_entry(frames: Sequence[Mapping[str, str | bytes]]) -> dict[str, str | bytes]:
+    """One entry carrying several frames' fields: ``kind = "pack"``, ``count``, ``frames``.
+
+    ``frames`` is a msgpack array of maps, one per frame, from field name to the
+    field's bytes (text values UTF-8 encoded), in the order given. The
+    ``redis-stream`` source unpacks it into one message per frame.
+    """
+    items = [
+        {name: value.encode() if isinstance(value, str) else value for name, value in f.items()}
+        for f in frames
+    ]
+    return {"kind": "pack", "count": str(len(items)), "frames": _pack_encoder.encode(items)}
+
+
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` Redis Cluster hashes when it has one: the text in its first ``{...}``."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end <= start + 1:  # no closing brace, or "{}": Cluster hashes the whole key
+        return None
+    return key[start + 1 : end]
+
+
+def shard_stream(template: str, shard: int) -> str:
+    """The name of shard ``shard`` of a sharded stream: ``%d`` replaced by the number."""
+    return template.replace(SHARD, str(shard))
+
+
+def shard_of(key_json: str, shards: int) -> int:
+    """The shard of a route key: CRC-32 of its JSON text (the entry's ``key``) modulo ``shards``.
+
+    Stable across processes and versions, so every ingest daemon (and any other
+    producer) puts one key's frames into the same stream.
+    """
+    return zlib.crc32(key_json.encode()) % shards if shards > 1 else 0
+
+
+def dedupe_key(stream: str, fields: Mapping[str, str | bytes]) -> str:
+    """The key ``dedupe = "hash"`` sets for an entry: its content hash, in the stream's slot.
+
+    The hash covers what both daemons of a pair see alike — the connection's
+    name, the frame kind and the frame — and not ``seq`` or ``received_at``,
+    which differ between them. The key carries the stream's Cluster hash tag
+    (or the stream's name as one), so the script's two keys share a slot.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for name in ("connection", "kind", "frame"):
+        value = fields.get(name, b"")
+        digest.update(value.encode() if isinstance(value, str) else value)
+        digest.update(b"\0")
+    prefix = stream if hash_tag(stream) is not None else "{" + stream + "}"
+    return f"{prefix}:dedupe:{digest.hexdigest()}"
+
+
+def upstream_seq(message: Message, name: str) -> int:
+    """The upstream's sequence number of ``message`` for ``dedupe = "seq"``.
+
+    ``name`` is a header field the codec extracted (``message.fields``), or else
+    a dotted path into a JSON body (``"n"``, ``"meta.seq"``). It must be a
+    positive integer (or its decimal text); ``ValueError`` otherwise.
+    """
+    value: Any
+    if name in message.fields:
+        value = message.fields[name]
+    else:
+        value = message.body
+        for part in name.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise ValueError(f"dedupe_field {name!r}: the message has no such field")
+            value = value[part]
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"dedupe_field {name!r} must be a positive integer, got {value!r}")
+    return value
+
+
 class PipelineError(RuntimeError):
     """The pipeline round trip a message was part of failed (another message's call saw why)."""
 
 
-class _Slot:
-    __slots__ = ("done", "error", "item", "result", "sent")
+class DedupeError(RuntimeError):
+    """``dedupe = "seq"`` cannot store a frame in order: it came after a higher sequence number."""
 
-    def __init__(self, item: Any) -> None:
+
+class _Slot:
+    __slots__ = ("at", "done", "error", "item", "result", "sent")
+
+    def __init__(self, item: Any, at: float) -> None:
         self.item = item
+        self.at = at
         self.sent = False
         self.done = False
         self.result: Any = None
@@ -77,26 +202,50 @@ class _Slot:
 class Batcher:
     """Collects concurrent :meth:`submit` calls into one ``flush`` of everything waiting.
 
-    One flush runs at a time. A caller that finds none running sends every item
-    queued so far (its own included); the others wait for the lock and find
-    their item already done. ``flush(items)`` returns one result per item,
-    an ``Exception`` instance for an item that failed on its own.
+    One flush runs at a time. A caller that finds none running sends up to
+    ``max_items`` of the items queued so far, oldest first; before that it waits
+    until the oldest item has waited ``delay`` or ``max_items`` are queued,
+    whichever comes first. The others wait for that flush to end (all woken at
+    once, not handed a lock one by one) and find their item done, or one of them
+    sends the next batch. ``flush(items)`` returns one result per item, an
+    ``Exception`` instance for an item that failed on its own.
     """
 
-    def __init__(self, flush: Callable[[list[Any]], Awaitable[Sequence[Any]]]) -> None:
+    def __init__(
+        self,
+        flush: Callable[[list[Any]], Awaitable[Sequence[Any]]],
+        *,
+        max_items: int = 0,
+        delay: float = 0.0,
+    ) -> None:
         self._flush = flush
-        self._lock = anyio.Lock()
+        self._max = max_items if max_items > 0 else 1 << 62
+        self._delay = delay
+        self._sending: anyio.Event | None = None  # set when the flush under way ends
         self._queue: list[_Slot] = []
+        self._full: anyio.Event | None = None
         self.flushes = 0
 
     async def submit(self, item: Any) -> Any:
         """Send ``item`` with whatever else is waiting; its result, or raise its error."""
-        slot = _Slot(item)
+        slot = _Slot(item, anyio.current_time() if self._delay > 0 else 0.0)
         self._queue.append(slot)
+        if self._full is not None and len(self._queue) >= self._max:
+            self._full.set()
         try:
-            async with self._lock:
-                if not slot.done:
-                    await self._send()
+            while not slot.done:
+                if self._sending is not None:
+                    await self._sending.wait()
+                    continue
+                self._sending = anyio.Event()
+                try:
+                    await self._fill()
+                    failure = await self._send()
+                finally:
+                    ended, self._sending = self._sending, None
+                    ended.set()
+                if failure is not None and slot.sent:
+                    raise failure
         except BaseException:
             if not slot.sent:  # cancelled while waiting: do not send it behind our back
                 self._queue.remove(slot)
@@ -105,8 +254,28 @@ class Batcher:
             raise slot.error
         return slot.result
 
-    async def _send(self) -> None:
-        batch, self._queue = self._queue, []
+    async def _fill(self) -> None:
+        """Wait until the oldest item has waited ``delay`` or a whole batch is queued."""
+        if len(self._queue) >= self._max:
+            return
+        if self._delay <= 0:
+            # Let the callers the last flush woke take their next item first: they
+            # join this batch instead of waiting for the next.
+            await anyio.lowlevel.checkpoint()
+            return
+        left = self._queue[0].at + self._delay - anyio.current_time()
+        if left <= 0:
+            return
+        self._full = anyio.Event()
+        try:
+            with anyio.move_on_after(left):
+                await self._full.wait()
+        finally:
+            self._full = None
+
+    async def _send(self) -> Exception | None:
+        """Flush the oldest ``max_items``; the flush's own exception if it raised one."""
+        batch, self._queue = self._queue[: self._max], self._queue[self._max :]
         self.flushes += 1
         for slot in batch:
             slot.sent = True
@@ -118,13 +287,82 @@ class Batcher:
                 failure = PipelineError(f"{type(exc).__name__}: {exc}")
                 failure.__cause__ = exc
                 slot.error = failure
-            raise
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the caller goes too
+            return exc
         for slot, result in zip(batch, results, strict=True):
             slot.done = True
             if isinstance(result, Exception):
                 slot.error = result
             else:
                 slot.result = result
+        return None
+
+
+@dataclass
+class SinkStats:
+    """The stream sink's counters; :attr:`RedisHandler.stats`, logged as ``sink_totals``."""
+
+    entries: int = 0  # entries XADDed
+    frames: int = 0  # frames in them (more than entries with pack)
+    duplicates: int = 0  # frames another daemon (or an earlier attempt) had stored: skipped
+    late: int = 0  # dedupe = "seq": frames refused, a higher sequence number was stored
+    trim_errors: int = 0  # XTRIM (min_age with max_len) failures, logged
+
+
+class _Entry:
+    """One frame on its way to a stream: the shard's stream, its fields, its dedupe identity."""
+
+    __slots__ = ("content_key", "fields", "seq", "stream")
+
+    def __init__(self, stream: str, fields: dict[str, str | bytes]) -> None:
+        self.stream = stream
+        self.fields = fields
+        self.seq = 0  # dedupe = "seq"
+        self.content_key = ""  # dedupe = "hash"
+
+
+# dedupe = "seq": XADD with the explicit ID ARGV[1]. {1, id}: stored; {0}: that very
+# ID is in the stream (a duplicate); {2, top}: refused because the stream's top is
+# higher and this ID is not there (late, or a stream with foreign IDs).
+_SEQ_SCRIPT = """
+local args = {'XADD', KEYS[1]}
+if ARGV[2] ~= '' then
+  args[#args + 1] = ARGV[2]; args[#args + 1] = '~'; args[#args + 1] = ARGV[3]
+end
+args[#args + 1] = ARGV[1]
+for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
+local id = redis.pcall(unpack(args))
+if type(id) == 'table' and id.err then
+  if not string.find(id.err, 'equal or smaller', 1, true) then return id end
+  if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) > 0 then return {0} end
+  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if #top > 0 then return {2, top[1][1]} end
+  return {2, ''}
+end
+return {1, id}
+"""
+
+# dedupe = "hash": SET NX PX of the content key KEYS[1], and XADD to KEYS[2] only if
+# the key was new. {1, id}: stored; {0}: the key existed (a duplicate). A failed
+# XADD releases the key, so that a retry is not taken for a duplicate.
+_HASH_SCRIPT = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return {0} end
+local args = {'XADD', KEYS[2]}
+if ARGV[2] ~= '' then
+  args[#args + 1] = ARGV[2]; args[#args + 1] = '~'; args[#args + 1] = ARGV[3]
+end
+args[#args + 1] = '*'
+for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
+local id = redis.pcall(unpack(args))
+if type(id) == 'table' and id.err then
+  redis.call('DEL', KEYS[1])
+  return id
+end
+return {1, id}
+"""
+
+_SCRIPTS = {"seq": _SEQ_SCRIPT, "hash": _HASH_SCRIPT}
 
 
 class RedisHandler:
@@ -145,7 +383,11 @@ class RedisHandler:
             },
         )
         stream: str | None = field(
-            default=None, metadata={"doc": "XADD each message to this stream (or set channel)."}
+            default=None,
+            metadata={
+                "doc": "XADD each message to this stream (or set channel); with shards, a "
+                'template whose hash tag holds %d, e.g. "{ticks.%d}:in".'
+            },
         )
         channel: str | None = field(
             default=None, metadata={"doc": "PUBLISH each message's JSON record to this channel."}
@@ -154,12 +396,55 @@ class RedisHandler:
             default=1_000_000,
             metadata={"doc": "Trim the stream to about this many entries (MAXLEN ~); 0: never."},
         )
+        min_age: Duration | None = field(
+            default=None,
+            metadata={
+                "doc": "Also drop entries older than this (MINID ~, by this host's clock); "
+                "not with dedupe = seq."
+            },
+        )
         socket_timeout: Duration = field(
             default=Duration(5.0),
             metadata={"doc": "Socket timeout of connecting and of each round trip."},
         )
-        # Reserved for the scale-out work, not built yet: min_age (trim by age,
-        # MINID), pack (several frames per entry) and shard (several streams).
+        batch: int = field(
+            default=1000, metadata={"doc": "Entries per pipelined round trip, at most."}
+        )
+        flush_delay: Duration = field(
+            default=Duration(0.0),
+            metadata={
+                "doc": "Let a round trip wait this long at most for more entries to share "
+                "it (with concurrency > 1); 0: send at once."
+            },
+        )
+        pack: int = field(
+            default=1,
+            metadata={
+                "doc": "Frames per stream entry, at most (kind = pack); 1: one frame per entry."
+            },
+        )
+        shards: int = field(
+            default=1,
+            metadata={"doc": "Streams to spread the frames over, by a hash of the route key."},
+        )
+        dedupe: Literal["none", "seq", "hash"] = field(
+            default="none",
+            metadata={
+                "doc": "HA pairs: store one copy of frames written by two ingest daemons, by "
+                "the upstream's sequence number (seq) or by content (hash)."
+            },
+        )
+        dedupe_field: str = field(
+            default="",
+            metadata={
+                "doc": "dedupe = seq: the header field, or dotted path into the JSON body, "
+                "holding the upstream's increasing sequence number."
+            },
+        )
+        dedupe_window: Duration = field(
+            default=Duration(10.0),
+            metadata={"doc": "dedupe = hash: how long a frame's content is remembered."},
+        )
 
         def __post_init__(self) -> None:
             if (self.stream is None) == (self.channel is None):
@@ -174,18 +459,92 @@ class RedisHandler:
                 raise ValueError(f"max_len must not be negative, got {self.max_len}")
             if self.socket_timeout <= 0:
                 raise ValueError("socket_timeout must be above 0")
+            if self.batch < 1:
+                raise ValueError(f"batch must be at least 1, got {self.batch}")
+            if self.flush_delay < 0:
+                raise ValueError("flush_delay must not be negative")
+            if self.pack < 1 or self.pack > self.batch:
+                raise ValueError(f"pack must be from 1 to batch ({self.batch}), got {self.pack}")
+            if self.shards < 1:
+                raise ValueError(f"shards must be at least 1, got {self.shards}")
+            if self.min_age is not None and self.min_age < 0.001:
+                raise ValueError("min_age must be at least 1ms")
+            if self.dedupe_window < 0.001:
+                raise ValueError("dedupe_window must be at least 1ms")
+            if self.stream is None:
+                stream_only = {
+                    "min_age": self.min_age is not None,
+                    "pack": self.pack != 1,
+                    "shards": self.shards != 1,
+                    "dedupe": self.dedupe != "none",
+                }
+                if wrong := [name for name, is_set in stream_only.items() if is_set]:
+                    raise ValueError(f"{', '.join(wrong)}: for stream = ..., not channel")
+            else:
+                self._check_stream(self.stream)
+            self._check_dedupe()
+
+        def _check_stream(self, stream: str) -> None:
+            placeholders = stream.count(SHARD)
+            if placeholders > 1:
+                raise ValueError(f"stream has {placeholders} %d placeholders: use one at most")
+            if self.shards > 1 and not placeholders:
+                raise ValueError(
+                    'shards needs a stream template with %d in its hash tag, e.g. "{ticks.%d}:in"'
+                )
+            if placeholders and SHARD not in (hash_tag(stream) or ""):
+                raise ValueError(
+                    "the %d of a sharded stream goes inside its {hash tag}, so that the shards "
+                    'spread over Redis Cluster slots: e.g. "{ticks.%d}:in"'
+                )
+            if self.dedupe == "hash" and ("{" in stream or "}" in stream) and not hash_tag(stream):
+                raise ValueError(
+                    "dedupe = hash: a stream name with braces needs a non-empty {hash tag}"
+                )
+
+        def _check_dedupe(self) -> None:
+            if self.dedupe == "none":
+                if self.dedupe_field:
+                    raise ValueError('dedupe_field is for dedupe = "seq"')
+                return
+            if self.pack != 1:
+                raise ValueError("dedupe needs pack = 1: two daemons pack their frames differently")
+            if self.dedupe == "seq":
+                if not self.dedupe_field:
+                    raise ValueError('dedupe = "seq" needs dedupe_field (e.g. "seq")')
+                if self.min_age is not None:
+                    raise ValueError(
+                        'min_age cannot trim a dedupe = "seq" stream: its entry IDs are '
+                        "sequence numbers, not times; use max_len"
+                    )
+            elif self.dedupe_field:
+                raise ValueError('dedupe_field is for dedupe = "seq"')
 
     def __init__(self, options: Options, ctx: HandlerContext) -> None:
         self.options = options
         self._ctx = ctx
         self._url_for_logs = redact_url(options.url)
         self._client: aioredis.Redis | None = None
-        self._batcher = Batcher(self._flush)
+        self._batcher = Batcher(
+            self._flush, max_items=options.batch, delay=float(options.flush_delay)
+        )
+        stream = options.stream
+        self._streams = (
+            [shard_stream(stream, n) for n in range(options.shards)] if stream is not None else []
+        )
+        self._script = _SCRIPTS.get(options.dedupe, "")
+        self._sha = hashlib.sha1(self._script.encode()).hexdigest() if self._script else ""
+        self.stats = SinkStats()
 
     @property
     def batches(self) -> int:
         """Round trips made so far (each carries one or more messages)."""
         return self._batcher.flushes
+
+    @property
+    def streams(self) -> list[str]:
+        """The stream names written to: one, or one per shard."""
+        return list(self._streams)
 
     async def start(self) -> None:
         """Create the client and check the server; a server that is down is only logged."""
@@ -201,36 +560,183 @@ class RedisHandler:
         try:
             with anyio.fail_after(options.socket_timeout):
                 await self._client.ping()
+                if self._script:
+                    await self._client.script_load(self._script)
         except (RedisError, OSError, TimeoutError) as exc:
             self._ctx.log.warning(
                 "redis_unavailable", url=self._url_for_logs, error=f"{type(exc).__name__}: {exc}"
             )
 
     async def stop(self) -> None:
-        """Close the client's connections."""
+        """Close the client's connections; log the stream counters."""
         client, self._client = self._client, None
+        if self._streams:
+            self._ctx.log.info(
+                "sink_totals",
+                streams=len(self._streams),
+                round_trips=self._batcher.flushes,
+                **dataclasses.asdict(self.stats),
+            )
         if client is not None:
             await client.aclose()
 
     async def handle(self, message: Message) -> None:
-        """XADD or PUBLISH the message; return once Redis answered."""
-        if self.options.stream is not None:
-            await self._batcher.submit(stream_fields(message))
-        else:
+        """XADD or PUBLISH the message; return once Redis answered (or it was a duplicate)."""
+        options = self.options
+        if not self._streams:
             await self._batcher.submit(encode_record(message)[:-1])
+            return
+        fields = stream_fields(message)
+        streams = self._streams
+        key = fields["key"]
+        assert isinstance(key, str)
+        entry = _Entry(streams[shard_of(key, len(streams))], fields)
+        if options.dedupe == "seq":
+            entry.seq = upstream_seq(message, options.dedupe_field)
+        elif options.dedupe == "hash":
+            entry.content_key = dedupe_key(entry.stream, fields)
+        await self._batcher.submit(entry)
 
     async def _flush(self, items: list[Any]) -> list[Any]:
         client = self._client
         if client is None:
             raise RuntimeError("the redis handler is not started")
-        options = self.options
-        pipe = client.pipeline(transaction=False)
-        if options.stream is not None:
-            for entry in items:
-                pipe.xadd(options.stream, entry, maxlen=options.max_len or None, approximate=True)
-        else:
-            assert options.channel is not None
+        if not self._streams:
+            pipe = client.pipeline(transaction=False)
+            assert self.options.channel is not None
             for payload in items:
-                pipe.publish(options.channel, payload)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
+                pipe.publish(self.options.channel, payload)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            return results
+        if not self._script:
+            return await self._xadd(client, items)
+        replies = await self._run_scripts(client, items)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            # Redis lost its script cache (a restart): load it and run the batch again.
+            # Entries stored the first time come back as duplicates, so this is safe.
+            await client.script_load(self._script)
+            replies = await self._run_scripts(client, items)
+        return self._script_results(items, replies)
+
+    def _trim(self) -> tuple[str, str]:
+        """XADD's trimming for this round trip: ("MINID", id), ("MAXLEN", n) or none."""
+        options = self.options
+        if options.min_age is not None:
+            return "MINID", str(max(0, time.time_ns() // 1_000_000 - round(options.min_age * 1000)))
+        if options.max_len:
+            return "MAXLEN", str(options.max_len)
+        return "", ""
+
+    def _add_xtrims(self, pipe: Any, streams: set[str]) -> int:
+        """min_age with max_len: XADD trims by age, one XTRIM per stream caps the length."""
+        if self.options.min_age is None or not self.options.max_len:
+            return 0
+        for stream in sorted(streams):
+            pipe.xtrim(stream, maxlen=self.options.max_len, approximate=True)
+        return len(streams)
+
+    def _check_xtrims(self, replies: list[Any]) -> None:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                self.stats.trim_errors += 1
+                self._ctx.log.warning("trim_failed", error=f"{type(reply).__name__}: {reply}")
+
+    async def _xadd(self, client: aioredis.Redis, items: list[_Entry]) -> list[Any]:
+        """Plain XADDs: per stream, in order, ``pack`` frames per entry."""
+        strategy, threshold = self._trim()
+        trim: dict[str, Any] = {}
+        if strategy == "MINID":
+            trim = {"minid": threshold, "approximate": True}
+        elif strategy == "MAXLEN":
+            trim = {"maxlen": int(threshold), "approximate": True}
+        pack = self.options.pack
+        by_stream: dict[str, list[int]] = {}
+        for index, item in enumerate(items):
+            by_stream.setdefault(item.stream, []).append(index)
+        pipe = client.pipeline(transaction=False)
+        chunks: list[list[int]] = []
+        for stream, indexes in by_stream.items():
+            for start in range(0, len(indexes), pack):
+                chunk = indexes[start : start + pack]
+                chunks.append(chunk)
+                if len(chunk) == 1:
+                    fields = items[chunk[0]].fields
+                else:
+                    fields = pack_entry([items[i].fields for i in chunk])
+                pipe.xadd(stream, cast("dict[Any, Any]", fields), **trim)
+        trims = self._add_xtrims(pipe, set(by_stream))
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        self._check_xtrims(replies[len(chunks) :])
+        results: list[Any] = [None] * len(items)
+        for chunk, reply in zip(chunks, replies[: len(replies) - trims], strict=True):
+            if not isinstance(reply, Exception):
+                self.stats.entries += 1
+                self.stats.frames += len(chunk)
+                reply = reply.decode() if isinstance(reply, bytes) else reply
+            for index in chunk:
+                results[index] = reply
         return results
+
+    async def _run_scripts(self, client: aioredis.Redis, items: list[_Entry]) -> list[Any]:
+        """One EVALSHA per entry, in the order of the upstream's sequence for ``seq``."""
+        strategy, threshold = self._trim()
+        window = str(max(1, round(self.options.dedupe_window * 1000)))
+        pipe = client.pipeline(transaction=False)
+        order = list(range(len(items)))
+        if self.options.dedupe == "seq":
+            # Retried frames rejoin in their place: an ID above a frame still to come
+            # would make that frame late.
+            order.sort(key=lambda i: (items[i].stream, items[i].seq))
+        for index in order:
+            item = items[index]
+            flat = [part for pair in item.fields.items() for part in pair]
+            if self.options.dedupe == "seq":
+                keys = [item.stream]
+                first = f"0-{item.seq}"
+            else:
+                keys = [item.content_key, item.stream]
+                first = window
+            pipe.evalsha(self._sha, len(keys), *keys, first, strategy, threshold, *flat)
+        self._add_xtrims(pipe, {item.stream for item in items})
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        self._check_xtrims(replies[len(items) :])
+        in_order: list[Any] = [None] * len(items)
+        for index, reply in zip(order, replies[: len(items)], strict=True):
+            in_order[index] = reply
+        return in_order
+
+    def _script_results(self, items: list[_Entry], replies: list[Any]) -> list[Any]:
+        """The stored entry's ID, ``None`` for a duplicate, or the item's error."""
+        results: list[Any] = []
+        for item, reply in zip(items, replies, strict=True):
+            if isinstance(reply, Exception):
+                results.append(reply)
+                continue
+            status = int(reply[0])
+            if status == 1:
+                self.stats.entries += 1
+                self.stats.frames += 1
+                results.append(_text(reply[1]))
+            elif status == 0:
+                self.stats.duplicates += 1
+                results.append(None)
+            else:
+                self.stats.late += 1
+                results.append(self._late(item, _text(reply[1])))
+        return results
+
+    def _late(self, item: _Entry, top: str) -> DedupeError:
+        if not top.startswith("0-"):
+            return DedupeError(
+                f'dedupe = "seq": stream {item.stream!r} holds entries with time-based IDs '
+                f"(top {top}); it needs a stream of its own, written with dedupe = seq only"
+            )
+        return DedupeError(
+            f"seq {item.seq} came after seq {top[2:]} was stored in {item.stream!r}: it cannot "
+            "be stored in order (the upstream's sequence went back, or this frame was held up "
+            "by a retry)"
+        )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

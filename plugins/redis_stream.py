@@ -1,8 +1,8 @@
 """The ``redis-stream`` source: a worker daemon consuming a Redis stream through a consumer group.
 
 Needs the ``redis`` extra (``pip install 'wsroute[redis]'``). An ingest daemon's
-``redis`` sink writes one entry per frame (``frame``, ``connection``,
-``key``, ``seq``, ``received_at``, ``kind = "text"`` for text frames); this source reads
+``redis`` sink writes one entry per frame (``frame``, ``connection``, ``key``, ``seq``,
+``received_at``, ``kind = "text"`` for text frames; or a ``pack``); this source reads
 them with ``XREADGROUP``, decodes ``frame`` with the source's codec, routes the message
 like a connection's, and acknowledges the entry (``XACK``) only once every routed
 handler has handled it or its dead letter was written. Built on the public source API
@@ -40,6 +40,9 @@ it, ``fields["source_connection"]`` (the ingest daemon's connection); ``seq`` an
 ``received_at`` come from the entry, ``connection`` is the source's own name. An
 entry of ``kind = "message"`` (the sink had no raw frame: a lifecycle, emitted or
 replayed message) carries a ``jsonl`` record and is rebuilt from it, not decoded.
+A packed entry (``kind = "pack"``: the sink's ``pack`` option) becomes one message
+per frame, each with ``fields["pack_index"]``; the entry is acknowledged once all of
+them settled, and ``max_in_flight`` and ``max_deliveries`` count it as one entry.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from functools import partial
 from typing import Any, Literal, TypeVar
 
 import anyio
+import msgspec
 
 # A missing redis-py is a ModuleNotFoundError the registry turns into "pip install
 # 'wsroute[redis]'", naming the plugin.
@@ -75,7 +79,14 @@ from wsroute import (
 )
 from wsroute.plugins.jsonl import parse_record
 
-__all__ = ["ReadOptions", "ReclaimOptions", "RedisStreamSource", "StreamStats", "default_consumer"]
+__all__ = [
+    "ReadOptions",
+    "ReclaimOptions",
+    "RedisStreamSource",
+    "StreamStats",
+    "default_consumer",
+    "unpack_entry",
+]
 
 T = TypeVar("T")
 
@@ -92,6 +103,8 @@ _RETRY_MAX = 10.0
 _CLOSE_ACK_BUDGET = 5.0
 # Trimmed IDs shown in one log line (the count is always complete).
 _LOG_IDS = 20
+
+_pack_decoder = msgspec.msgpack.Decoder(list[dict[str, bytes]])
 
 
 def default_consumer() -> str:
@@ -484,6 +497,9 @@ class RedisStreamSource:
     async def _deliver(self, entry_id: str, fields: dict[bytes, bytes], deliveries: int) -> None:
         ctx = self.ctx
         limit = self.options.max_deliveries
+        if fields.get(b"kind") == b"pack":
+            await self._deliver_pack(entry_id, fields, deliveries)
+            return
         try:
             message = entry_message(ctx, entry_id, fields)
         except (ValueError, DecodeError) as exc:
@@ -504,6 +520,66 @@ class RedisStreamSource:
             return
         self.stats.delivered += 1
         await ctx.deliver(message, partial(self._settled, entry_id))
+
+    async def _deliver_pack(
+        self, entry_id: str, fields: dict[bytes, bytes], deliveries: int
+    ) -> None:
+        """Deliver each frame of a packed entry; the entry settles once all of them did."""
+        ctx = self.ctx
+        try:
+            frames = unpack_entry(fields)
+        except ValueError as exc:
+            letter = raw_message(
+                ctx.name, entry_id, {**fields, b"frame": fields.get(b"frames", b"")}
+            )
+            self.log.warning("entry_undecodable", stream_id=entry_id, error=str(exc))
+            await self._dead_letter(entry_id, letter, "decode_error", str(exc))
+            return
+        left = len(frames)
+
+        def one_settled() -> None:
+            nonlocal left
+            left -= 1
+            if left == 0:
+                self._settled(entry_id)
+
+        limit = self.options.max_deliveries
+        for index, frame_fields in enumerate(frames):
+            try:
+                message = entry_message(ctx, entry_id, frame_fields)
+            except (ValueError, DecodeError) as exc:
+                letter = raw_message(ctx.name, entry_id, frame_fields)
+                letter.fields["pack_index"] = index
+                self.log.warning(
+                    "entry_undecodable", stream_id=entry_id, pack_index=index, error=str(exc)
+                )
+                self.stats.dead_lettered += 1
+                await ctx.dead_letter(
+                    letter, "decode_error", error=str(exc), on_settled=one_settled
+                )
+                continue
+            message.fields["pack_index"] = index
+            if limit and deliveries > limit:
+                message.fields["delivery_count"] = deliveries
+                error = (
+                    f"entry {entry_id} delivered {deliveries} times without being acknowledged "
+                    f"(max_deliveries = {limit})"
+                )
+                if index == 0:
+                    self.log.error(
+                        "max_deliveries_exceeded",
+                        stream_id=entry_id,
+                        deliveries=deliveries,
+                        limit=limit,
+                        frames=len(frames),
+                    )
+                self.stats.dead_lettered += 1
+                await ctx.dead_letter(
+                    message, "max_deliveries", error=error, on_settled=one_settled
+                )
+                continue
+            self.stats.delivered += 1
+            await ctx.deliver(message, one_settled)
 
     async def _dead_letter(self, entry_id: str, message: Message, reason: str, error: str) -> None:
         """Dead-letter without routing; acknowledged once the dead-letter handler wrote it."""
@@ -736,6 +812,25 @@ def entry_message(ctx: SourceContext, entry_id: str, fields: dict[bytes, bytes])
     if message.dead_letter is None and b"reason" in fields:
         message.dead_letter = entry_dead_letter(fields)
     return message
+
+
+def unpack_entry(fields: dict[bytes, bytes]) -> list[dict[bytes, bytes]]:
+    """The per-frame fields of a packed entry (``kind = "pack"``); ``ValueError`` if malformed.
+
+    The ``redis`` sink's ``pack`` writes ``frames``: a msgpack array of maps, one
+    per frame, from field name to bytes, holding what an entry of one frame
+    holds (``frame``, ``kind``, ``connection``, ``key``, ``seq``, ``received_at``).
+    """
+    blob = fields.get(b"frames")
+    if blob is None:
+        raise ValueError("a packed entry without a frames field")
+    try:
+        frames = _pack_decoder.decode(blob)
+    except msgspec.MsgspecError as exc:
+        raise ValueError(f"the frames field is not a msgpack array of maps: {exc}") from exc
+    if not frames:
+        raise ValueError("a packed entry without frames")
+    return [{name.encode(): value for name, value in f.items()} for f in frames]
 
 
 def entry_dead_letter(fields: dict[bytes, bytes]) -> DeadLetter:
