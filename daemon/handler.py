@@ -555,8 +555,6 @@ def _retry_delay(failed_attempts: int) -> float:
 def _describe(error: BaseException) -> str:
     text = str(error)
     name = type(error).__name__
-    if isinstance(error, TimeoutError) and not text:
-        return "TimeoutError"
     return f"{name}: {text}" if text else name
 
 

@@ -16,7 +16,7 @@ import gc
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -703,6 +703,3 @@ async def _drain_all(runners: list[HandlerRunner], deadline: float) -> None:
     for runner in runners:
         if not await runner.drain(deadline):
             break
-
-
-Runnable = Callable[[], Awaitable[None]]
