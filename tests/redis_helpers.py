@@ -46,9 +46,11 @@ requires_redis = pytest.mark.skipif(
 class RedisServer:
     """One redis-server process on ``127.0.0.1:port`` keeping its files in ``folder``."""
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, *, persistent: bool = True) -> None:
         self.folder = folder
         self.port = port or free_port()
+        # AOF everysec (what docs/scale-out.md asks of production), or nothing kept.
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
@@ -71,10 +73,11 @@ class RedisServer:
                 "127.0.0.1",
                 "--dir",
                 str(self.folder),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
+                *(
+                    ("--appendonly", "yes", "--appendfsync", "everysec")
+                    if self.persistent
+                    else ("--appendonly", "no")
+                ),
                 "--save",
                 "",
                 "--daemonize",

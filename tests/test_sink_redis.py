@@ -7,11 +7,8 @@ the server really stopped, and the recovery the server really started again.
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +25,11 @@ from wsroute.testing import (
     RecordingContext,
     ScriptedUpstream,
     build_handler,
-    free_port,
     message,
 )
 
-REDIS_SERVER = shutil.which("redis-server")
+from redis_helpers import REDIS_SERVER, RedisServer
+
 needs_redis = pytest.mark.skipif(
     REDIS_SERVER is None,
     reason="redis-server is not installed (CI installs it with .ci/services-setup)",
@@ -44,52 +41,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class RedisServer:
-    """A redis-server process on 127.0.0.1, no persistence, that a test can stop and restart."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                *("--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(self.folder)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            assert self.process.poll() is None, "redis-server exited at start"
-            time.sleep(0.02)
-        raise TimeoutError("redis-server did not answer PING within 10 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
+    server = RedisServer(tmp_path, persistent=False)
     server.start()
     try:
         yield server

@@ -49,6 +49,7 @@ from peers import (
     close_payload,
     events,
     frame,
+    ticks_then,
     ws_server,
 )
 
@@ -127,28 +128,6 @@ def ids() -> list[int]:
     return [m.body["id"] for m in Collect.seen["sink"]]
 
 
-def then_ticks(bad: bytes, before: int = 5, after: int = 5) -> RawServer:
-    """Session 1: ``before`` ticks, then ``bad`` (raw bytes); session 2: ``after`` more ticks.
-
-    Both answer the client's close frame, so the client sees the code it sent.
-    """
-
-    async def peer(session: RawSession) -> None:
-        control = asyncio.ensure_future(session.answer_control())
-        try:
-            first = 1 if session.number == 1 else before + 1
-            count = before if session.number == 1 else after
-            for number in range(first, first + count):
-                await session.text(tick(number))
-            if session.number == 1:
-                await session.send(bad)
-            await control
-        finally:
-            control.cancel()
-
-    return RawServer(peer)
-
-
 async def lost_after_bad_frame(server: RawServer, transport: str, total: int = 10) -> Logs:
     """Run until ``total`` ticks arrived over two sessions; the logs of the run."""
     with capture_logs() as logs:
@@ -206,7 +185,7 @@ async def test_fragmented_messages_with_an_interleaved_ping_are_reassembled(
 
 async def test_invalid_utf8_closes_1007_and_reconnects(transport: str) -> None:
     bad = frame(OP_TEXT, b'{"type": "tick", "id": "\xff\xfe"}')
-    logs = await lost_after_bad_frame(then_ticks(bad), transport)
+    logs = await lost_after_bad_frame(ticks_then(bad), transport)
     lost = events(logs, "connection_lost")[0]
     assert (lost["code"], lost["reason"]) == (1007, "invalid start byte at position 24")
     assert lost["seq"] == 5
@@ -216,12 +195,12 @@ async def test_invalid_utf8_split_across_fragments_closes_1007(transport: str) -
     payload = '{"type": "tick", "id": "é"}'.encode()
     cut = payload.index(b"\xc3") + 1  # inside the two-byte sequence: each half is invalid
     bad = frame(OP_TEXT, payload[:cut], fin=False) + frame(OP_CONT, b"\xff" + payload[cut + 1 :])
-    logs = await lost_after_bad_frame(then_ticks(bad), transport)
+    logs = await lost_after_bad_frame(ticks_then(bad), transport)
     assert events(logs, "connection_lost")[0]["code"] == 1007
 
 
 async def test_frame_over_max_frame_size_closes_1009(transport: str) -> None:
-    logs = await lost_after_bad_frame(then_ticks(frame(OP_BINARY, b"x" * 70_000)), transport)
+    logs = await lost_after_bad_frame(ticks_then(frame(OP_BINARY, b"x" * 70_000)), transport)
     lost = events(logs, "connection_lost")[0]
     assert lost["code"] == 1009
     assert "65536" in lost["reason"]
@@ -234,7 +213,7 @@ async def test_message_over_max_frame_size_in_small_fragments_closes_1009(transp
         + frame(OP_CONT, piece, fin=False)
         + frame(OP_CONT, piece)
     )
-    logs = await lost_after_bad_frame(then_ticks(bad), transport)
+    logs = await lost_after_bad_frame(ticks_then(bad), transport)
     lost = events(logs, "connection_lost")[0]
     assert lost["code"] == 1009
 
@@ -253,7 +232,7 @@ async def test_message_over_max_frame_size_in_small_fragments_closes_1009(transp
     ],
 )
 async def test_protocol_violation_closes_1002_and_reconnects(transport: str, bad: bytes) -> None:
-    logs = await lost_after_bad_frame(then_ticks(bad), transport)
+    logs = await lost_after_bad_frame(ticks_then(bad), transport)
     lost = events(logs, "connection_lost")[0]
     assert lost["code"] == 1002
     assert lost["reason"]

@@ -46,6 +46,7 @@ __all__ = [
     "frame",
     "max_attempts",
     "read_json_log",
+    "ticks_then",
     "vmrss",
     "ws_server",
 ]
@@ -289,6 +290,29 @@ class RawServer:
         finally:
             if not writer.is_closing():
                 writer.close()
+
+
+def ticks_then(bad: bytes, before: int = 5, after: int = 5, *, deflate: bool = False) -> RawServer:
+    """Session 1: ``before`` JSON ticks ``{"type": "tick", "id": n}``, then ``bad`` (raw
+    bytes); session 2: ``after`` more ticks, numbered on.
+
+    Both sessions answer the client's close frame, so the client sees the code it sent.
+    """
+
+    async def peer(session: RawSession) -> None:
+        control = asyncio.ensure_future(session.answer_control())
+        try:
+            first = 1 if session.number == 1 else before + 1
+            count = before if session.number == 1 else after
+            for number in range(first, first + count):
+                await session.text(json.dumps({"type": "tick", "id": number}))
+            if session.number == 1:
+                await session.send(bad)
+            await control
+        finally:
+            control.cancel()
+
+    return RawServer(peer, deflate=deflate)
 
 
 def _parse_headers(request: bytes) -> dict[str, str]:

@@ -8,7 +8,6 @@ the connection up and is dead-lettered or counted.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 from collections.abc import MutableMapping
@@ -27,10 +26,10 @@ from peers import (
     OP_BINARY,
     OP_TEXT,
     RawServer,
-    RawSession,
     deflate_bomb,
     events,
     frame,
+    ticks_then,
     vmrss,
     ws_server,
 )
@@ -81,25 +80,8 @@ def assert_balanced(service: Service) -> None:
 
 
 def two_sessions(bad: bytes, before: int = 5, after: int = 5) -> RawServer:
-    """Session 1: ``before`` ticks, then ``bad`` (raw bytes); session 2: ``after`` more ticks.
-
-    Both answer the client's close frame, so the client sees the code it sent.
-    """
-
-    async def peer(session: RawSession) -> None:
-        control = asyncio.ensure_future(session.answer_control())
-        try:
-            first = 1 if session.number == 1 else before + 1
-            count = before if session.number == 1 else after
-            for number in range(first, first + count):
-                await session.text(tick(number))
-            if session.number == 1:
-                await session.send(bad)
-            await control
-        finally:
-            control.cancel()
-
-    return RawServer(peer, deflate=True)
+    """:func:`peers.ticks_then`, with permessage-deflate on offer (for the bomb)."""
+    return ticks_then(bad, before, after, deflate=True)
 
 
 async def run_two_sessions(
