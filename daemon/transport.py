@@ -15,6 +15,13 @@ headers for ``Retry-After``), :class:`HandshakeFailed` (any other bad upgrade),
 ``TimeoutError``, ``ssl.SSLError``). Once open, a transport reports a closed
 connection with websockets' ``ConnectionClosed``, whichever library it wraps.
 
+Both hand frames to the reader the same way: the library's synchronous
+callback appends each whole message to a deque and wakes the reader task, which
+drains everything buffered per wake-up — one task switch per socket read, not
+per frame (see bench/README.md). More than :data:`HIGH_WATER` waiting messages
+stop the socket being read until the reader caught up: that is how a full
+handler queue (``overflow = "block"``) reaches the upstream.
+
 The websockets implementation is here; the picows one, which has to do more
 of RFC 6455 itself, is :mod:`wsroute.transport_picows`, imported only when a
 connection asks for it.
@@ -23,20 +30,26 @@ connection asks for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import anyio
 from anyio.lowlevel import checkpoint
+from websockets.asyncio import messages as _ws_messages
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
     InvalidStatus,
     InvalidURI,
+    TooManyFragments,
 )
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import Event
 
 from .config import ConnectionSection
 
@@ -57,11 +70,13 @@ Data = bytes | str
 #: awaitable is awaited before the next frame is handed over (backpressure).
 FrameHandler = Callable[[Data], Awaitable[None] | None]
 
-# Frames websockets buffers before it stops reading the socket (its high-water mark).
-_MAX_QUEUE = 64
-# Frames handed to the reader between two explicit yields to the event loop (both
+# Messages waiting for the reader above which the socket is not read (both transports).
+HIGH_WATER = 64
+# Messages handed to the reader between two explicit yields to the event loop (both
 # transports). Measured with picows: 64 costs less CPU per frame than 16, 128 or never.
 YIELD_EVERY = 64
+# Frames one fragmented message may have (websockets' limit, $WEBSOCKETS_MAX_FRAGMENTS).
+MAX_FRAGMENTS: int = getattr(_ws_messages, "MAX_FRAGMENTS", 4096)
 
 
 class HandshakeFailed(Exception):
@@ -165,7 +180,7 @@ async def _open_websockets(
             ping_timeout=None,
             close_timeout=s.close_timeout,
             max_size=s.max_frame_size or None,
-            max_queue=_MAX_QUEUE,
+            create_connection=_ReadingConnection,
         )
     except InvalidStatus as exc:
         raise HandshakeRejected(exc.response.status_code, exc.response.headers) from exc
@@ -173,13 +188,155 @@ async def _open_websockets(
         raise BadURL(str(exc)) from exc
     except InvalidHandshake as exc:
         raise HandshakeFailed(str(exc) or type(exc).__name__) from exc
+    assert isinstance(ws, _ReadingConnection)
     return WebsocketsTransport(ws, s.close_timeout)
+
+
+_BINARY, _TEXT, _CONT = Opcode.BINARY, Opcode.TEXT, Opcode.CONT
+
+
+class _ReadingConnection(ClientConnection):
+    """websockets' client connection, with data frames taken out before its ``recv()``.
+
+    websockets turns every frame into a message through an Assembler, a queue
+    and ``recv()``; with small frames that costs as much as parsing them. Here
+    :meth:`process_event` (synchronous, inside ``data_received``) turns each
+    whole message into ``bytes`` or ``str`` and appends it to :attr:`ready`, as
+    the picows transport does; :meth:`WebsocketsTransport.read` drains it.
+    What websockets' ``recv()`` checks is checked here, and fails the
+    connection the same way: invalid UTF-8 in a text message (1007), more than
+    :data:`MAX_FRAGMENTS` fragments (1009). The protocol underneath still does
+    the rest of RFC 6455: frame sizes (1009, on the whole message too), the
+    order of fragments, control frames, the close handshake, deflate.
+
+    ``recv()`` and iterating this connection wait forever: nothing feeds them.
+    """
+
+    ready: deque[Data]
+    ready_waiter: asyncio.Future[None] | None
+    reading_paused: bool
+    #: Why the connection must fail — close code, reason, cause — once the
+    #: reader reaches the bad message; later data frames are dropped.
+    refused: tuple[int, str, Exception] | None
+    _parts: list[bytes] | None
+    _parts_text: bool
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.ready = deque()
+        self.ready_waiter = None
+        self.reading_paused = False
+        self.refused = None
+        self._parts = None
+        self._parts_text = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._wake()
+
+    def process_event(self, event: Event) -> None:
+        # Once per frame: the whole, unfragmented data frame goes first, inline.
+        if self.response is None:  # the handshake's response
+            super().process_event(event)
+            return
+        frame: Frame = event  # type: ignore[assignment]  # after the handshake: frames
+        opcode = frame.opcode
+        if frame.fin and self._parts is None and self.refused is None:
+            if opcode is _BINARY:
+                data: Data = bytes(frame.data)
+            elif opcode is _TEXT:
+                try:
+                    data = str(frame.data, "utf-8")
+                except UnicodeDecodeError as exc:
+                    self._refuse(CloseCode.INVALID_DATA, exc)
+                    return
+            else:
+                super().process_event(event)  # a pong acknowledges pings; the rest is done
+                return
+            ready = self.ready
+            ready.append(data)
+            if len(ready) > HIGH_WATER and not self.reading_paused:
+                self.reading_paused = True
+                self.transport.pause_reading()
+            waiter = self.ready_waiter
+            if waiter is not None:
+                self.ready_waiter = None
+                if not waiter.done():
+                    waiter.set_result(None)
+            return
+        if opcode is _BINARY or opcode is _TEXT or opcode is _CONT:
+            self._fragment(frame.data, opcode, frame.fin)
+        else:
+            super().process_event(event)
+
+    def _fragment(self, payload: bytes | bytearray | memoryview, opcode: Opcode, fin: bool) -> None:
+        """A fragment of a message (the protocol has checked their order and total size)."""
+        if self.refused is not None:
+            return
+        if opcode is _CONT:
+            parts = self._parts
+            assert parts is not None  # the protocol refuses a stray continuation (1002)
+            if len(parts) >= MAX_FRAGMENTS:
+                self._refuse(CloseCode.MESSAGE_TOO_BIG, TooManyFragments(MAX_FRAGMENTS))
+                return
+            parts.append(bytes(payload))
+        else:
+            parts = self._parts = [bytes(payload)]
+            self._parts_text = opcode is _TEXT
+        if not fin:
+            return
+        self._parts = None
+        message = b"".join(parts)
+        if not self._parts_text:
+            self._push(message)
+            return
+        try:
+            self._push(message.decode())
+        except UnicodeDecodeError as exc:
+            self._refuse(CloseCode.INVALID_DATA, exc)
+
+    def _push(self, data: Data) -> None:
+        ready = self.ready
+        ready.append(data)
+        if len(ready) > HIGH_WATER and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def _refuse(self, code: CloseCode, exc: Exception) -> None:
+        """A message websockets' ``recv()`` would fail on: fail once the reader gets there."""
+        if isinstance(exc, UnicodeDecodeError):
+            reason = f"{exc.reason} at position {exc.start}"
+        else:
+            reason = "too many fragments"
+        self.refused = (int(code), reason, exc)
+        self._parts = None
+        if not self.reading_paused:  # nothing after it is a message: stop reading meanwhile
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.ready_waiter
+        if waiter is not None:
+            self.ready_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def fail_refused(self) -> None:
+        """Fail the connection for :attr:`refused`, as websockets' ``recv()`` does."""
+        assert self.refused is not None
+        code, reason, exc = self.refused
+        self.set_connection_exc(exc)
+        with contextlib.suppress(ConnectionClosed):
+            async with self.send_context():
+                self.protocol.fail(code, reason)
 
 
 class WebsocketsTransport:
     """A websockets ``ClientConnection``, as a :class:`Transport`."""
 
-    def __init__(self, ws: ClientConnection, close_timeout: float) -> None:
+    def __init__(self, ws: _ReadingConnection, close_timeout: float) -> None:
         self.ws = ws
         self.close_timeout = close_timeout
 
@@ -193,11 +350,16 @@ class WebsocketsTransport:
 
     async def read(self, handle: FrameHandler) -> None:
         # The per-frame path: keep it lean (see bench/README.md).
+        ws = self.ws
+        ready = ws.ready
+        lost = ws.connection_lost_waiter
+        loop = ws.loop
         since_yield = 0
-        try:
-            async for data in self.ws:
-                # websockets hands out buffered frames without suspending: against a
-                # flooding upstream this loop would never let the workers run.
+        while True:
+            while ready:
+                data = ready.popleft()
+                # The callback appends a whole socket read at once: against a flooding
+                # upstream this loop would never let the workers run.
                 since_yield += 1
                 if since_yield >= YIELD_EVERY:
                     since_yield = 0
@@ -205,8 +367,21 @@ class WebsocketsTransport:
                 pending = handle(data)
                 if pending is not None:
                     await pending
-        except ConnectionClosed:
-            pass
+            if ws.refused is not None:
+                ws.reading_paused = False
+                ws.transport.resume_reading()  # for the peer's reply to our close frame
+                await ws.fail_refused()
+                return
+            if ws.reading_paused:
+                ws.reading_paused = False
+                ws.transport.resume_reading()
+            if lost.done():
+                return
+            ws.ready_waiter = waiter = loop.create_future()
+            try:
+                await waiter
+            finally:
+                ws.ready_waiter = None
 
     async def send(self, data: Data) -> None:
         await self.ws.send(data)

@@ -9,11 +9,11 @@ peer's close frame is answered, and the subprotocol and extensions of the
 server's answer are checked. picows has no permessage-deflate: the config
 refuses ``compression = "deflate"`` with it.
 
-Frames are handed from picows' synchronous callback to the reader task
-through a deque, without a task switch per frame: the reader drains
-everything buffered per wake-up. The socket stops being read while more than
-``_HIGH_WATER`` frames wait (backpressure from a full handler queue reaches
-the socket this way, as with websockets' ``max_queue``).
+Messages are handed from picows' synchronous callback to the reader task
+through a deque, as with websockets (see :mod:`wsroute.transport`): no task
+switch per frame, and the socket not read while more than ``HIGH_WATER``
+messages wait. A message may have ``MAX_FRAGMENTS`` fragments at most, as
+with websockets (1009).
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from websockets.uri import parse_uri
 
 from .config import ConnectionSection
 from .transport import (
+    HIGH_WATER,
+    MAX_FRAGMENTS,
     YIELD_EVERY,
     BadURL,
     Data,
@@ -57,8 +59,6 @@ _PICOWS_LOG.setLevel(logging.WARNING)
 _NO_LIMIT = 1 << 62
 _BINARY = picows.WSMsgType.BINARY
 _TEXT = picows.WSMsgType.TEXT
-# Received frames waiting for the reader above which the socket is not read.
-_HIGH_WATER = 64
 
 
 async def open_picows(section: ConnectionSection, context: ssl.SSLContext | None) -> Transport:
@@ -224,7 +224,7 @@ class _PicowsListener(picows.WSListener):
                 # _push, inlined: this runs once per frame.
                 frames = self._frames
                 frames.append(data)
-                if len(frames) > _HIGH_WATER and not self._paused:
+                if len(frames) > HIGH_WATER and not self._paused:
                     self._pause()
                 waiter = self._waiter
                 if waiter is not None:
@@ -257,7 +257,7 @@ class _PicowsListener(picows.WSListener):
     def _push(self, data: Data) -> None:
         frames = self._frames
         frames.append(data)
-        if len(frames) > _HIGH_WATER and not self._paused:
+        if len(frames) > HIGH_WATER and not self._paused:
             self._pause()
         self._wake()
 
@@ -294,6 +294,9 @@ class _PicowsListener(picows.WSListener):
         if kind is picows.WSMsgType.CONTINUATION:
             if self._parts is None:
                 self._fail(1002, "unexpected continuation frame")
+                return
+            if len(self._parts) >= MAX_FRAGMENTS:
+                self._fail(1009, "too many fragments")
                 return
         elif self._parts is not None:
             self._fail(1002, "expected a continuation frame")

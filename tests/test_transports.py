@@ -30,7 +30,7 @@ from wsroute.config import loads
 from wsroute.exceptions import ConfigError
 from wsroute.service import Service
 from wsroute.testing import ScriptedUpstream, build_handler, message
-from wsroute.transport import picows_available
+from wsroute.transport import MAX_FRAGMENTS, picows_available
 
 import conftest
 from collectors import Collect
@@ -180,6 +180,51 @@ async def test_fragmented_messages_with_an_interleaved_ping_are_reassembled(
     assert server.connections == 1
 
 
+async def test_frames_in_the_packet_that_completes_the_handshake_are_delivered(
+    transport: str,
+) -> None:
+    async def peer(session: RawSession) -> None:
+        control = asyncio.ensure_future(session.answer_control())
+        try:
+            await session.text(tick(4))
+            await control
+        finally:
+            control.cancel()
+
+    first = b"".join(frame(OP_TEXT, tick(n)) for n in (1, 2, 3))
+    server = RawServer(peer, preamble=first)
+    async with server.serve() as url, running(config(url, transport)):
+        await wait_until(lambda: len(Collect.seen["sink"]) == 4)
+    assert ids() == [1, 2, 3, 4]
+
+
+async def test_a_burst_then_a_close_frame_is_delivered_whole_before_the_reconnect(
+    transport: str,
+) -> None:
+    total = 300  # far past the high-water mark: reading is paused with the close unread
+
+    async def peer(session: RawSession) -> None:
+        if session.number > 1:
+            await session.answer_control()
+            return
+        burst = b"".join(frame(OP_TEXT, tick(n)) for n in range(1, total + 1))
+        await session.send(burst + frame(OP_CLOSE, close_payload(1001, "going away")))
+        await session.read_frame()  # the echo
+        await session.fin()
+
+    text = config("URL", transport)
+    text = text.replace('plugin = "collectors:Collect"\n[handlers.dlq]', _SLOW + "[handlers.dlq]")
+    server = RawServer(peer)
+    with capture_logs() as logs:
+        async with server.serve() as url, running(text.replace("URL", url)):
+            await wait_until(lambda: len(Collect.seen["sink"]) == total, timeout=20)
+            await wait_until(lambda: server.connections == 2)
+    assert ids() == list(range(1, total + 1))
+    assert not Collect.seen["dlq"]
+    lost = events(logs, "connection_lost")[0]
+    assert (lost["code"], lost["reason"], lost["seq"]) == (1001, "going away", total)
+
+
 # -- frames the transport refuses: the code it sent is what the log says -------------
 
 
@@ -216,6 +261,33 @@ async def test_message_over_max_frame_size_in_small_fragments_closes_1009(transp
     logs = await lost_after_bad_frame(ticks_then(bad), transport)
     lost = events(logs, "connection_lost")[0]
     assert lost["code"] == 1009
+
+
+async def test_message_in_too_many_fragments_closes_1009(transport: str) -> None:
+    # websockets' limit (4,096 by default) on the frames of one message, on both transports
+    pieces = [frame(OP_CONT, b" ", fin=False)] * MAX_FRAGMENTS
+    bad = frame(OP_TEXT, b"{", fin=False) + b"".join(pieces) + frame(OP_CONT, b"}")
+    logs = await lost_after_bad_frame(ticks_then(bad), transport)
+    lost = events(logs, "connection_lost")[0]
+    assert (lost["code"], lost["reason"]) == (1009, "too many fragments")
+
+
+async def test_a_message_in_many_fragments_under_the_limit_is_reassembled(transport: str) -> None:
+    body = json.dumps({"type": "tick", "id": 1, "pad": "x" * (MAX_FRAGMENTS - 40)}).encode()
+    parts = [body[i : i + 1] for i in range(len(body))]
+    assert len(parts) <= MAX_FRAGMENTS
+    message = frame(OP_TEXT, parts[0], fin=False)
+    message += b"".join(frame(OP_CONT, part, fin=False) for part in parts[1:-1])
+    message += frame(OP_CONT, parts[-1])
+
+    async def peer(session: RawSession) -> None:
+        await session.send(message)
+        await session.answer_control()
+
+    server = RawServer(peer)
+    async with server.serve() as url, running(config(url, transport)):
+        await wait_until(lambda: len(Collect.seen["sink"]) == 1)
+    assert Collect.seen["sink"][0].raw == body.decode()
 
 
 @pytest.mark.parametrize(

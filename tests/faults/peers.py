@@ -219,13 +219,18 @@ class RawServer:
 
     ``deflate=True`` accepts a permessage-deflate offer (with
     ``server_no_context_takeover``, so every message inflates on its own).
+    ``preamble`` is written in the same ``write()`` as the 101 answer, so that
+    frames reach the client in the packet that completes its handshake.
     Each connection runs ``handler(session)``; when it returns the socket is
     closed (with a FIN) unless the handler already ended it.
     """
 
-    def __init__(self, handler: SessionHandler, *, deflate: bool = False) -> None:
+    def __init__(
+        self, handler: SessionHandler, *, deflate: bool = False, preamble: bytes = b""
+    ) -> None:
         self.handler = handler
         self.deflate = deflate
+        self.preamble = preamble
         self.connections = 0
         self.sessions: list[RawSession] = []
         self.requests: list[dict[str, str]] = []
@@ -279,7 +284,7 @@ class RawServer:
             if "server_max_window_bits" in offer:
                 params.append("server_max_window_bits=15")
             lines.append("Sec-WebSocket-Extensions: " + "; ".join(params))
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + self.preamble)
         self.connections += 1
         session = RawSession(self.connections, reader, writer, deflate=deflate)
         self.sessions.append(session)
