@@ -128,11 +128,9 @@ CONFIG_EXPERIMENTS = {
     "picows": 'transport = "picows" (the optional fast extra)',
 }
 CODE_EXPERIMENTS = {
-    "gc_freeze": "gc.freeze() after start-up",
     "gc_threshold": "gc.set_threshold(50_000, 20, 100)",
-    "max_queue16": "websockets max_queue = 16 (wsroute uses 64)",
-    "max_queue1024": "websockets max_queue = 1024 (wsroute uses 64)",
-    "ws_deque": "prototype: websockets frames into a deque, no Assembler/recv()",
+    "high_water16": "websockets transport: stop reading above 16 waiting messages (not 64)",
+    "high_water1024": "websockets transport: stop reading above 1024 waiting messages (not 64)",
 }
 
 

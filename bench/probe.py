@@ -6,8 +6,9 @@ writes, to the file named by ``$WSROUTE_PROBE_OUT`` (JSON):
 
 - ``wakeups``: how often an offer found the worker asleep (one task switch each),
   and ``offers``, so ``offers / wakeups`` is the mean batch a worker drains;
-- ``reader_waits``: how often the reader found websockets' frame queue empty
-  and suspended (one event-loop iteration each);
+- ``reader_waits``: how often a frame arrived while the reader waited for one
+  (a wake-up of the reader: one event-loop iteration each), and
+  ``reader_gets``, every frame the websockets transport took in;
 - ``blocked``: how often a full ``block`` queue made the reader wait;
 - ``queue_max`` and a histogram of the queue length seen at each offer;
 - ``gc``: collections and their total time per generation.
@@ -26,9 +27,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from websockets.asyncio import messages
-
-from wsroute import dispatch, handler
+from wsroute import dispatch, handler, transport
 from wsroute.cli import main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -88,14 +87,15 @@ async def blocked_wait(self: dispatch.Dispatcher, message: Any, blocked: Any) ->
     await _wait(self, message, blocked)
 
 
-_get = messages.SimpleQueue.get
+_process_event = transport._ReadingConnection.process_event
 
 
-async def queue_get(self: Any, block: bool = True) -> Any:
-    stats["reader_gets"] += 1
-    if not self.queue:
-        stats["reader_waits"] += 1
-    return await _get(self, block)
+def process_event(self: Any, event: Any) -> None:
+    if self.response is not None:  # a frame, not the handshake's response
+        stats["reader_gets"] += 1
+        if self.ready_waiter is not None:
+            stats["reader_waits"] += 1
+    _process_event(self, event)
 
 
 def _dump() -> None:
@@ -111,7 +111,7 @@ if __name__ == "__main__":
     apply([n for n in os.environ.get("WSROUTE_EXPERIMENTS", "").split(",") if n])
     handler.HandlerRunner.offer = offer  # type: ignore[method-assign]
     dispatch.Dispatcher._wait = blocked_wait  # type: ignore[method-assign]
-    messages.SimpleQueue.get = queue_get  # type: ignore[method-assign]
+    transport._ReadingConnection.process_event = process_event  # type: ignore[method-assign]
     gc.callbacks.append(_gc_callback)
     atexit.register(_dump)
     sys.exit(main(sys.argv[1:]))

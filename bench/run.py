@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results = run_suite(settings, scenarios, runs, opts.keep)
     print()
+    if settings.experiments:
+        print(f"experiments patched into wsroute: {', '.join(settings.experiments)}\n")
     print(table(results))
     print(f"\n{len(scenarios)} scenarios x {runs} runs in {time.monotonic() - started:.0f} s")
     with open("/proc/loadavg") as f:

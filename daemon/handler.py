@@ -137,7 +137,10 @@ class HandlerRunner:
         self._started: list[float] = [math.inf] * section.concurrency
         self._attempts: list[int] = [0] * section.concurrency
         self._scopes: list[anyio.CancelScope | None] = [None] * section.concurrency
+        # Set when a message is queued; workers with an empty queue wait on it. ``_item_set``
+        # mirrors it: anyio's is_set() is two calls, and offer() runs per message.
         self._item = anyio.Event()
+        self._item_set = False
         self._space: anyio.Event | None = None
         self._accepting = True
         self._cancel = anyio.CancelScope()
@@ -205,7 +208,8 @@ class HandlerRunner:
         else:
             self.stats.received += 1
         queue.append(message)
-        if not self._item.is_set():
+        if not self._item_set:
+            self._item_set = True
             self._item.set()
         return True
 
@@ -334,8 +338,9 @@ class HandlerRunner:
         while True:
             if not queue:
                 # All workers wait on the same event; a fresh one only once it fired.
-                if self._item.is_set():
+                if self._item_set:
                     self._item = anyio.Event()
+                    self._item_set = False
                 await self._item.wait()
                 since_yield = 0
                 continue
@@ -496,7 +501,8 @@ class HandlerRunner:
             return False
         self.stats.received += 1
         self._queue.append(letter)
-        if not self._item.is_set():
+        if not self._item_set:
+            self._item_set = True
             self._item.set()
         return True
 
