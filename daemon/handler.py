@@ -20,6 +20,7 @@ queued before it sleeps again.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 import time
@@ -31,7 +32,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import structlog
-from anyio.lowlevel import checkpoint
 
 from .config import HandlerSection
 from .exceptions import PluginError
@@ -373,7 +373,7 @@ class HandlerRunner:
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0
-                await checkpoint()
+                await asyncio.sleep(0)
 
     async def _finish(self, index: int, message: Message, attempt: int) -> None:
         self._busy[index] = message

@@ -29,7 +29,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import picows
-from anyio.lowlevel import checkpoint
 from python_socks import ProxyError  # a dependency of picows
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidURI
 from websockets.frames import Close
@@ -397,7 +396,7 @@ class _PicowsListener(picows.WSListener):
                 if since_yield >= YIELD_EVERY:
                     # Handlers' workers run on this loop too: a burst must not starve them.
                     since_yield = 0
-                    await checkpoint()
+                    await asyncio.sleep(0)
                 pending = handle(data)
                 if pending is not None:
                     await pending
