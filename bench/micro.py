@@ -6,7 +6,8 @@ classes (codec, router, dispatcher, handler runner) and websockets' real
 protocol parser, each timed in a tight loop. The numbers back the
 recommendations in ``bench/README.md``; they are ns per operation, median of
 5 repetitions, on an otherwise idle loop (no network, no GC pressure from a
-full queue).
+full queue). ``--quick``: a tenth of the iterations, one repetition (a smoke
+run: the figures are rougher).
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ from wsroute.router import Router
 
 N = 200_000
 REPEAT = 5
+SCALE = 1  # --quick: 10 (every loop runs a tenth as often)
 
 
 def timeit(fn: Callable[[int], Any], n: int = N) -> float:
     """Median ns per operation of ``fn(n)``, which runs the operation n times."""
+    n //= SCALE
     samples = []
     for _ in range(REPEAT):
         gc.collect()
@@ -53,6 +56,7 @@ def timeit(fn: Callable[[int], Any], n: int = N) -> float:
 
 
 async def atimeit(fn: Callable[[int], Any], n: int = N) -> float:
+    n //= SCALE
     samples = []
     for _ in range(REPEAT):
         gc.collect()
@@ -142,12 +146,7 @@ def sync_costs(rows: list[tuple[str, float]]) -> None:
     runner._policy = "block"
     runner._accepting = True
     runner.stats = HandlerStats()
-
-    class _Flag:
-        def is_set(self) -> bool:
-            return True
-
-    runner._item = _Flag()  # type: ignore[assignment]
+    runner._item_set = True  # as if no worker waited: offer() does not touch the event
     router = Router.compile([("ticks", None, [1], [runner])])
     dispatcher = Dispatcher(router)
     msg = codec.decode(frame)
@@ -275,6 +274,7 @@ async def async_costs(rows: list[tuple[str, float]]) -> None:
 
 async def runner_cost(timeout: float, batch: int, n: int = 100_000) -> float:
     """Per-message cost of the runner: ``batch`` offers, then one yield to the worker."""
+    n //= SCALE
     samples = []
     for _ in range(REPEAT):
         section = HandlerSection(plugin="bench", queue=10_000, timeout=timeout)  # type: ignore[arg-type]
@@ -322,6 +322,7 @@ async def _inline_worker(
 
 async def inline_cost(batch: int = 64, n: int = 100_000) -> float:
     """A floor for the worker: pop, call, count; no watchdog stamps, no busy list."""
+    n //= SCALE
     samples = []
     for _ in range(REPEAT):
         handler = Counter()
@@ -349,7 +350,8 @@ async def inline_cost(batch: int = 64, n: int = 100_000) -> float:
 
 
 async def pipeline_cost(handlers: int, n: int = 100_000) -> float:
-    """What ``Connection._read`` and the workers do per frame, minus websockets."""
+    """What the reader and the workers do per frame, minus websockets."""
+    n //= SCALE
     samples = []
     datas = [payload("binary", i, time.time_ns())[0] for i in range(1000)]
     for _ in range(REPEAT):
@@ -384,6 +386,9 @@ async def pipeline_cost(handlers: int, n: int = 100_000) -> float:
 
 
 def main() -> None:
+    global SCALE, REPEAT
+    if "--quick" in sys.argv[1:]:
+        SCALE, REPEAT = 10, 1
     rows: list[tuple[str, float]] = []
     sync_costs(rows)
     parse_costs(rows)

@@ -67,6 +67,20 @@ def test_an_experiment_runs_and_names_itself() -> None:
     assert "| small binary frames, 1 handler |" in out
 
 
+def test_the_micro_benchmarks_time_the_hot_path_pieces() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "micro.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "StructCodec.decode, small binary frame" in result.stdout
+    assert "wsroute per frame, no websockets" in result.stdout
+
+
 def test_the_newest_result_names_the_machine_versions_commit_and_date() -> None:
     # The figures in the READMEs come from the newest committed result.
     results = sorted((ROOT / "bench" / "results").glob("20*.json"))
