@@ -217,6 +217,8 @@ class _ReadingConnection(ClientConnection):
     ready: deque[Data]
     ready_waiter: asyncio.Future[None] | None
     reading_paused: bool
+    #: Data frames are taken into :attr:`ready`; ``False`` once refused or closing.
+    taking: bool
     #: Why the connection must fail — close code, reason, cause — once the
     #: reader reaches the bad message; later data frames are dropped.
     refused: tuple[int, str, Exception] | None
@@ -228,6 +230,7 @@ class _ReadingConnection(ClientConnection):
         self.ready = deque()
         self.ready_waiter = None
         self.reading_paused = False
+        self.taking = True
         self.refused = None
         self._parts = None
         self._parts_text = False
@@ -243,7 +246,7 @@ class _ReadingConnection(ClientConnection):
             return
         frame: Frame = event  # type: ignore[assignment]  # after the handshake: frames
         opcode = frame.opcode
-        if frame.fin and self._parts is None and self.refused is None:
+        if frame.fin and self._parts is None and self.taking:
             if opcode is _BINARY:
                 data: Data = bytes(frame.data)
             elif opcode is _TEXT:
@@ -273,7 +276,7 @@ class _ReadingConnection(ClientConnection):
 
     def _fragment(self, payload: bytes | bytearray | memoryview, opcode: Opcode, fin: bool) -> None:
         """A fragment of a message (the protocol has checked their order and total size)."""
-        if self.refused is not None:
+        if not self.taking:
             return
         if opcode is _CONT:
             parts = self._parts
@@ -312,11 +315,25 @@ class _ReadingConnection(ClientConnection):
         else:
             reason = "too many fragments"
         self.refused = (int(code), reason, exc)
+        self.taking = False
         self._parts = None
         if not self.reading_paused:  # nothing after it is a message: stop reading meanwhile
             self.reading_paused = True
             self.transport.pause_reading()
         self._wake()
+
+    def stop_taking(self) -> None:
+        """The reader is gone (closing): drop data frames, read the socket again.
+
+        Reading may be paused by a full handler queue; the peer's reply to our
+        close frame must still be read, or closing waits the whole close_timeout.
+        """
+        self.taking = False
+        self._parts = None
+        self.ready.clear()
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     def _wake(self) -> None:
         waiter = self.ready_waiter
@@ -392,6 +409,7 @@ class WebsocketsTransport:
         return await self.ws.ping()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.ws.stop_taking()
         with anyio.move_on_after(self.close_timeout + 0.5):
             await self.ws.close(code, reason)
         self.abort()

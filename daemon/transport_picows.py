@@ -437,6 +437,14 @@ class _PicowsListener(picows.WSListener):
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         ws = self._ws
+        # The reader is gone: drop data frames, and read the socket again (a full
+        # handler queue may have paused it) so that the peer's close reply arrives.
+        self._failed = True
+        self._parts = None
+        self._frames.clear()
+        if self._paused and ws is not None:
+            self._paused = False
+            ws.underlying_transport.resume_reading()
         if ws is not None and not ws.is_disconnected:
             if not ws.is_close_frame_sent:
                 ws.send_close(picows.WSCloseCode(code), reason.encode("utf-8")[:123])

@@ -410,6 +410,44 @@ async def test_a_slow_handler_pauses_reading_without_loss_or_keepalive_timeout(
     assert not events(logs, "keepalive_timeout")
 
 
+async def test_stop_while_reading_is_paused_still_completes_the_close_handshake(
+    transport: str,
+) -> None:
+    """A full handler queue pauses the socket; a stop must read the peer's close reply
+    anyway, not wait ``close_timeout`` (5 s here) for a reply it cannot read."""
+    closes: list[bytes] = []
+    burst = b"".join(frame(OP_TEXT, tick(n)) for n in range(1, 201))
+
+    async def peer(session: RawSession) -> None:
+        async def flood() -> None:
+            for _ in range(500):  # until the close frame comes (bounded)
+                await session.send(burst)
+
+        writer = asyncio.ensure_future(flood())
+        try:
+            while True:
+                opcode, payload = await session.read_frame()
+                if opcode == OP_CLOSE:
+                    closes.append(payload)
+                    writer.cancel()
+                    await session.send(frame(OP_CLOSE, payload))
+                    return
+        finally:
+            writer.cancel()
+
+    text = config("URL", transport).replace('close_timeout = "500ms"', 'close_timeout = "5s"')
+    text = text.replace('plugin = "collectors:Collect"\n[handlers.dlq]', _SLOW + "[handlers.dlq]")
+    server = RawServer(peer)
+    async with server.serve() as url:
+        async with running(text.replace("URL", url)):
+            await wait_until(lambda: len(Collect.seen["sink"]) >= 20, timeout=10)
+            stopping = time.monotonic()
+        stopped_in = time.monotonic() - stopping
+        await wait_until(lambda: bool(closes))
+    assert closes == [close_payload(1000)]
+    assert stopped_in < 4.0, stopped_in  # the handshake completed: no close_timeout
+
+
 # -- handshake -------------------------------------------------------------------------
 
 
