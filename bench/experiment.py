@@ -1,8 +1,7 @@
 """``wsroute run`` with candidate changes patched in: measure them before editing daemon/.
 
 ``python bench/experiment.py run -c FILE`` with ``$WSROUTE_EXPERIMENTS`` set to a
-comma-separated list (``bench/run.py --experiment NAMES`` does this), and
-``$WSROUTE_UVLOOP`` set to run on uvloop (``bench/run.py --uvloop``):
+comma-separated list (``bench/run.py --experiment NAMES`` does this):
 
 - ``gc_threshold``: ``gc.set_threshold(50_000, 20, 100)``: fewer, larger young
   collections;
@@ -20,7 +19,6 @@ messages taken into a deque: now the websockets transport's own reader).
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import sys
@@ -47,8 +45,4 @@ def apply(names: list[str]) -> None:
 
 if __name__ == "__main__":
     apply([n for n in os.environ.get("WSROUTE_EXPERIMENTS", "").split(",") if n])
-    if os.environ.get("WSROUTE_UVLOOP"):
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     sys.exit(main(sys.argv[1:]))

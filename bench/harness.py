@@ -144,14 +144,12 @@ class Settings:
     probe: bool = False  # run wsroute through bench/probe.py
 
     def environ(self) -> dict[str, str]:
-        """The client's environment: no systemd socket, experiments and uvloop switched on."""
+        """The client's environment: no systemd socket, experiments switched on."""
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
         code = [n for n in self.experiments if n in CODE_EXPERIMENTS]
         if code:
             env["WSROUTE_EXPERIMENTS"] = ",".join(code)
-        if self.uvloop:
-            env["WSROUTE_UVLOOP"] = "1"
         return env
 
 
@@ -164,6 +162,7 @@ def wsroute_config(scenario: Scenario, port: int, settings: Settings) -> str:
         'log_level = "warning"  # no per-frame logging',
         'shutdown_timeout = "2s"',
         f"plugin_paths = [{json.dumps(str(PLUGINS))}]",
+        f'event_loop = "{"uvloop" if settings.uvloop else "asyncio"}"',
         "",
     ]
     for i in range(scenario.connections):
@@ -223,7 +222,7 @@ def client_argv(client: str, scenario: Scenario, port: int, config: Path, s: Set
         return argv
     if s.probe:
         return [PYTHON, str(BENCH / "probe.py"), "run", "-c", str(config)]
-    if s.uvloop or any(n in CODE_EXPERIMENTS for n in s.experiments):
+    if any(n in CODE_EXPERIMENTS for n in s.experiments):
         return [PYTHON, str(BENCH / "experiment.py"), "run", "-c", str(config)]
     return [PYTHON, "-m", "wsroute.cli", "run", "-c", str(config)]
 

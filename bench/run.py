@@ -10,7 +10,7 @@ median of the per-run ratios wsroute/baseline. Results are written to
 Diagnostics, not part of the table:
 
 - ``--experiment a,b``: patch candidate changes into wsroute (bench/experiment.py);
-- ``--uvloop``: both clients on uvloop (measured only: wsroute does not depend on it);
+- ``--uvloop``: both clients on uvloop (wsroute through ``[daemon] event_loop = "uvloop"``);
 - ``--profile py-spy|cprofile``: one profiled wsroute run of a scenario, summarized;
 - ``--probe``: one wsroute run with counters around the hot path (bench/probe.py).
 """

@@ -128,7 +128,8 @@ def _run(path: str) -> int:
 
     service = Service(the_plan, reload=reload_plan, notifier=notifier)
     try:
-        anyio.run(service.run, backend="asyncio")
+        uvloop = config.daemon.event_loop == "uvloop"
+        anyio.run(service.run, backend="asyncio", backend_options={"use_uvloop": uvloop})
     except KeyboardInterrupt:
         pass
     except BaseExceptionGroup as group:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from wsroute.config import loads
+from wsroute.exceptions import ConfigError
 
 from conftest import REPO
 
@@ -155,6 +159,7 @@ log_level = "debug"
 log_format = "json"
 shutdown_timeout = "3s"
 dead_letter = "dlq"
+event_loop = "{loop}"
 
 [connections.up]
 url = "{url}"
@@ -185,9 +190,12 @@ path = "{folder}/dead.jsonl"
 """
 
 
-def test_run_routes_frames_and_sigterm_drains_then_exits_0(tmp_path: Path, upstream: str) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_run_routes_frames_and_sigterm_drains_then_exits_0(
+    tmp_path: Path, upstream: str, loop: str
+) -> None:
     config = tmp_path / "wsroute.toml"
-    config.write_text(DAEMON.format(url=upstream, folder=tmp_path))
+    config.write_text(DAEMON.format(url=upstream, folder=tmp_path, loop=loop))
     proc = subprocess.Popen(
         [WSROUTE, "run", "-c", str(config)],
         stderr=subprocess.PIPE,
@@ -205,7 +213,8 @@ def test_run_routes_frames_and_sigterm_drains_then_exits_0(tmp_path: Path, upstr
     assert proc.returncode == 0, stderr
     logged = events(stderr)
     names = [e["event"] for e in logged]
-    assert "started" in names
+    (started,) = [e for e in logged if e["event"] == "started"]
+    assert started["event_loop"] == loop
     assert "shutdown_complete" in names
     assert "delivery_unbalanced" not in names
     totals = {e["handler"]: e for e in logged if e["event"] == "delivery_totals"}
@@ -238,7 +247,7 @@ def test_replay_feeds_dead_letters_back_to_their_handler(tmp_path: Path) -> None
         + "\n"
     )
     config = tmp_path / "wsroute.toml"
-    config.write_text(DAEMON.format(url="ws://127.0.0.1:1/", folder=tmp_path))
+    config.write_text(DAEMON.format(url="ws://127.0.0.1:1/", folder=tmp_path, loop="asyncio"))
     result = run("replay", "-c", str(config), str(dead), env={"TOKEN": "x"})
     assert result.returncode == 0, result.stderr
     replayed = [json.loads(line) for line in (tmp_path / "archive.jsonl").read_text().splitlines()]
@@ -300,3 +309,17 @@ path = "{tmp_path}/missing/x.jsonl"
     assert len(errors) == 1
     assert "handlers.h: could not start" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_uvloop_not_installed_is_a_config_error_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else find_spec(name)
+    )
+    with pytest.raises(ConfigError) as caught:
+        loads('[daemon]\nevent_loop = "uvloop"\n')
+    (issue,) = caught.value.issues
+    assert issue.path.startswith("daemon")
+    assert 'pip install "wsroute[uvloop]"' in issue.message

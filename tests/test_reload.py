@@ -176,3 +176,22 @@ async def test_removed_handler_drains_or_dead_letters(tmp_path: Path) -> None:
     totals = [e for e in logs if e["event"] == "delivery_totals" and e["handler"] == "second"]
     assert totals[0]["dead_lettered"] == second.stats.dead_lettered  # logged at retirement
     assert not any(e["event"] == "delivery_unbalanced" for e in logs)
+
+
+async def test_a_changed_event_loop_is_logged_as_needing_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "wsroute.toml"
+    async with two_upstreams() as (up_a, up_b):
+        write(path, up_a.url, up_b.url)
+        with capture_logs() as logs:
+            async with daemon(path) as service:
+                await wait_until(lambda: len(Collect.seen["first"]) >= 5)
+                path.write_text(
+                    path.read_text().replace("[daemon]\n", '[daemon]\nevent_loop = "uvloop"\n')
+                )
+                await service.reload()
+                before = len(Collect.seen["first"])
+                await wait_until(lambda: len(Collect.seen["first"]) >= before + 5)
+        assert up_a.connections == up_b.connections == 1  # the rest applied as usual
+    (needs,) = [e for e in logs if e["event"] == "reload_needs_restart"]
+    assert needs["key"] == "daemon.event_loop"
+    assert (needs["running"], needs["configured"]) == ("asyncio", "uvloop")
