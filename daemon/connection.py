@@ -192,8 +192,7 @@ class Connection:
         self._every = [(spec.interval, spec.outgoing()) for spec in section.every]
         self._ssl = make_ssl_context(section)
         self._seq = 0
-        # The open socket, whichever library speaks it. The websocket sink reads it
-        # (its ``transport`` and ``ping()``): keep the name.
+        # The open socket, whichever library speaks it.
         self._ws: Transport | None = None
         self._blocked = False
         self._expect: tuple[Key, anyio.Event] | None = None
@@ -229,6 +228,37 @@ class Connection:
             await ws.send(data)
         except ConnectionClosed as exc:
             raise SendError(f"connection {self.name!r} closed while sending: {exc}") from exc
+
+    async def send_confirmed(self, outgoing: Outgoing, confirm: str = "pong") -> None:
+        """Send one frame and return once the peer has it; :class:`SendError` otherwise.
+
+        ``confirm = "pong"``: a ping sent after the frame was answered, so the
+        peer has read the frame. ``"write"``: the frame left the process (it is
+        in the kernel's socket buffer); if it is still queued here, a pong is
+        awaited instead. A reconnect between the frame and its confirmation is
+        a failure: the new socket never carried the frame.
+        """
+        ws = self._ws
+        if ws is None or not self.connected:
+            raise SendError(f"connection {self.name!r} is not connected ({self.state.value})")
+        data = self.codec.encode(outgoing)
+        try:
+            await ws.send(data)
+            if self._ws is not ws:
+                raise SendError(f"connection {self.name!r} was lost while sending")
+            transport = ws.transport
+            if (
+                confirm == "write"
+                and transport is not None
+                and transport.get_write_buffer_size() == 0  # type: ignore[attr-defined]
+            ):
+                return
+            pong = await ws.ping()
+            await pong
+        except ConnectionClosed as exc:
+            raise SendError(
+                f"connection {self.name!r} closed before the peer confirmed: {exc}"
+            ) from exc
 
     async def subscribe(self, name: str, outgoing: Outgoing) -> None:
         """Keep a frame to send after every (re)connect; send it now if connected."""

@@ -9,8 +9,9 @@ server sends back is read (so its pongs and close frames get through) and
 dropped. ``codec`` only matters to ``on_connect`` steps that ``expect`` a reply:
 ``json`` reads the reply's route key from its ``type`` field.
 
-(This reuses ``wsroute.connection.Connection``, which is internal API: the
-built-in sinks ship with the daemon and move with it.)
+(This reuses ``wsroute.connection.Connection`` — its ``send_confirmed`` does
+the confirming — which is internal API: the built-in sinks ship with the
+daemon and move with it.)
 
 ``payload`` picks what is sent per message: ``frame`` — the raw frame as
 received, text as text and binary as binary (a message without a raw frame
@@ -36,8 +37,6 @@ from typing import Any, Literal
 
 import anyio
 import anyio.abc
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
 
 from wsroute import Codec, HandlerContext, Message, Outgoing, SendError
 from wsroute.codec import BytesCodec, JsonCodec, TextCodec
@@ -65,13 +64,6 @@ def outgoing_for(message: Message, payload: str) -> Outgoing:
             return Outgoing(raw=bytes(body))
         return Outgoing(json=body, has_json=True)
     return Outgoing(text=encode_record(message)[:-1].decode())
-
-
-def _socket(connection: Connection) -> ClientConnection | None:
-    # Connection keeps its socket to itself; the sink needs it to know where a
-    # frame is (internal API, same distribution: see the module docstring).
-    ws: ClientConnection | None = getattr(connection, "_ws", None)
-    return ws
 
 
 class WebsocketHandler:
@@ -159,24 +151,7 @@ class WebsocketHandler:
             if self._ready.is_set():  # stale: set by the previous session
                 self._ready = anyio.Event()
             await self._ready.wait()  # bounded by the handler's timeout
-        ws = _socket(connection)
-        await connection.send(outgoing)
-        if ws is None or _socket(connection) is not ws:  # not the socket we confirm on
-            raise SendError(f"handler {self._ctx.name!r}: connection lost while sending")
-        await self._confirm(ws)
-
-    async def _confirm(self, ws: ClientConnection) -> None:
-        transport = ws.transport
-        if (
-            self.options.confirm == "write"
-            and transport is not None
-            and transport.get_write_buffer_size() == 0
-        ):
-            return
         try:
-            pong = await ws.ping()
-            await pong
-        except ConnectionClosed as exc:
-            raise SendError(
-                f"handler {self._ctx.name!r}: connection closed before the server confirmed: {exc}"
-            ) from exc
+            await connection.send_confirmed(outgoing, self.options.confirm)
+        except SendError as exc:
+            raise SendError(f"handler {self._ctx.name!r}: {exc}") from exc
