@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import structlog
 
+from .config import DELIVERY_KEYS
 from .exceptions import ConfigIssue, PluginError
 from .plugin import Codec
 from .validate import INVALID, convert, did_you_mean, field_docs, join_path
@@ -182,6 +183,19 @@ def _options_of(where: str, obj: Any) -> type | None:
     return options
 
 
+def _check_option_names(where: str, options: type | None) -> None:
+    """A handler option named like a key the daemon takes from the same table is unusable."""
+    if options is None:
+        return
+    ours = ("plugin", *DELIVERY_KEYS)
+    for f in dataclasses.fields(options):
+        if f.name in ours:
+            raise PluginError(
+                f'{where}: option "{f.name}" has the name of a key the daemon takes from '
+                f"every handler table ({', '.join(ours)}); rename the option"
+            )
+
+
 def _check_signature(where: str, obj: Any, args: int, expected: str) -> None:
     try:
         sig = inspect.signature(obj)
@@ -245,6 +259,7 @@ def _verify(kind: Kind, name: str, obj: Any) -> type | None:
         raise PluginError(f"{where}: expected a class or a factory, got {type(obj).__name__}")
     options = _options_of(where, obj)
     if kind == "handler":
+        _check_option_names(where, options)
         if inspect.isclass(obj):
             _check_handler_members(where, obj)
         _check_signature(where, obj, 2, "(options, ctx)")

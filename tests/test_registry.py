@@ -358,6 +358,14 @@ CONTRACT_CASES = [
     ),
     (
         "handler",
+        "TimeoutOption",
+        "from dataclasses import dataclass\n"
+        "class TimeoutOption:\n    @dataclass\n    class Options:\n        timeout: float = 1.0\n"
+        "    def __init__(self, options, ctx): pass\n    async def handle(self, m): pass",
+        r'option "timeout" has the name of a key the daemon takes from every handler table',
+    ),
+    (
+        "handler",
         "OneArg",
         "class OneArg:\n    def __init__(self, options): pass\n    async def handle(self, m): pass",
         r"its constructor must accept \(options, ctx\), but takes \(options\)",
