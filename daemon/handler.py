@@ -143,6 +143,7 @@ class HandlerRunner:
         self._item_set = False
         self._space: anyio.Event | None = None
         self._accepting = True
+        self._closed_for = "shutdown"
         self._cancel = anyio.CancelScope()
         self._workers_done = anyio.Event()
         handle = instance.handle
@@ -216,15 +217,16 @@ class HandlerRunner:
     async def put(self, message: Message) -> None:
         """Queue a message, waiting for room under ``block`` (backpressure).
 
-        If the runner stops accepting, or the wait is cancelled (shutdown), the
-        message is counted as received and dead-lettered: it was read, so it is
-        accounted for.
+        If the runner stops accepting (the reason :meth:`close` was given:
+        ``shutdown``, or ``removed`` by a reload), or the wait is cancelled
+        (shutdown), the message is counted as received and dead-lettered: it
+        was read, so it is accounted for.
         """
         try:
             while not self.offer(message):
                 if not self._accepting:
                     self.stats.received += 1
-                    self.abandon(message, "shutdown")
+                    self.abandon(message, self._closed_for)
                     return
                 await self.wait_space()
         except anyio.get_cancelled_exc_class():
@@ -506,9 +508,11 @@ class HandlerRunner:
             self._item.set()
         return True
 
-    def close(self) -> None:
-        """Stop accepting new messages (waiters under ``block`` are released)."""
+    def close(self, reason: str = "shutdown") -> None:
+        """Stop accepting new messages (waiters under ``block`` are released, and
+        their messages dead-lettered with ``reason``)."""
         self._accepting = False
+        self._closed_for = reason
         if self._space is not None:
             self._space.set()
             self._space = None

@@ -543,7 +543,7 @@ class Service:
                     await self._start_source(new_plan, name)
         # 4. retired handlers drain what they hold; the rest is dead-lettered
         deadline = time.monotonic() + new.daemon.shutdown_timeout
-        await _drain_all(retired, deadline)
+        await _drain_all(retired, deadline, "removed")
         for runner in retired:
             await runner.stop_workers("removed")
             # Its final account, as at shutdown: the operator can reconcile every message.
@@ -706,9 +706,11 @@ class _RunningSource:
             self.log.error("source_close_timeout")
 
 
-async def _drain_all(runners: list[HandlerRunner], deadline: float) -> None:
+async def _drain_all(
+    runners: list[HandlerRunner], deadline: float, reason: str = "shutdown"
+) -> None:
     for runner in runners:
-        runner.close()
+        runner.close(reason)
     for runner in runners:
         if not await runner.drain(deadline):
             break

@@ -150,14 +150,16 @@ async def test_valid_change_keeps_unchanged_sockets_and_applies_routes(tmp_path:
     assert not any(e["event"] == "delivery_unbalanced" for e in logs)
 
 
-async def test_removed_handler_drains_or_dead_letters(tmp_path: Path) -> None:
+@pytest.mark.parametrize("queue", [10_000, 2])  # 2: the readers wait for room in it
+async def test_removed_handler_drains_or_dead_letters(tmp_path: Path, queue: int) -> None:
     path = tmp_path / "wsroute.toml"
     async with two_upstreams() as (up_a, up_b):
-        slow = SECOND + 'delay = "1s"\ntimeout = "5s"\n'
+        slow = SECOND + f'delay = "1s"\ntimeout = "5s"\nqueue = {queue}\n'
         write(path, up_a.url, up_b.url, ticks='"first", "second"', second=slow)
         with capture_logs() as logs:
             async with daemon(path) as service:
-                await wait_until(lambda: service.runners["second"].queued >= 5)
+                await wait_until(lambda: service.runners["second"].queued >= min(5, queue))
+                await anyio.sleep(0.05)  # with queue = 2, both readers are blocked by now
                 second = service.runners["second"]
                 write(path, up_a.url, up_b.url, ticks='"first"')
                 path.write_text(
@@ -169,10 +171,9 @@ async def test_removed_handler_drains_or_dead_letters(tmp_path: Path) -> None:
                 assert "second" not in service.runners
                 assert second.balanced()
                 assert second.stats.dead_lettered >= 1
-    removed = [
-        m for m in Collect.seen["dlq"] if m.dead_letter and m.dead_letter.reason == "removed"
-    ]
-    assert len(removed) == second.stats.dead_lettered
+    letters = [m.dead_letter for m in Collect.seen["dlq"] if m.dead_letter]
+    reasons = [letter.reason for letter in letters if letter.handler == "second"]
+    assert reasons == ["removed"] * second.stats.dead_lettered  # also what the readers held
     totals = [e for e in logs if e["event"] == "delivery_totals" and e["handler"] == "second"]
     assert totals[0]["dead_lettered"] == second.stats.dead_lettered  # logged at retirement
     assert not any(e["event"] == "delivery_unbalanced" for e in logs)
