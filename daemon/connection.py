@@ -220,9 +220,7 @@ class Connection:
 
     async def send(self, outgoing: Outgoing) -> None:
         """Encode and send one frame; :class:`SendError` when not connected."""
-        ws = self._ws
-        if ws is None or not self.connected:
-            raise SendError(f"connection {self.name!r} is not connected ({self.state.value})")
+        ws = self._socket()
         data = self.codec.encode(outgoing)
         try:
             await ws.send(data)
@@ -238,9 +236,7 @@ class Connection:
         awaited instead. A reconnect between the frame and its confirmation is
         a failure: the new socket never carried the frame.
         """
-        ws = self._ws
-        if ws is None or not self.connected:
-            raise SendError(f"connection {self.name!r} is not connected ({self.state.value})")
+        ws = self._socket()
         data = self.codec.encode(outgoing)
         try:
             await ws.send(data)
@@ -259,6 +255,12 @@ class Connection:
             raise SendError(
                 f"connection {self.name!r} closed before the peer confirmed: {exc}"
             ) from exc
+
+    def _socket(self) -> Transport:
+        ws = self._ws
+        if ws is None or not self.connected:
+            raise SendError(f"connection {self.name!r} is not connected ({self.state.value})")
+        return ws
 
     async def subscribe(self, name: str, outgoing: Outgoing) -> None:
         """Keep a frame to send after every (re)connect; send it now if connected."""

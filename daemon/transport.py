@@ -258,6 +258,7 @@ class _ReadingConnection(ClientConnection):
             else:
                 super().process_event(event)  # a pong acknowledges pings; the rest is done
                 return
+            # _push, inlined: this runs once per frame.
             ready = self.ready
             ready.append(data)
             if len(ready) > HIGH_WATER and not self.reading_paused:
