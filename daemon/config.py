@@ -79,7 +79,7 @@ class DaemonSection:
         default_factory=list,
     )
     event_loop: Literal["asyncio", "uvloop"] = _doc(
-        'The event loop: asyncio, or uvloop (the "uvloop" extra: about 20% less CPU '
+        'The event loop: asyncio, or uvloop (the "uvloop" extra: 20-30% less CPU '
         "per frame at moderate rates, no gain under a flood). Read at start only: "
         "a reload that changes it is logged and needs a restart.",
         default="asyncio",
