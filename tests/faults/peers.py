@@ -42,6 +42,7 @@ __all__ = [
     "RawSession",
     "accept_key",
     "deflate_bomb",
+    "deflated",
     "events",
     "frame",
     "max_attempts",
@@ -84,6 +85,14 @@ def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv1: bool = F
 def close_payload(code: int, reason: str = "") -> bytes:
     """The body of a close frame."""
     return struct.pack("!H", code) + reason.encode("utf-8")
+
+
+def deflated(payload: bytes) -> bytes:
+    """``payload`` as one permessage-deflate message body (no context takeover)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(_DEFLATE_TAIL)
+    return data[: -len(_DEFLATE_TAIL)]
 
 
 @functools.cache

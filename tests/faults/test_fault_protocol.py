@@ -24,9 +24,12 @@ from collectors import Collect
 from conftest import running, wait_until
 from peers import (
     OP_BINARY,
+    OP_CONT,
     OP_TEXT,
     RawServer,
+    RawSession,
     deflate_bomb,
+    deflated,
     events,
     frame,
     ticks_then,
@@ -143,6 +146,32 @@ async def test_compression_bomb_is_cut_at_max_frame_size_and_memory_stays_bounde
         f"after={after / MiB:.1f} MiB growth={growth / MiB:.1f} MiB"
     )
     assert growth < 32 * MiB  # the 256 MiB never materialised
+
+
+async def test_compressed_messages_whole_and_fragmented_are_inflated_in_order() -> None:
+    first, second, third = (tick(n).encode() for n in (1, 2, 3))
+    second = second[:-1] + b', "pad": "' + b"ab" * 500 + b'"}'  # compressible, > 1 fragment
+    packed = deflated(second)
+    cut1, cut2 = len(packed) // 3, 2 * len(packed) // 3
+
+    async def peer(session: RawSession) -> None:
+        assert session.deflate
+        await session.send(frame(OP_TEXT, deflated(first), rsv1=True))
+        await session.send(
+            frame(OP_TEXT, packed[:cut1], fin=False, rsv1=True)  # RSV1 on the first only
+            + frame(OP_CONT, packed[cut1:cut2], fin=False)
+            + frame(OP_CONT, packed[cut2:])
+        )
+        await session.text(third.decode())  # an uncompressed message in between is fine
+        await session.answer_control()
+
+    server = RawServer(peer, deflate=True)
+    async with server.serve() as url, running(config(url)) as svc:
+        await wait_until(lambda: len(Collect.seen["sink"]) == 3)
+        assert_balanced(svc)
+    assert [m.body["id"] for m in Collect.seen["sink"]] == [1, 2, 3]
+    assert Collect.seen["sink"][1].raw == second.decode()
+    assert server.connections == 1
 
 
 # -- 6. protocol violations ------------------------------------------------------
