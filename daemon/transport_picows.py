@@ -148,6 +148,47 @@ def _picows_proxy(section: ConnectionSection) -> str | None:
         raise BadURL(str(exc)) from exc
 
 
+# The most one socket read hands picows (what asyncio's selector reads for websockets).
+_MAX_READ = 256 * 1024
+
+
+class _CappedReads(asyncio.BufferedProtocol):
+    """picows' protocol, with each socket read capped at ``_MAX_READ`` bytes.
+
+    picows doubles its read buffer, before parsing, whenever a read fills it
+    past 90%. Against a flooding upstream every read fills it, so the buffer
+    grew with whatever the kernel had queued — and every message parsed from
+    one read waits in the reader's deque before the high-water mark can pause
+    the socket (measured: 68 MiB peak RSS on 4 KiB frames). Capped, a read is
+    as big as the one asyncio gives websockets, and picows' buffer stops
+    growing past twice that.
+    """
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: asyncio.BufferedProtocol) -> None:
+        self._inner = inner
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        buffer = memoryview(self._inner.get_buffer(sizehint))
+        return buffer[:_MAX_READ] if len(buffer) > _MAX_READ else buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._inner.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
 class _PongWaiter:
     """Awaitable returned by :meth:`_PicowsListener.ping`; raises ``ConnectionClosed`` on close.
 
@@ -198,6 +239,10 @@ class _PicowsListener(picows.WSListener):
 
     def on_ws_connected(self, transport: picows.WSTransport) -> None:
         self._ws = transport
+        underlying = transport.underlying_transport
+        inner = underlying.get_protocol()
+        if isinstance(inner, asyncio.BufferedProtocol):
+            underlying.set_protocol(_CappedReads(inner))
 
     def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
         try:

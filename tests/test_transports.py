@@ -448,6 +448,27 @@ async def test_stop_while_reading_is_paused_still_completes_the_close_handshake(
     assert stopped_in < 4.0, stopped_in  # the handshake completed: no close_timeout
 
 
+@NEEDS_PICOWS
+async def test_picows_reads_are_capped_so_its_buffer_cannot_grow_with_a_flood() -> None:
+    # picows doubles its read buffer whenever one read fills it; the transport caps
+    # what one read may take (white-box: the protocol the socket feeds).
+    from wsroute.transport_picows import _MAX_READ, _CappedReads
+
+    burst = b"".join(frame(OP_TEXT, tick(n)) for n in range(1, 30_001))  # ~1 MiB at once
+    assert len(burst) > 3 * _MAX_READ
+
+    async def peer(session: RawSession) -> None:
+        await session.send(burst)
+        await session.answer_control()
+
+    server = RawServer(peer)
+    async with server.serve() as url, running(config(url, "picows")) as svc:
+        await wait_until(lambda: len(Collect.seen["sink"]) == 30_000, timeout=20)
+        transport = svc.connections["up"]._ws.transport  # type: ignore[union-attr]
+        assert isinstance(transport.get_protocol(), _CappedReads)  # type: ignore[union-attr]
+    assert ids() == list(range(1, 30_001))
+
+
 # -- handshake -------------------------------------------------------------------------
 
 
