@@ -610,6 +610,7 @@ class Registry:
                     infos.append(self._resolve(kind, name, log=False))
                 except PluginError as exc:
                     ep = self._eps[kind][name][0]
+                    dist, version = _dist_of(ep)
                     infos.append(
                         PluginInfo(
                             name=name,
@@ -617,6 +618,8 @@ class Registry:
                             origin=_ep_origin(ep),
                             target=f"{ep.module}:{ep.attr}",
                             error=str(exc),
+                            package=dist,
+                            version=version,
                         )
                     )
         for modname, file in self._path_modules():
@@ -765,6 +768,8 @@ def describe(infos: Iterable[PluginInfo]) -> list[dict[str, Any]]:
                 "name": info.name,
                 "kind": info.kind,
                 "origin": info.origin,
+                "package": info.package,
+                "version": info.version,
                 "target": info.target,
                 "doc": info.doc,
                 "options": options,

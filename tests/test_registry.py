@@ -557,6 +557,8 @@ def test_third_party_entry_points(third_party: Path) -> None:
     info = registry.handler("fake")
     assert info.origin == "fakeplug 1.2"
     assert (info.package, info.version) == ("fakeplug", "1.2")
+    (described,) = [d for d in describe(registry.all()) if d["name"] == "fake"]
+    assert (described["package"], described["version"]) == ("fakeplug", "1.2")  # --json
     assert registry.codec("fakecodec").origin == "fakeplug 1.2"
     with pytest.raises(
         PluginError,
