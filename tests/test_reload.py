@@ -185,6 +185,8 @@ async def test_a_changed_event_loop_is_logged_as_needing_a_restart(tmp_path: Pat
         write(path, up_a.url, up_b.url)
         with capture_logs() as logs:
             async with daemon(path) as service:
+                # both connected (first connects are spread out by up to 100 ms)
+                await wait_until(lambda: up_a.connections == up_b.connections == 1)
                 await wait_until(lambda: len(Collect.seen["first"]) >= 5)
                 path.write_text(
                     path.read_text().replace("[daemon]\n", '[daemon]\nevent_loop = "uvloop"\n')
