@@ -39,7 +39,15 @@ from .dispatch import Dispatcher
 from .exceptions import ConfigError, ConfigIssue, PluginError, SendError
 from .handler import Ack, HandlerRunner, retry_budget
 from .notify import Notifier, watchdog_loop
-from .plugin import Codec, DeadLetter, Frame, Message, Outgoing, SourceLimits, StructArg
+from .plugin import (
+    Codec,
+    DeadLetter,
+    Frame,
+    Message,
+    SourceLimits,
+    StructArg,
+    outgoing_to_send,
+)
 from .registry import (
     PluginInfo,
     Registry,
@@ -212,7 +220,7 @@ class _Context:
         raw: bytes | None = None,
     ) -> None:
         await self._service.connection(connection).send(
-            _outgoing(json=json, struct=struct, text=text, raw=raw)
+            outgoing_to_send(json=json, struct=struct, text=text, raw=raw)
         )
 
     async def emit(self, message: Message) -> None:
@@ -230,7 +238,7 @@ class _Context:
         text: str | None = None,
         raw: bytes | None = None,
     ) -> None:
-        outgoing = _outgoing(json=json, struct=struct, text=text, raw=raw)
+        outgoing = outgoing_to_send(json=json, struct=struct, text=text, raw=raw)
         await self._service.connection(connection).subscribe(name, outgoing)
 
     async def unsubscribe(self, connection: str, name: str) -> None:
@@ -298,13 +306,6 @@ class _SourceContext:
             self._log.error(
                 "message_lost", reason=reason, error=error, seq=message.seq, dead_letter=None
             )
-
-
-def _outgoing(**kwargs: Any) -> Outgoing:
-    try:
-        return Outgoing.build(**kwargs)
-    except ValueError as exc:
-        raise SendError(str(exc)) from exc
 
 
 class Service:

@@ -54,6 +54,7 @@ from .plugin import (
     Message,
     Outgoing,
     StructArg,
+    outgoing_to_send,
 )
 from .registry import (
     PluginInfo,
@@ -134,9 +135,10 @@ class RecordingContext:
         text: str | None = None,
         raw: bytes | None = None,
     ) -> None:
-        """Record the frame (``ValueError`` for a combination the daemon would refuse)."""
+        """Record the frame (``SendError`` for a combination the daemon would refuse)."""
         self._check(connection)
-        self.sent.append((connection, Outgoing.build(json=json, struct=struct, text=text, raw=raw)))
+        outgoing = outgoing_to_send(json=json, struct=struct, text=text, raw=raw)
+        self.sent.append((connection, outgoing))
 
     async def emit(self, message: Message) -> None:
         """Record the derived message."""
@@ -154,7 +156,7 @@ class RecordingContext:
     ) -> None:
         """Record the subscription and its immediate send."""
         self._check(connection)
-        outgoing = Outgoing.build(json=json, struct=struct, text=text, raw=raw)
+        outgoing = outgoing_to_send(json=json, struct=struct, text=text, raw=raw)
         self.subscriptions[(connection, name)] = outgoing
         self.sent.append((connection, outgoing))
 
