@@ -35,8 +35,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NewType, Protocol, runtime_checkable
 
-from .exceptions import SendError
-
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
@@ -261,16 +259,6 @@ class Outgoing:
                 raise ValueError("struct must be (format, values)")
             struct = (fmt, tuple(values))
         return cls(json=json, struct=struct, text=text, raw=raw, has_json=with_json)
-
-
-def outgoing_to_send(**kwargs: Any) -> Outgoing:
-    """Internal: :meth:`Outgoing.build` for ``HandlerContext.send``/``subscribe``, where
-    an invalid combination is a :class:`~wsroute.SendError` (the daemon and the test kit
-    share it, so a plugin's tests see what the daemon does)."""
-    try:
-        return Outgoing.build(**kwargs)
-    except ValueError as exc:
-        raise SendError(str(exc)) from exc
 
 
 @runtime_checkable

@@ -39,15 +39,7 @@ from .dispatch import Dispatcher
 from .exceptions import ConfigError, ConfigIssue, PluginError, SendError
 from .handler import Ack, HandlerRunner, retry_budget
 from .notify import Notifier, watchdog_loop
-from .plugin import (
-    Codec,
-    DeadLetter,
-    Frame,
-    Message,
-    SourceLimits,
-    StructArg,
-    outgoing_to_send,
-)
+from .plugin import Codec, DeadLetter, Frame, Message, Outgoing, SourceLimits, StructArg
 from .registry import (
     PluginInfo,
     Registry,
@@ -220,7 +212,7 @@ class _Context:
         raw: bytes | None = None,
     ) -> None:
         await self._service.connection(connection).send(
-            outgoing_to_send(json=json, struct=struct, text=text, raw=raw)
+            _outgoing(json=json, struct=struct, text=text, raw=raw)
         )
 
     async def emit(self, message: Message) -> None:
@@ -238,7 +230,7 @@ class _Context:
         text: str | None = None,
         raw: bytes | None = None,
     ) -> None:
-        outgoing = outgoing_to_send(json=json, struct=struct, text=text, raw=raw)
+        outgoing = _outgoing(json=json, struct=struct, text=text, raw=raw)
         await self._service.connection(connection).subscribe(name, outgoing)
 
     async def unsubscribe(self, connection: str, name: str) -> None:
@@ -306,6 +298,13 @@ class _SourceContext:
             self._log.error(
                 "message_lost", reason=reason, error=error, seq=message.seq, dead_letter=None
             )
+
+
+def _outgoing(**kwargs: Any) -> Outgoing:
+    try:
+        return Outgoing.build(**kwargs)
+    except ValueError as exc:
+        raise SendError(str(exc)) from exc
 
 
 class Service:

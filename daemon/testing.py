@@ -54,7 +54,6 @@ from .plugin import (
     Message,
     Outgoing,
     StructArg,
-    outgoing_to_send,
 )
 from .registry import (
     PluginInfo,
@@ -135,10 +134,9 @@ class RecordingContext:
         text: str | None = None,
         raw: bytes | None = None,
     ) -> None:
-        """Record the frame (``SendError`` for a combination the daemon would refuse)."""
+        """Record the frame (``ValueError`` for a combination the daemon would refuse)."""
         self._check(connection)
-        outgoing = outgoing_to_send(json=json, struct=struct, text=text, raw=raw)
-        self.sent.append((connection, outgoing))
+        self.sent.append((connection, Outgoing.build(json=json, struct=struct, text=text, raw=raw)))
 
     async def emit(self, message: Message) -> None:
         """Record the derived message."""
@@ -156,7 +154,7 @@ class RecordingContext:
     ) -> None:
         """Record the subscription and its immediate send."""
         self._check(connection)
-        outgoing = outgoing_to_send(json=json, struct=struct, text=text, raw=raw)
+        outgoing = Outgoing.build(json=json, struct=struct, text=text, raw=raw)
         self.subscriptions[(connection, name)] = outgoing
         self.sent.append((connection, outgoing))
 
