@@ -93,7 +93,7 @@ _process_event = transport._ReadingConnection.process_event
 def process_event(self: Any, event: Any) -> None:
     if self.response is not None:  # a frame, not the handshake's response
         stats["reader_gets"] += 1
-        if self.ready_waiter is not None:
+        if self.inbox.waiter is not None:
             stats["reader_waits"] += 1
     _process_event(self, event)
 

@@ -35,7 +35,7 @@ import importlib.util
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Protocol, cast
 
 import anyio
 from websockets.asyncio import messages as _ws_messages
@@ -140,6 +140,86 @@ class Transport(Protocol):
         ...
 
 
+class Inbox:
+    """Whole messages on their way from a library's synchronous callback to the reader.
+
+    Both transports use it. The callback appends to :attr:`messages` (inlined on
+    the per-frame path: append, :meth:`pause` above :data:`HIGH_WATER`, wake
+    :attr:`waiter`) or calls :meth:`push`; :meth:`drain` hands them to the
+    reader's handler, yielding to the loop every :data:`YIELD_EVERY`, resumes
+    the socket once everything waiting was handed over, and sleeps until the
+    next push. One task switch per socket read, not per frame.
+    """
+
+    __slots__ = ("messages", "paused", "socket", "waiter")
+
+    def __init__(self) -> None:
+        self.messages: deque[Data] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.paused = False  # socket not read: too many messages wait
+        #: The socket's asyncio transport, paused and resumed; set once connected.
+        self.socket: asyncio.ReadTransport | None = None
+
+    def push(self, data: Data) -> None:
+        messages = self.messages
+        messages.append(data)
+        if len(messages) > HIGH_WATER and not self.paused:
+            self.pause()
+        self.wake()
+
+    def pause(self) -> None:
+        """Stop reading the socket until :meth:`drain` caught up (or :meth:`resume`)."""
+        if not self.paused and self.socket is not None:
+            self.paused = True
+            self.socket.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.socket is not None:
+                self.socket.resume_reading()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def discard(self) -> None:
+        """The reader is gone (closing): drop what waits, and read the socket again —
+        the peer's reply to our close frame must get through."""
+        self.messages.clear()
+        self.resume()
+
+    async def drain(self, handle: FrameHandler, finished: Callable[[], bool]) -> None:
+        """Hand every message to ``handle``, in order, until ``finished()`` once all
+        waiting ones are handed over. The per-frame path: keep it lean."""
+        messages = self.messages
+        loop = asyncio.get_running_loop()
+        since_yield = 0
+        while True:
+            while messages:
+                data = messages.popleft()
+                # A callback appends a whole socket read at once: against a flooding
+                # upstream this loop would never let the handlers' workers run.
+                since_yield += 1
+                if since_yield >= YIELD_EVERY:
+                    since_yield = 0
+                    await asyncio.sleep(0)
+                pending = handle(data)
+                if pending is not None:
+                    await pending
+            self.resume()
+            if finished():
+                return
+            self.waiter = waiter = loop.create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+
+
 def picows_available() -> bool:
     """Whether ``transport = "picows"`` can be used (the ``fast`` extra is installed)."""
     return importlib.util.find_spec("picows") is not None
@@ -203,7 +283,7 @@ class _ReadingConnection(ClientConnection):
     websockets turns every frame into a message through an Assembler, a queue
     and ``recv()``; with small frames that costs as much as parsing them. Here
     :meth:`process_event` (synchronous, inside ``data_received``) turns each
-    whole message into ``bytes`` or ``str`` and appends it to :attr:`ready`, as
+    whole message into ``bytes`` or ``str`` and appends it to :attr:`inbox`, as
     the picows transport does; :meth:`WebsocketsTransport.read` drains it.
     What websockets' ``recv()`` checks is checked here, and fails the
     connection the same way: invalid UTF-8 in a text message (1007), more than
@@ -214,10 +294,8 @@ class _ReadingConnection(ClientConnection):
     ``recv()`` and iterating this connection wait forever: nothing feeds them.
     """
 
-    ready: deque[Data]
-    ready_waiter: asyncio.Future[None] | None
-    reading_paused: bool
-    #: Data frames are taken into :attr:`ready`; ``False`` once refused or closing.
+    inbox: Inbox
+    #: Data frames are taken into :attr:`inbox`; ``False`` once refused or closing.
     taking: bool
     #: Why the connection must fail — close code, reason, cause — once the
     #: reader reaches the bad message; later data frames are dropped.
@@ -227,9 +305,8 @@ class _ReadingConnection(ClientConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.ready = deque()
-        self.ready_waiter = None
-        self.reading_paused = False
+        self.inbox = Inbox()
+        self.inbox.socket = cast(asyncio.ReadTransport, transport)
         self.taking = True
         self.refused = None
         self._parts = None
@@ -237,7 +314,7 @@ class _ReadingConnection(ClientConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        self._wake()
+        self.inbox.wake()
 
     def process_event(self, event: Event) -> None:
         # Once per frame: the whole, unfragmented data frame goes first, inline.
@@ -258,15 +335,15 @@ class _ReadingConnection(ClientConnection):
             else:
                 super().process_event(event)  # a pong acknowledges pings; the rest is done
                 return
-            # _push, inlined: this runs once per frame.
-            ready = self.ready
-            ready.append(data)
-            if len(ready) > HIGH_WATER and not self.reading_paused:
-                self.reading_paused = True
-                self.transport.pause_reading()
-            waiter = self.ready_waiter
+            # Inbox.push, inlined: this runs once per frame.
+            inbox = self.inbox
+            messages = inbox.messages
+            messages.append(data)
+            if len(messages) > HIGH_WATER and not inbox.paused:
+                inbox.pause()
+            waiter = inbox.waiter
             if waiter is not None:
-                self.ready_waiter = None
+                inbox.waiter = None
                 if not waiter.done():
                     waiter.set_result(None)
             return
@@ -294,20 +371,12 @@ class _ReadingConnection(ClientConnection):
         self._parts = None
         message = b"".join(parts)
         if not self._parts_text:
-            self._push(message)
+            self.inbox.push(message)
             return
         try:
-            self._push(message.decode())
+            self.inbox.push(message.decode())
         except UnicodeDecodeError as exc:
             self._refuse(CloseCode.INVALID_DATA, exc)
-
-    def _push(self, data: Data) -> None:
-        ready = self.ready
-        ready.append(data)
-        if len(ready) > HIGH_WATER and not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()
-        self._wake()
 
     def _refuse(self, code: CloseCode, exc: Exception) -> None:
         """A message websockets' ``recv()`` would fail on: fail once the reader gets there."""
@@ -318,10 +387,8 @@ class _ReadingConnection(ClientConnection):
         self.refused = (int(code), reason, exc)
         self.taking = False
         self._parts = None
-        if not self.reading_paused:  # nothing after it is a message: stop reading meanwhile
-            self.reading_paused = True
-            self.transport.pause_reading()
-        self._wake()
+        self.inbox.pause()  # nothing after it is a message: stop reading meanwhile
+        self.inbox.wake()
 
     def stop_taking(self) -> None:
         """The reader is gone (closing): drop data frames, read the socket again.
@@ -331,17 +398,7 @@ class _ReadingConnection(ClientConnection):
         """
         self.taking = False
         self._parts = None
-        self.ready.clear()
-        if self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()
-
-    def _wake(self) -> None:
-        waiter = self.ready_waiter
-        if waiter is not None:
-            self.ready_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self.inbox.discard()
 
     async def fail_refused(self) -> None:
         """Fail the connection for :attr:`refused`, as websockets' ``recv()`` does."""
@@ -369,39 +426,13 @@ class WebsocketsTransport:
         return self.ws.transport
 
     async def read(self, handle: FrameHandler) -> None:
-        # The per-frame path: keep it lean (see bench/README.md).
         ws = self.ws
-        ready = ws.ready
         lost = ws.connection_lost_waiter
-        loop = ws.loop
-        since_yield = 0
-        while True:
-            while ready:
-                data = ready.popleft()
-                # The callback appends a whole socket read at once: against a flooding
-                # upstream this loop would never let the workers run.
-                since_yield += 1
-                if since_yield >= YIELD_EVERY:
-                    since_yield = 0
-                    await asyncio.sleep(0)
-                pending = handle(data)
-                if pending is not None:
-                    await pending
-            if ws.refused is not None:
-                ws.reading_paused = False
-                ws.transport.resume_reading()  # for the peer's reply to our close frame
-                await ws.fail_refused()
-                return
-            if ws.reading_paused:
-                ws.reading_paused = False
-                ws.transport.resume_reading()
-            if lost.done():
-                return
-            ws.ready_waiter = waiter = loop.create_future()
-            try:
-                await waiter
-            finally:
-                ws.ready_waiter = None
+        # drain() resumes reading before it returns: the peer's reply to the close
+        # frame that fail_refused() sends gets through.
+        await ws.inbox.drain(handle, lambda: ws.refused is not None or lost.done())
+        if ws.refused is not None:
+            await ws.fail_refused()
 
     async def send(self, data: Data) -> None:
         await self.ws.send(data)

@@ -19,7 +19,6 @@ with websockets (1009).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import ssl
@@ -40,12 +39,12 @@ from .config import ConnectionSection
 from .transport import (
     HIGH_WATER,
     MAX_FRAGMENTS,
-    YIELD_EVERY,
     BadURL,
     Data,
     FrameHandler,
     HandshakeFailed,
     HandshakeRejected,
+    Inbox,
     Transport,
 )
 
@@ -212,9 +211,9 @@ class _PicowsListener(picows.WSListener):
     """picows' callbacks for one connection, and the :class:`Transport` around them.
 
     ``on_ws_frame`` runs synchronously inside picows' ``buffer_updated``: it
-    only validates, copies the payload, appends it to ``_frames`` and wakes the
-    reader if it waits. The reader (:meth:`read`) drains everything buffered
-    per wake-up without suspending, so a burst of frames costs one task switch.
+    only validates, copies the payload and pushes it into the
+    :class:`~wsroute.transport.Inbox`, which the reader (:meth:`read`) drains:
+    a burst of frames costs one task switch.
     """
 
     def __init__(self, subprotocol: str | None, max_size: int, close_timeout: float) -> None:
@@ -223,9 +222,7 @@ class _PicowsListener(picows.WSListener):
         self._max_size = max_size
         self._close_timeout = close_timeout
         self._ws: picows.WSTransport | None = None
-        self._frames: collections.deque[Data] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._paused = False  # reading paused: too many frames wait for the reader
+        self._inbox = Inbox()
         self._failed = False  # we failed it, or the peer closed: nothing after is a message
         self._parts: list[bytes] | None = None  # the fragments of a message in progress
         self._parts_size = 0
@@ -240,6 +237,7 @@ class _PicowsListener(picows.WSListener):
     def on_ws_connected(self, transport: picows.WSTransport) -> None:
         self._ws = transport
         underlying = transport.underlying_transport
+        self._inbox.socket = underlying
         inner = underlying.get_protocol()
         if isinstance(inner, asyncio.BufferedProtocol):
             underlying.set_protocol(_CappedReads(inner))
@@ -265,14 +263,15 @@ class _PicowsListener(picows.WSListener):
                     except UnicodeDecodeError as exc:
                         self._fail(1007, f"{exc.reason} at position {exc.start}")
                         return
-                # _push, inlined: this runs once per frame.
-                frames = self._frames
-                frames.append(data)
-                if len(frames) > HIGH_WATER and not self._paused:
-                    self._pause()
-                waiter = self._waiter
+                # Inbox.push, inlined: this runs once per frame.
+                inbox = self._inbox
+                messages = inbox.messages
+                messages.append(data)
+                if len(messages) > HIGH_WATER and not inbox.paused:
+                    inbox.pause()
+                waiter = inbox.waiter
                 if waiter is not None:
-                    self._waiter = None
+                    inbox.waiter = None
                     if not waiter.done():
                         waiter.set_result(None)
                 return
@@ -285,7 +284,7 @@ class _PicowsListener(picows.WSListener):
         self._fail_waiters()
         if not self._disconnected.done():
             self._disconnected.set_result(None)
-        self._wake()
+        self._inbox.wake()
 
     def pause_writing(self) -> None:
         if self._write_ready is None:
@@ -297,26 +296,6 @@ class _PicowsListener(picows.WSListener):
             ready.set_result(None)
 
     # -- the frame path --------------------------------------------------------
-
-    def _push(self, data: Data) -> None:
-        frames = self._frames
-        frames.append(data)
-        if len(frames) > HIGH_WATER and not self._paused:
-            self._pause()
-        self._wake()
-
-    def _pause(self) -> None:
-        """Stop reading the socket until the reader caught up (see :meth:`read`)."""
-        if self._ws is not None:
-            self._paused = True
-            self._ws.underlying_transport.pause_reading()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
     def _other_frame(self, transport: picows.WSTransport, frame: picows.WSFrame, kind: Any) -> None:
         """Everything but a whole data frame: fragments, pongs, close, bad bits."""
@@ -362,10 +341,10 @@ class _PicowsListener(picows.WSListener):
         payload = b"".join(self._parts)
         self._parts = None
         if not self._parts_text:
-            self._push(payload)
+            self._inbox.push(payload)
             return
         try:
-            self._push(payload.decode("utf-8"))
+            self._inbox.push(payload.decode("utf-8"))
         except UnicodeDecodeError as exc:
             self._fail(1007, f"{exc.reason} at position {exc.start}")
 
@@ -431,31 +410,7 @@ class _PicowsListener(picows.WSListener):
         return ws is None or ws.is_disconnected or ws.is_close_frame_sent
 
     async def read(self, handle: FrameHandler) -> None:
-        frames = self._frames
-        loop = asyncio.get_running_loop()
-        since_yield = 0
-        while True:
-            while frames:
-                data = frames.popleft()
-                since_yield += 1
-                if since_yield >= YIELD_EVERY:
-                    # Handlers' workers run on this loop too: a burst must not starve them.
-                    since_yield = 0
-                    await asyncio.sleep(0)
-                pending = handle(data)
-                if pending is not None:
-                    await pending
-            if self._paused:
-                self._paused = False
-                if self._ws is not None:
-                    self._ws.underlying_transport.resume_reading()
-            if self._disconnected.done():
-                return
-            self._waiter = waiter = loop.create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
+        await self._inbox.drain(handle, self._disconnected.done)
 
     async def send(self, data: Data) -> None:
         ws = self._ws
@@ -486,10 +441,7 @@ class _PicowsListener(picows.WSListener):
         # handler queue may have paused it) so that the peer's close reply arrives.
         self._failed = True
         self._parts = None
-        self._frames.clear()
-        if self._paused and ws is not None:
-            self._paused = False
-            ws.underlying_transport.resume_reading()
+        self._inbox.discard()
         if ws is not None and not ws.is_disconnected:
             if not ws.is_close_frame_sent:
                 ws.send_close(picows.WSCloseCode(code), reason.encode("utf-8")[:123])
