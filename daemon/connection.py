@@ -32,7 +32,7 @@ import anyio
 import anyio.abc
 import structlog
 
-from .config import ConnectionSection, ReconnectSection
+from .config import ConnectionSection, ReconnectSection, TlsSection
 from .exceptions import DecodeError, SendError
 from .plugin import Codec, Frame, Key, Message, Outgoing
 from .transport import (
@@ -144,7 +144,11 @@ def make_ssl_context(section: ConnectionSection) -> ssl.SSLContext | None:
     """The TLS context of a ``wss://`` connection (``None`` for ``ws://``)."""
     if not section.url.startswith("wss://"):
         return None
-    tls = section.tls
+    return tls_context(section.tls)
+
+
+def tls_context(tls: TlsSection) -> ssl.SSLContext:
+    """A client TLS context for a ``tls`` table (connections and sinks alike)."""
     context = ssl.create_default_context(cafile=tls.ca_file or None)
     if tls.cert_file:
         context.load_cert_chain(tls.cert_file, tls.key_file or None)

@@ -29,6 +29,7 @@ from structlog.typing import FilteringBoundLogger
 
 from wsroute import Message
 from wsroute.config import TlsSection
+from wsroute.connection import tls_context
 from wsroute.plugins.jsonl import encode_record
 
 __all__ = ["PluginTasks", "TlsSection", "entry_fields", "ssl_context"]
@@ -76,12 +77,8 @@ def ssl_context(tls: TlsSection, log: FilteringBoundLogger) -> ssl.SSLContext:
     The same keys, with the same meaning, as a connection's ``tls`` table; turning
     ``verify`` off is logged as a warning, every time a sink starts.
     """
-    context = ssl.create_default_context(cafile=tls.ca_file or None)
-    if tls.cert_file:
-        context.load_cert_chain(tls.cert_file, tls.key_file or None)
+    context = tls_context(tls)
     if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
         log.warning("tls_verify_disabled")
     return context
 
