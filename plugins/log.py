@@ -64,22 +64,13 @@ class LogHandler:
 
     async def handle(self, message: Message) -> None:
         """Write the log line."""
+        line: dict[str, Any] = {
+            "connection": message.connection,
+            "key": message.key,
+            "seq": message.seq,
+            "fields": message.fields,
+        }
         limit = self.options.max_body
         if limit:
-            body = shorten(message.body, limit)
-            self._write(
-                "message",
-                connection=message.connection,
-                key=message.key,
-                seq=message.seq,
-                fields=message.fields,
-                body=body,
-            )
-        else:
-            self._write(
-                "message",
-                connection=message.connection,
-                key=message.key,
-                seq=message.seq,
-                fields=message.fields,
-            )
+            line["body"] = shorten(message.body, limit)
+        self._write("message", **line)
