@@ -87,11 +87,12 @@ def _json_problem(exc: BaseException) -> str:
     """A short reason from a JSON decoder error; never the input itself."""
     if isinstance(exc, RecursionError):
         return "nested too deeply"
-    if isinstance(exc, UnicodeDecodeError):
-        return "invalid UTF-8 in a string"
     if isinstance(exc, UnicodeEncodeError):
         return "text contains a lone surrogate"
     text = str(exc).removeprefix("JSON is malformed: ")
+    # msgspec < 0.23 raised UnicodeDecodeError here; 0.23 a DecodeError of its own words.
+    if isinstance(exc, UnicodeDecodeError) or "utf-8" in text.lower():
+        return "invalid UTF-8 in a string"
     return text[:1].lower() + text[1:120]
 
 
