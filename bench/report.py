@@ -10,6 +10,7 @@ import os
 import platform
 import statistics
 import subprocess
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,26 @@ def machine() -> dict[str, Any]:
         "commit": commit,
         "source_digest": source_digest(),
         "load_at_start": load,
+        "timer_jitter_us": timer_jitter(),
+    }
+
+
+def timer_jitter(sleeps: int = 5_000) -> dict[str, float]:
+    """How late this machine wakes a process: ``time.sleep(100 µs)`` overshoot, in µs.
+
+    The latency scenario cannot be read without it: on a shared VM the
+    scheduler alone can hold a process back for a millisecond, and then the bare
+    loop's p99 is as far off as wsroute's. ~1 s.
+    """
+    late = []
+    for _ in range(sleeps):
+        t = time.perf_counter_ns()
+        time.sleep(0.0001)
+        late.append((time.perf_counter_ns() - t) / 1e3 - 100)
+    late.sort()
+    return {
+        q: round(late[min(len(late) - 1, int(len(late) * f))], 1)
+        for q, f in (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999))
     }
 
 
@@ -224,6 +245,17 @@ def _memory_rows(results: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def jitter_line(info: dict[str, Any]) -> str:
+    """The results header line on the machine's timer jitter (see :func:`timer_jitter`)."""
+    j = info.get("timer_jitter_us")
+    if not j:
+        return "- timer jitter: not measured"
+    return (
+        f"- timer jitter (how late `time.sleep(100 µs)` wakes, µs): p50 {j['p50']:.0f}, "
+        f"p99 {j['p99']:.0f}, p99.9 {j['p99.9']:.0f} — the floor under the latency figures"
+    )
+
+
 def write_results(
     results: list[dict[str, Any]], info: dict[str, Any], settings: Settings, command: str
 ) -> Path:
@@ -243,6 +275,7 @@ def write_results(
         f"- machine: {info['cpu']}, {info['cores']} cores, Linux {info['kernel']}, "
         f"load average {info['load_at_start']} at start, {info.get('load_at_end', '?')} at end "
         "(other jobs share the machine)",
+        jitter_line(info),
         f"- Python {info['python']}; wsroute {v['wsroute']} (commit {info['commit']}; "
         f"sha256 of daemon/*.py: {info['source_digest']}), "
         f"websockets {v['websockets']}, anyio {v['anyio']}, msgspec {v['msgspec']}, "

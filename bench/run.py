@@ -49,7 +49,7 @@ from harness import (
     run_once,
 )
 from profile_report import summarize_cprofile, summarize_pyspy
-from report import machine, summarize, table, write_results
+from report import jitter_line, machine, summarize, table, write_results
 
 
 def run_suite(
@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"experiments patched into wsroute: {', '.join(settings.experiments)}\n")
     print(table(results))
     print(f"\n{len(scenarios)} scenarios x {runs} runs in {time.monotonic() - started:.0f} s")
+    print(jitter_line(info).removeprefix("- "))
     with open("/proc/loadavg") as f:
         info["load_at_end"] = f.read().split()[0]
     if not opts.no_save:
