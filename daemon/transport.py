@@ -143,15 +143,20 @@ class Transport(Protocol):
 class Inbox:
     """Whole messages on their way from a library's synchronous callback to the reader.
 
-    Both transports use it. The callback appends to :attr:`messages` (inlined on
-    the per-frame path: append, :meth:`pause` above :data:`HIGH_WATER`, wake
-    :attr:`waiter`) or calls :meth:`push`; :meth:`drain` hands them to the
-    reader's handler, yielding to the loop every :data:`YIELD_EVERY`, resumes
-    the socket once everything waiting was handed over, and sleeps until the
-    next push. One task switch per socket read, not per frame.
+    Both transports use it. While the reader waits with nothing in hand, the
+    callback hands a message straight to the reader's handler (:meth:`take`):
+    at moderate rates a frame then costs one task switch (to the handler's
+    worker), not two. Otherwise — the reader is busy, or it was given
+    :data:`YIELD_EVERY` messages since it last ran — the callback appends to
+    :attr:`messages` (inlined on the per-frame path: append, :meth:`pause`
+    above :data:`HIGH_WATER`, wake :attr:`waiter`) or calls :meth:`push`;
+    :meth:`drain` hands them to the handler, yielding to the loop every
+    :data:`YIELD_EVERY`, resumes the socket once everything waiting was handed
+    over, and sleeps until the next push. One task switch per socket read, not
+    per frame, under a flood.
     """
 
-    __slots__ = ("messages", "paused", "socket", "waiter")
+    __slots__ = ("handle", "inline", "messages", "paused", "pending", "socket", "waiter")
 
     def __init__(self) -> None:
         self.messages: deque[Data] = deque()
@@ -159,8 +164,31 @@ class Inbox:
         self.paused = False  # socket not read: too many messages wait
         #: The socket's asyncio transport, paused and resumed; set once connected.
         self.socket: asyncio.ReadTransport | None = None
+        #: The reader's handler, set by :meth:`drain`.
+        self.handle: FrameHandler = _no_reader
+        #: Messages the callback may still hand to :attr:`handle` itself. Above zero
+        #: only while the reader waits with nothing in hand (so nothing waits in
+        #: :attr:`messages` either, and order holds); zeroed by every wake-up.
+        self.inline = 0
+        #: What the handler returned for a message given by :meth:`take`: the
+        #: reader awaits it before anything else (backpressure, a dead letter).
+        self.pending: Awaitable[None] | None = None
+
+    def take(self, data: Data) -> None:
+        """Hand one message to the reader's handler now; only while :attr:`inline`."""
+        self.inline -= 1
+        try:
+            pending = self.handle(data)
+        except Exception as exc:  # a bug: the reader raises it, as if it had called
+            pending = _reraise(exc)
+        if pending is not None:
+            self.pending = pending
+            self.wake()
 
     def push(self, data: Data) -> None:
+        if self.inline:
+            self.take(data)
+            return
         messages = self.messages
         messages.append(data)
         if len(messages) > HIGH_WATER and not self.paused:
@@ -180,6 +208,7 @@ class Inbox:
                 self.socket.resume_reading()
 
     def wake(self) -> None:
+        self.inline = 0
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
@@ -189,16 +218,22 @@ class Inbox:
     def discard(self) -> None:
         """The reader is gone (closing): drop what waits, and read the socket again —
         the peer's reply to our close frame must get through."""
+        self.inline = 0
         self.messages.clear()
         self.resume()
 
     async def drain(self, handle: FrameHandler, finished: Callable[[], bool]) -> None:
         """Hand every message to ``handle``, in order, until ``finished()`` once all
         waiting ones are handed over. The per-frame path: keep it lean."""
+        self.handle = handle
         messages = self.messages
         loop = asyncio.get_running_loop()
         since_yield = 0
         while True:
+            pending = self.pending
+            if pending is not None:
+                self.pending = None
+                await pending
             while messages:
                 data = messages.popleft()
                 # A callback appends a whole socket read at once: against a flooding
@@ -214,10 +249,31 @@ class Inbox:
             if finished():
                 return
             self.waiter = waiter = loop.create_future()
+            self.inline = YIELD_EVERY
             try:
                 await waiter
+            except BaseException:
+                # Stopped while a frame already read was handed over (the callback ran
+                # before this task saw its cancellation) with something to await:
+                # await it. The reader runs in an anyio cancel scope, which cancels
+                # the wait again, and a wait for queue room that is cancelled
+                # dead-letters its message instead of forgetting it.
+                pending = self.pending
+                if pending is not None:
+                    self.pending = None
+                    await pending
+                raise
             finally:
                 self.waiter = None
+                self.inline = 0
+
+
+def _no_reader(data: Data) -> None:
+    raise RuntimeError("Inbox.take() without a reader")  # pragma: no cover
+
+
+async def _reraise(exc: Exception) -> None:
+    raise exc
 
 
 def picows_available() -> bool:
@@ -337,6 +393,9 @@ class _ReadingConnection(ClientConnection):
                 return
             # Inbox.push, inlined: this runs once per frame.
             inbox = self.inbox
+            if inbox.inline:
+                inbox.take(data)
+                return
             messages = inbox.messages
             messages.append(data)
             if len(messages) > HIGH_WATER and not inbox.paused:

@@ -265,6 +265,9 @@ class _PicowsListener(picows.WSListener):
                         return
                 # Inbox.push, inlined: this runs once per frame.
                 inbox = self._inbox
+                if inbox.inline:
+                    inbox.take(data)
+                    return
                 messages = inbox.messages
                 messages.append(data)
                 if len(messages) > HIGH_WATER and not inbox.paused:
