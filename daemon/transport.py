@@ -15,12 +15,15 @@ headers for ``Retry-After``), :class:`HandshakeFailed` (any other bad upgrade),
 ``TimeoutError``, ``ssl.SSLError``). Once open, a transport reports a closed
 connection with websockets' ``ConnectionClosed``, whichever library it wraps.
 
-Both hand frames to the reader the same way: the library's synchronous
-callback appends each whole message to a deque and wakes the reader task, which
-drains everything buffered per wake-up — one task switch per socket read, not
-per frame (see bench/README.md). More than :data:`HIGH_WATER` waiting messages
-stop the socket being read until the reader caught up: that is how a full
-handler queue (``overflow = "block"``) reaches the upstream.
+Both hand frames to the reader the same way, through an :class:`Inbox`: the
+library's synchronous callback gives each whole message to the reader's
+handler directly while the reader waits with nothing in hand (a few per
+socket read at most), and otherwise appends it to a deque and wakes the
+reader task, which drains everything buffered per wake-up — one task switch
+per socket read, not per frame (see bench/README.md). More than
+:data:`HIGH_WATER` waiting messages stop the socket being read until the
+reader caught up: that is how a full handler queue (``overflow = "block"``)
+reaches the upstream.
 
 The websockets implementation is here; the picows one, which has to do more
 of RFC 6455 itself, is :mod:`wsroute.transport_picows`, imported only when a
