@@ -6,8 +6,10 @@ writes, to the file named by ``$WSROUTE_PROBE_OUT`` (JSON):
 
 - ``wakeups``: how often an offer found the worker asleep (one task switch each),
   and ``offers``, so ``offers / wakeups`` is the mean batch a worker drains;
-- ``reader_waits``: how often a frame arrived while the reader waited for one
-  (a wake-up of the reader: one event-loop iteration each), and
+- ``inline``: frames handed to the handlers inside the socket callback (the
+  reader waited with nothing in hand, within its budget);
+- ``reader_waits``: how often any other frame arrived while the reader waited
+  for one (a wake-up of the reader: one event-loop iteration each), and
   ``reader_gets``, every frame the websockets transport took in;
 - ``blocked``: how often a full ``block`` queue made the reader wait;
 - ``queue_max`` and a histogram of the queue length seen at each offer;
@@ -37,6 +39,7 @@ from experiment import apply
 stats: dict[str, Any] = {
     "offers": 0,
     "wakeups": 0,
+    "inline": 0,
     "reader_waits": 0,
     "reader_gets": 0,
     "blocked": 0,
@@ -93,7 +96,10 @@ _process_event = transport._ReadingConnection.process_event
 def process_event(self: Any, event: Any) -> None:
     if self.response is not None:  # a frame, not the handshake's response
         stats["reader_gets"] += 1
-        if self.inbox.waiter is not None:
+        inbox = self.inbox
+        if inbox.inline:
+            stats["inline"] += 1
+        elif inbox.waiter is not None:
             stats["reader_waits"] += 1
     _process_event(self, event)
 

@@ -143,12 +143,13 @@ def probe(settings: Settings, scenario: Scenario) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     frames = max(run.frames, 1)
     print(f"{scenario.name}: {run.fps:,.0f} frames/s under the probe, {frames:,} frames")
-    for key in ("offers", "wakeups", "reader_waits", "blocked"):
+    for key in ("offers", "wakeups", "inline", "reader_waits", "blocked"):
         print(f"  {key:>13}: {got[key]:>10,}  ({got[key] / frames:.4f} per frame)")
     if got["wakeups"]:
         print(f"  messages per worker wake-up: {got['offers'] / got['wakeups']:.1f}")
     if got["reader_waits"]:
-        print(f"  frames per reader wake-up: {got['reader_gets'] / got['reader_waits']:.1f}")
+        queued = got["reader_gets"] - got["inline"]
+        print(f"  queued frames per reader wake-up: {queued / got['reader_waits']:.1f}")
     print(f"  handler queue length at offer: max {got['queue_max']}, {got['queue_hist']}")
     for gen, entry in got["gc"].items():
         print(f"  gc gen{gen}: {entry['count']} collections, {entry['seconds'] * 1000:.1f} ms")
