@@ -34,7 +34,7 @@ from upstream import encoded, payload
 from wsroute.codec import JsonCodec, StructCodec
 from wsroute.config import HandlerSection
 from wsroute.dispatch import Dispatcher
-from wsroute.handler import HandlerRunner, HandlerStats
+from wsroute.handler import HandlerRunner, HandlerStats, MemoryBudget
 from wsroute.plugin import Frame, Message
 from wsroute.router import Router
 
@@ -143,6 +143,10 @@ def sync_costs(rows: list[tuple[str, float]]) -> None:
     runner = HandlerRunner.__new__(HandlerRunner)  # offer() needs only these attributes
     runner._queue = deque()
     runner._limit = 10**9
+    runner._sizes = deque()
+    runner.queued_bytes = 0
+    runner._bytes_limit = 10**15
+    runner.budget = MemoryBudget()
     runner._policy = "block"
     runner._accepting = True
     runner.stats = HandlerStats()
@@ -162,6 +166,7 @@ def sync_costs(rows: list[tuple[str, float]]) -> None:
         for _ in range(n):
             d(msg)
         q.clear()
+        runner._sizes.clear()
 
     rows.append(("time.time()", timeit(t_time)))
     rows.append(("Frame(...)", timeit(t_frame)))

@@ -20,6 +20,7 @@ from .plugin import (
     Frame,
     Handler,
     HandlerContext,
+    Issue,
     Key,
     Message,
     Outgoing,
@@ -29,6 +30,7 @@ from .plugin import (
     SourceLimits,
     StructArg,
 )
+from .preflight import check_output_file
 
 __version__ = "0.1.0"
 
@@ -43,6 +45,7 @@ __all__ = [
     "Frame",
     "Handler",
     "HandlerContext",
+    "Issue",
     "Key",
     "Message",
     "Outgoing",
@@ -55,4 +58,5 @@ __all__ = [
     "StructArg",
     "WsrouteError",
     "__version__",
+    "check_output_file",
 ]

@@ -46,13 +46,26 @@ def _parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list handler and codec plugins with their options")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.add_argument("-c", "--config", help="also search this config's plugin_paths")
-    replay = sub.add_parser("replay", help="route dead-lettered (or captured) jsonl records again")
+    replay = sub.add_parser(
+        "replay",
+        help="route dead-lettered (or captured) jsonl records again",
+        description="Route dead-lettered (or captured) jsonl records again. Exit status: "
+        "0 when every record was handled, 1 when any was not (dead-lettered again, "
+        "failed, or a malformed line), 66 when the file cannot be read (or the --failed "
+        "file cannot be opened), 78 for a bad config.",
+    )
     with_config(replay)
     replay.add_argument("file", help="a jsonl file written by the jsonl handler")
     replay.add_argument(
         "--through-routes",
         action="store_true",
         help="route every record through the routes, even one a single handler dead-lettered",
+    )
+    replay.add_argument(
+        "--failed",
+        metavar="OUT",
+        help="append the records that fail again to OUT (jsonl records, as read) "
+        "instead of passing them to a dead-letter handler",
     )
     demo = sub.add_parser("demo", help="an embedded upstream plus the daemon on the demo config")
     demo.add_argument("--duration", type=float, default=0.0, help="stop after N seconds")
@@ -61,12 +74,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fail(error: WsrouteError, path: str | None = None) -> int:
+    from .logging import mask_secrets  # a plugin's error may quote a secret option
+
     where = f"{path}: " if path else ""
     if isinstance(error, ConfigError):
         for issue in error.issues:
-            print(f"wsroute: {where}{issue}", file=sys.stderr)
+            print(mask_secrets(f"wsroute: {where}{issue}"), file=sys.stderr)
     else:
-        print(f"wsroute: {where}{error}", file=sys.stderr)
+        print(mask_secrets(f"wsroute: {where}{error}"), file=sys.stderr)
     return EX_CONFIG
 
 
@@ -99,7 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             from .replay import replay
 
-            return replay(_load(args.config), args.file, through_routes=args.through_routes)
+            return replay(
+                _load(args.config),
+                args.file,
+                through_routes=args.through_routes,
+                failed_path=args.failed,
+            )
         if args.command == "demo":
             from .demo import run_demo
 
@@ -112,8 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(path: str) -> int:
+    import structlog
+
     from .logging import configure
     from .notify import Notifier
+    from .preflight import checked
     from .service import Plan, Service, plan
 
     # Taken out of the environment before plugins are imported, so neither they
@@ -122,9 +145,16 @@ def _run(path: str) -> int:
     config = _load(path)
     configure(config.daemon.log_level, config.daemon.log_format)
     the_plan = plan(config)
+    # Start-time preconditions (TLS files, plugins' check hooks): an error is exit 78.
+    for warning in checked(the_plan):
+        structlog.get_logger("wsroute").warning("config_warning", problem=str(warning))
 
     def reload_plan() -> Plan:
-        return plan(load(path))
+        # A reload whose preconditions fail is rejected: the old config keeps running.
+        new_plan = plan(load(path))
+        for warning in checked(new_plan):
+            structlog.get_logger("wsroute").warning("config_warning", problem=str(warning))
+        return new_plan
 
     service = Service(the_plan, reload=reload_plan, notifier=notifier)
     try:
@@ -132,6 +162,8 @@ def _run(path: str) -> int:
         anyio.run(service.run, backend="asyncio", backend_options={"use_uvloop": uvloop})
     except KeyboardInterrupt:
         pass
+    except (ConfigError, PluginError) as exc:  # raised before any task group
+        return _fail(exc)
     except BaseExceptionGroup as group:
         # A handler that cannot start is a config problem (exit 78), not a crash.
         domain, rest = group.split((ConfigError, PluginError))
@@ -139,27 +171,25 @@ def _run(path: str) -> int:
             for error in _leaves(domain):
                 _fail(error)
             return EX_CONFIG
-        import structlog
-
         structlog.get_logger("wsroute").exception("crashed")
         return 1
     except Exception:
-        import structlog
-
         structlog.get_logger("wsroute").exception("crashed")
         return 1
     return 0
 
 
 def _check(path: str) -> int:
-    from .logging import configure
+    from .logging import configure, mask_secrets
+    from .preflight import checked
     from .service import plan
 
     config = _load(path)
     configure("warning", "console")
     the_plan = plan(config)
+    checked(the_plan)  # TLS files, output folders, plugins' check hooks
     for warning in config.warnings:
-        print(f"warning: {warning}")
+        print(mask_secrets(f"warning: {warning}"))
     print(f"{path}: OK")
     print(f"connections: {', '.join(config.connections) or '(none)'}")
     print(

@@ -201,7 +201,7 @@ class JsonCodec:
 class _Layout:
     """What a StructCodec derives from its options: checked once, used per frame."""
 
-    __slots__ = ("key_as_text", "key_index", "names", "size", "struct", "text_parts")
+    __slots__ = ("key_as_text", "key_index", "key_type", "names", "size", "struct", "text_parts")
 
     def __init__(self, options: StructCodec.Options) -> None:
         try:
@@ -241,6 +241,9 @@ class _Layout:
             )
         # A bytes field ("4s", "c") as route key is compared as text: see StructCodec.
         self.key_as_text = self.key_index >= 0 and isinstance(zeros[self.key_index], bytes)
+        self.key_type: type | None = None
+        if self.key_index >= 0:
+            self.key_type = str if self.key_as_text else type(zeros[self.key_index])
         try:
             self.text_parts = dotted_path(options.text_key)
         except ValueError as exc:
@@ -295,6 +298,7 @@ class StructCodec:
         "_body_text",
         "_key_as_text",
         "_key_index",
+        "_key_type",
         "_names",
         "_single",
         "_size",
@@ -312,11 +316,43 @@ class StructCodec:
         self._names = layout.names
         self._key_index = layout.key_index
         self._key_as_text = layout.key_as_text
+        self._key_type = layout.key_type
         self._single = layout.names[0] if len(layout.names) == 1 else None
         self._body_json = options.body == "json"
         self._body_text = options.body == "text"
         self._text_json = options.text == "json"
         self._text_parts = layout.text_parts
+
+    def check_key(self, key: Key) -> str | None:
+        """Why a route's ``key`` can never be a binary frame's key; ``None`` if it can.
+
+        Read by ``wsroute check`` (a warning): ``key = "3"`` where the header
+        field is an ``int32`` matches no binary frame.
+        """
+        wanted = self._key_type
+        if wanted is None:
+            return None
+        if wanted is bool:
+            fits = isinstance(key, bool)
+        elif wanted is str:
+            fits = isinstance(key, str)
+        elif isinstance(key, bool) or not isinstance(key, int | float):
+            fits = False
+        else:  # numbers compare by value: 3 == 3.0
+            fits = wanted is float or float(key).is_integer()
+        if fits:
+            return None
+        kinds = {bool: "a boolean", str: "text", int: "an integer", float: "a number"}
+        field_name = self._names[self._key_index]
+        text = (
+            f'; only a JSON text frame (key at "{self.options.text_key}") can have it'
+            if self._text_json
+            else ""
+        )
+        return (
+            f'the key of a binary frame (header field "{field_name}") is {kinds[wanted]}, '
+            f"so no binary frame has the key {key!r}{text}"
+        )
 
     def decode(self, frame: Frame) -> Message:
         """Decode one frame; :class:`~wsroute.DecodeError` if it does not fit the layout."""

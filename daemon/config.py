@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .exceptions import ConfigError, ConfigIssue
-from .interpolate import Expansion, interpolate
+from .interpolate import Expansion, Interpolation, interpolate
+from .logging import register_secrets
 from .plugin import Duration, Key, Outgoing, Size
 from .validate import (
     FieldDoc,
@@ -45,7 +46,15 @@ from .validate import (
 )
 from .validate import _show as show_value
 
-DELIVERY_KEYS = ("queue", "overflow", "concurrency", "timeout", "retries", "dead_letter")
+DELIVERY_KEYS = (
+    "queue",
+    "queue_bytes",
+    "overflow",
+    "concurrency",
+    "timeout",
+    "retries",
+    "dead_letter",
+)
 LIFECYCLE_KEYS = ("$connected", "$disconnected")
 
 
@@ -64,10 +73,13 @@ class DaemonSection:
         "auto: console on a TTY, JSON otherwise (journald).", default="auto"
     )
     shutdown_timeout: Duration = _doc(
-        "Drain budget on SIGTERM; what is left is dead-lettered.", default=Duration(10.0)
+        "Drain budget on SIGTERM: handlers drain for up to half of it, the dead-letter "
+        "handlers write what they left in the rest.",
+        default=Duration(10.0),
     )
     unmatched: str | None = _doc(
-        "Handler for messages no route matched (default: counted and logged at debug).",
+        "Handler for messages no route matched, frames with a `$` key included (default: "
+        "counted and logged at info, at most once a second).",
         default=None,
     )
     dead_letter: str | None = _doc(
@@ -84,8 +96,17 @@ class DaemonSection:
         "a reload that changes it is logged and needs a restart.",
         default="asyncio",
     )
+    memory_budget: Size = _doc(
+        "All handler queues together (each message counted per queue it is in, by the "
+        "estimate of queue_bytes): at or above it every reader and source pauses until "
+        "the handlers drain below it. A safety net above the per-handler bounds: it "
+        "never drops.",
+        default=Size(512 * 2**20),
+    )
 
     def __post_init__(self) -> None:
+        if self.memory_budget < 1:
+            raise ValueError(f"memory_budget must be at least 1B, got {self.memory_budget}B")
         if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
             raise ValueError(
                 'event_loop "uvloop" needs the uvloop package: pip install "wsroute[uvloop]"'
@@ -251,7 +272,10 @@ class ConnectionSection:
     idle_timeout: Duration = _doc(
         "No frame for this long: reconnect. 0 disables.", default=Duration(0.0)
     )
-    max_frame_size: Size = _doc("Larger frames close the connection (1009).", default=Size(2**20))
+    max_frame_size: Size = _doc(
+        "Larger frames close the connection (1009). There is no unlimited: 0 is refused.",
+        default=Size(2**20),
+    )
     open_timeout: Duration = _doc("TCP + TLS + handshake budget.", default=Duration(10.0))
     close_timeout: Duration = _doc(
         "How long to wait for the peer's close frame.", default=Duration(2.0)
@@ -261,6 +285,19 @@ class ConnectionSection:
     proxy: str = _doc(
         'none (proxy variables ignored) | env (HTTPS_PROXY...) | "http://..." | "socks5://..."',
         default="none",
+    )
+    redirects: Literal["same-origin", "any", "none"] = _doc(
+        "HTTP redirects of the handshake (10 at most, within open_timeout): same-origin "
+        "(followed only to the same scheme, host and port; others refused) | any (followed "
+        "anywhere, but headers and the URL's user:password are sent only to the url's own "
+        "origin) | none (never followed). wss:// is never redirected to ws://. A refused "
+        "redirect is a failed attempt: logged, then the reconnect backoff.",
+        default="same-origin",
+    )
+    log_query_keys: list[str] = _doc(
+        "Query parameters of url whose values the logs show; every other query value "
+        'is logged as "***".',
+        default_factory=list,
     )
     transport: Literal["websockets", "picows"] = _doc(
         'The WebSocket client library: websockets, or picows (faster; needs the "fast" extra, '
@@ -288,6 +325,9 @@ class ConnectionSection:
             )
         if self.codec == "":
             raise ValueError("codec must not be empty")
+        if self.max_frame_size < 1:
+            # 0 would mean "unlimited" to websockets: refused rather than meant silently.
+            raise ValueError("max_frame_size must be at least 1B (there is no unlimited), got 0")
         if self.transport == "picows":
             # picows has no permessage-deflate. Refused rather than dropped silently:
             # the connection would offer something else than the file says.
@@ -345,6 +385,13 @@ class RouteSection:
             raise ValueError(
                 "key is an empty list, which matches nothing; leave key out for any key"
             )
+        for key in self.keys or ():
+            if isinstance(key, str) and key.startswith("$") and key not in LIFECYCLE_KEYS:
+                raise ValueError(
+                    f'key {show_value(key)}: keys starting with "$" belong to the daemon '
+                    f"(only {' and '.join(map(show_value, LIFECYCLE_KEYS))} can be routed); "
+                    "an upstream frame with such a key is unmatched"
+                )
 
     @property
     def keys(self) -> tuple[Key, ...] | None:
@@ -360,8 +407,16 @@ class HandlerSection:
 
     plugin: str = _doc('An entry-point name, or "package.module:attr".')
     queue: int = _doc("Bounded queue size.", default=10000)
+    queue_bytes: Size = _doc(
+        "Bound on the bytes queued, estimated per message as 3 × its raw frame + 256B "
+        "(the frame, its decoded body taken as twice the frame, the object). A queue "
+        "takes a message while below both bounds: one message larger than this is "
+        "still queued alone.",
+        default=Size(64 * 2**20),
+    )
     overflow: Literal["block", "drop-oldest", "drop-newest"] = _doc(
-        "Full queue: block (backpressure to the socket) | drop-oldest | drop-newest.",
+        "Full queue (queue or queue_bytes reached): block (backpressure to the socket) | "
+        "drop-oldest | drop-newest.",
         default="block",
     )
     concurrency: int = _doc("Worker tasks of this handler.", default=1)
@@ -379,6 +434,8 @@ class HandlerSection:
             raise ValueError("plugin must not be empty")
         if self.queue < 1:
             raise ValueError(f"queue must be at least 1, got {self.queue}")
+        if self.queue_bytes < 1:
+            raise ValueError(f"queue_bytes must be at least 1B, got {self.queue_bytes}B")
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         if self.retries < 0:
@@ -477,6 +534,7 @@ def loads(
         raise ConfigError([_syntax_issue(exc, text)], source=path) from exc
     base_dir = os.path.dirname(os.path.abspath(path)) if path else None
     expanded = interpolate(document, os.environ if environ is None else environ, base_dir=base_dir)
+    register_secrets(resolved_secrets(expanded))
     build_issues: list[ConfigIssue] = []
     config = _build(expanded.document, build_issues)
     issues = expanded.issues + _without_follow_ups(build_issues, expanded.failed)
@@ -485,6 +543,79 @@ def loads(
     config.path = path
     config.warnings = _finish(_warnings(config), text, ())
     return config
+
+
+_AUTH_HEADERS = ("authorization", "proxy-authorization")
+#: Query parameter names whose values are secrets: masked in every log line, not only in URLs.
+_SECRET_QUERY_WORDS = (
+    "token",
+    "key",
+    "secret",
+    "pass",
+    "pwd",
+    "auth",
+    "sig",
+    "session",
+    "jwt",
+    "access",
+    "credential",
+    "cookie",
+)
+
+
+def resolved_secrets(expanded: Interpolation) -> list[str]:
+    """Every secret value of an interpolated document, to register for masking in logs.
+
+    What ``${file:...}`` and ``${credential:...}`` read anywhere; of each
+    connection, the header values (whole, what ``${VAR}`` put in them, and in
+    ``Authorization`` the credential after its scheme, e.g. ``Bearer``), the user and password
+    of the URL (as written, decoded, and as the Basic ``Authorization`` value),
+    and the values of secret-looking query parameters not in ``log_query_keys``.
+    Plugin options marked secret are registered when they are built.
+    """
+    values: list[str] = []
+    for expansion in expanded.expansions:
+        values.extend(expansion.secrets)
+        if ".headers." in expansion.path and expansion.path.startswith("connections."):
+            values.extend(expansion.substituted)
+    connections = expanded.document.get("connections")
+    for table in connections.values() if isinstance(connections, dict) else ():
+        if not isinstance(table, dict):
+            continue
+        headers = table.get("headers")
+        for name, value in headers.items() if isinstance(headers, dict) else ():
+            if isinstance(value, str):
+                values.append(value)
+                scheme, _, credential = value.partition(" ")
+                if str(name).lower() in _AUTH_HEADERS and scheme.isalpha():
+                    values.append(credential.strip())
+        url, keep = table.get("url"), table.get("log_query_keys")
+        if isinstance(url, str):
+            values.extend(_url_secrets(url, keep if isinstance(keep, list) else []))
+    return values
+
+
+def _url_secrets(url: str, keep: list[Any]) -> list[str]:
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    from websockets.headers import build_authorization_basic
+
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError:
+        return []
+    values: list[str] = []
+    for raw in (user, password):
+        if raw:
+            values += [raw, unquote(raw)]
+    if user is not None and password is not None:
+        basic = build_authorization_basic(unquote(user), unquote(password))
+        values += [basic, basic.partition(" ")[2]]
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in keep and any(word in name.lower() for word in _SECRET_QUERY_WORDS):
+            values.append(value)
+    return values
 
 
 def codec_reference(config: Config, connection: str) -> tuple[str, dict[str, Any]]:

@@ -19,10 +19,11 @@ paused by our own backpressure is not mistaken for a dead peer.
 from __future__ import annotations
 
 import enum
+import os
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -33,7 +34,7 @@ import anyio.abc
 import structlog
 
 from .config import ConnectionSection, ReconnectSection, TlsSection
-from .exceptions import DecodeError, SendError
+from .exceptions import ConfigError, ConfigIssue, DecodeError, SendError
 from .plugin import Codec, Frame, Key, Message, Outgoing
 from .transport import (
     BadURL,
@@ -64,7 +65,6 @@ _RETRY_AFTER_CAP = 3600.0
 # Close codes 1012 (service restart) and 1013 (try again later) ask us to wait.
 _SLOW_DOWN_CODES = {1012, 1013}
 _SLOW_DOWN_DELAY = 5.0
-_SECRET_QUERY_WORDS = ("token", "key", "secret", "pass", "auth", "sig", "session")
 
 
 class ConnectionState(enum.Enum):
@@ -124,34 +124,56 @@ def retry_after(headers: Any, now: float | None = None) -> float | None:
     return max(0.0, min(seconds, _RETRY_AFTER_CAP))
 
 
-def redact_url(url: str) -> str:
-    """The URL without user info, and with secret-looking query values masked, for logs."""
+def redact_url(url: str, keep: Iterable[str] = ()) -> str:
+    """The URL for logs: no user info, no fragment, and every query value masked
+    (``***``) except those of the parameters named in ``keep``."""
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number: shown as it is, the URL is refused anyway
+        port = None
     netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
+    if port:
+        netloc = f"{netloc}:{port}"
     query = parts.query
     if query:
+        shown = set(keep)
         pairs = [
-            (k, "***" if any(w in k.lower() for w in _SECRET_QUERY_WORDS) else v)
-            for k, v in parse_qsl(query, keep_blank_values=True)
+            (k, v if k in shown else "***") for k, v in parse_qsl(query, keep_blank_values=True)
         ]
         query = urlencode(pairs, safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-def make_ssl_context(section: ConnectionSection) -> ssl.SSLContext | None:
-    """The TLS context of a ``wss://`` connection (``None`` for ``ws://``)."""
+def make_ssl_context(section: ConnectionSection, path: str = "tls") -> ssl.SSLContext | None:
+    """The TLS context of a ``wss://`` connection (``None`` for ``ws://``).
+
+    ``path`` is the key path of its ``tls`` table, for errors: ``connections.NAME.tls``.
+    """
     if not section.url.startswith("wss://"):
         return None
-    return tls_context(section.tls)
+    return tls_context(section.tls, path)
 
 
-def tls_context(tls: TlsSection) -> ssl.SSLContext:
-    """A client TLS context for a ``tls`` table (connections and sinks alike)."""
-    context = ssl.create_default_context(cafile=tls.ca_file or None)
-    if tls.cert_file:
-        context.load_cert_chain(tls.cert_file, tls.key_file or None)
+def tls_context(tls: TlsSection, path: str = "tls") -> ssl.SSLContext:
+    """A client TLS context for a ``tls`` table (connections and sinks alike).
+
+    A file that cannot be loaded (deleted after ``wsroute check``, say) raises
+    ConfigError with the key path under ``path`` (``connections.NAME.tls``).
+    """
+    key, file = "ca_file", tls.ca_file
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file or None)
+        if tls.cert_file:
+            key, file = "cert_file", tls.cert_file
+            readable = os.access(tls.cert_file, os.R_OK)
+            if readable and tls.key_file and not os.access(tls.key_file, os.R_OK):
+                key, file = "key_file", tls.key_file
+            context.load_cert_chain(tls.cert_file, tls.key_file or None)
+    except OSError as exc:  # ssl.SSLError included: a file that is not PEM
+        raise ConfigError(
+            [ConfigIssue(f"{path}.{key}", f'cannot load "{file}": {exc.strerror or exc}')]
+        ) from exc
     if not tls.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -177,24 +199,28 @@ class Connection:
         dispatch: Dispatch,
         *,
         decode_failed: DecodeFailed | None = None,
+        lifecycle: Dispatch | None = None,
         start_delay: float = 0.0,
     ) -> None:
         self.name = name
         self.section = section
         self.codec = codec
         self.dispatch = dispatch
+        # `$connected`/`$disconnected` take their own path: a frame's `$` key never
+        # reaches the routes that name them (the daemon's dispatcher tells them apart).
+        self.lifecycle = lifecycle or dispatch
         self.decode_failed = decode_failed
         self.start_delay = start_delay
         self.stats = ConnectionStats()
         self.state = ConnectionState.CONNECTING
         self.log = log.bind(connection=name)
-        self.url_for_logs = redact_url(section.url)
+        self.url_for_logs = redact_url(section.url, section.log_query_keys)
         self.subscriptions: dict[str, Outgoing] = {}
         self._on_connect = [
             (step, step.outgoing() if step.is_frame else None) for step in section.on_connect
         ]
         self._every = [(spec.interval, spec.outgoing()) for spec in section.every]
-        self._ssl = make_ssl_context(section)
+        self._ssl = make_ssl_context(section, f"connections.{name}.tls")
         self._seq = 0
         # The open socket, whichever library speaks it.
         self._ws: Transport | None = None
@@ -204,6 +230,7 @@ class Connection:
         self._stopped = anyio.Event()
         self._disconnected_at: float | None = None
         self._close_cause = ""
+        self._stop_cause = "stopped"
         self._announced = False
         if self._ssl is not None and not section.tls.verify:
             self.log.warning("tls_verify_disabled", url=self.url_for_logs)
@@ -279,13 +306,28 @@ class Connection:
         self.subscriptions.pop(name, None)
 
     def continue_from(self, previous: Connection) -> None:
-        """Take over seq and runtime subscriptions of the connection this one replaces."""
+        """Take over seq, counters and runtime subscriptions of the connection this one replaces.
+
+        A reload that restarts a connection is a reconnect: the new one's first
+        connect counts in ``reconnects``, and its ``$connected`` carries the outage.
+        """
         self._seq = previous._seq
         self.subscriptions = dict(previous.subscriptions)
-        self.stats.connects = previous.stats.connects
+        old = previous.stats
+        self.stats.connects = old.connects
+        self.stats.reconnects = old.reconnects
+        self.stats.decode_errors = old.decode_errors
+        self.stats.failed_attempts = old.failed_attempts
+        self.stats.last_frame_at = old.last_frame_at
+        self._disconnected_at = previous._disconnected_at
 
-    def stop(self) -> None:
-        """Stop reading, close with a close frame, and make :meth:`run` return."""
+    def stop(self, cause: str = "stopped") -> None:
+        """Stop reading, close with a close frame, and make :meth:`run` return.
+
+        ``cause`` is what the ``$disconnected`` message of an open session says
+        (``shutdown``, ``reload``): handlers see every ``$connected`` paired.
+        """
+        self._stop_cause = cause
         self._stop.cancel()
 
     async def wait_stopped(self) -> None:
@@ -317,7 +359,7 @@ class Connection:
         self.state = ConnectionState.CONNECTING
         self.log.debug("connecting", url=self.url_for_logs)
         try:
-            ws = await open_transport(self.section, self._ssl)
+            ws = await open_transport(self.section, self._ssl, log=self.log)
         except HandshakeRejected as exc:
             self.stats.failed_attempts += 1
             status = exc.status
@@ -341,7 +383,8 @@ class Connection:
             return backoff.next()
         except BadURL as exc:
             self.stats.failed_attempts += 1
-            self.log.error("connect_failed", error=str(exc), url=self.url_for_logs)
+            error = str(exc).replace(self.section.url, self.url_for_logs)  # it may quote the URL
+            self.log.error("connect_failed", error=error, url=self.url_for_logs)
             return backoff.next()
         except (OSError, TimeoutError, HandshakeFailed, EOFError) as exc:
             self.stats.failed_attempts += 1
@@ -353,38 +396,52 @@ class Connection:
             await self._session(ws)
         except Exception as exc:  # a bug must not end the connection for good
             self.log.exception("session_crashed", error=_short(exc))
-        finally:
-            self._ws = None
-            self.stats.connected_since = 0.0
-            self._disconnected_at = time.monotonic()
-        up_for = time.monotonic() - connected_at
-        if up_for >= self.section.reconnect.reset_after:
+        except anyio.get_cancelled_exc_class():
+            # stop(): at shutdown or when a reload restarts this connection. The
+            # handlers still run, and a `$connected` they saw gets its `$disconnected`.
+            with anyio.CancelScope(shield=True):
+                await self._closed(ws, connected_at, self._stop_cause)
+            raise
+        if await self._closed(ws, connected_at) >= self.section.reconnect.reset_after:
             backoff.reset()
+        delay = backoff.next()
+        code, _ = ws.close_details()
+        if code in _SLOW_DOWN_CODES:  # also when it came during on_connect
+            delay = max(delay, min(self.section.reconnect.max, _SLOW_DOWN_DELAY))
+        return delay
+
+    async def _closed(self, ws: Transport, connected_at: float, cause: str = "") -> float:
+        """Log the end of a session and send ``$disconnected``; returns how long it was up."""
+        self._ws = None
+        self.stats.connected_since = 0.0
+        self._disconnected_at = time.monotonic()
+        up_for = self._disconnected_at - connected_at
         code, reason = ws.close_details()
-        self.log.warning(
-            "connection_lost",
+        stopping = bool(cause)
+        cause = self._close_cause or cause
+        getattr(self.log, "info" if stopping else "warning")(
+            "connection_closed" if stopping else "connection_lost",
             code=code,
             reason=reason,
-            cause=self._close_cause or None,
+            cause=cause or None,
             up_for=round(up_for, 3),
             seq=self._seq,
         )
-        if not self._announced:  # $disconnected only pairs with a $connected
-            return backoff.next()
-        self._announced = False
-        await self._lifecycle(
-            "$disconnected",
-            {
+        if self._announced:  # $disconnected only pairs with a $connected
+            self._announced = False
+            body: dict[str, Any] = {
                 "code": code,
                 "reason": reason,
-                "cause": self._close_cause or None,
+                "cause": cause or None,
                 "up_for": round(up_for, 6),
-            },
-        )
-        delay = backoff.next()
-        if code in _SLOW_DOWN_CODES:
-            delay = max(delay, min(self.section.reconnect.max, _SLOW_DOWN_DELAY))
-        return delay
+            }
+            if stopping:
+                # Never wait long for queue room here: a stop is under way.
+                with anyio.move_on_after(self.section.close_timeout):
+                    await self._lifecycle("$disconnected", body)
+            else:
+                await self._lifecycle("$disconnected", body)
+        return up_for
 
     # -- one session ---------------------------------------------------------
 
@@ -567,7 +624,7 @@ class Connection:
 
     async def _lifecycle(self, key: str, body: dict[str, Any]) -> None:
         message = Message(self.name, key, body, seq=self._seq, received_at=time.time(), raw="")
-        pending = self.dispatch(message)
+        pending = self.lifecycle(message)
         if pending is not None:
             await pending
 

@@ -2,9 +2,11 @@
 
 :class:`Dispatcher` takes each decoded message, asks the :class:`~wsroute.router.Router`
 for its handlers, and offers it to each handler's queue without awaiting. Only
-when a ``block`` queue is full does it return an awaitable, which the reader
-awaits: backpressure. Decode failures and unmatched messages are counted here,
-per connection, and dead-lettered or handed to the ``unmatched`` handler.
+when a ``block`` queue is full, or the bytes queued in all handlers reached the
+daemon-wide ``memory_budget`` (a :class:`~wsroute.handler.MemoryBudget`), does
+it return an awaitable, which the reader awaits: backpressure. Decode failures
+and unmatched messages are counted here, per connection, and dead-lettered or
+handed to the ``unmatched`` handler.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import anyio
 import structlog
 
 from .exceptions import DecodeError
-from .handler import HandlerRunner
+from .handler import HandlerRunner, MemoryBudget
 from .plugin import DeadLetter, Frame, Message
 from .router import Router, is_reserved_key
 
@@ -30,22 +32,67 @@ class Dispatcher:
     """Routes messages to handler runners; swap :attr:`router` to apply a new route table."""
 
     def __init__(
-        self, router: Router[HandlerRunner], dead_letter: HandlerRunner | None = None
+        self,
+        router: Router[HandlerRunner],
+        dead_letter: HandlerRunner | None = None,
+        *,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.router = router
         self.dead_letter = dead_letter
+        #: The daemon-wide memory budget; the runners must count in the same one.
+        self.budget = MemoryBudget() if budget is None else budget
         self.unmatched: Counter[str] = Counter()
         self.decode_errors: Counter[str] = Counter()
         self.lost: Counter[str] = Counter()
         self._unmatched_logged_at = 0.0
 
     def dispatch(self, message: Message) -> Awaitable[None] | None:
-        """Offer ``message`` to every handler its routes name; an awaitable if one is full."""
+        """Offer ``message`` to every handler its routes name; an awaitable if one is full.
+
+        Or when the memory budget is reached: the message is queued, and the
+        awaitable holds the reader (or source) back until the handlers drained
+        below the budget.
+        """
+        # _offer(), inlined for a matched message: this runs once per frame.
+        targets = self.router.lookup(message.connection, message.key)
+        blocked: list[HandlerRunner] | None = None
+        if targets:
+            ack = message._ack
+            if ack is not None:
+                ack.add(len(targets))
+            for runner in targets:
+                if not runner.offer(message):
+                    if blocked is None:
+                        blocked = [runner]
+                    else:
+                        blocked.append(runner)
+        else:
+            blocked = self._offer(message)  # unmatched: the slow path
+        if blocked is not None:
+            return self._wait(message, blocked)
+        budget = self.budget
+        if budget.total >= budget.limit:
+            return budget.wait()
+        return None
+
+    def emit(self, message: Message) -> Awaitable[None] | None:
+        """:meth:`dispatch` without the memory budget: for messages a handler emits.
+
+        A handler's worker must not wait for the budget: the bytes it waits on
+        may be in its own queue. (It still waits for room in a full ``block``
+        queue, as before.)
+        """
+        blocked = self._offer(message)
+        if blocked is None:
+            return None
+        return self._put(message, blocked)
+
+    def _offer(self, message: Message) -> list[HandlerRunner] | None:
+        """Offer to every target; the ``block`` runners that had no room, if any."""
         targets = self.router.lookup(message.connection, message.key)
         if not targets:
-            if is_reserved_key(message.key):
-                _settle_now(message)
-                return None
+            # Includes a frame whose key begins with `$`: never routed, it is unmatched.
             self.unmatched[message.connection] += 1
             targets = self.router.unmatched
             if not targets:
@@ -62,11 +109,28 @@ class Dispatcher:
                     blocked = [runner]
                 else:
                     blocked.append(runner)
-        if blocked is None:
-            return None
-        return self._wait(message, blocked)
+        return blocked
+
+    def dispatch_lifecycle(self, message: Message) -> Awaitable[None] | None:
+        """Offer a ``$connected``/``$disconnected`` message to the routes that name its key.
+
+        Only the daemon's connections call this; a frame with such a key goes
+        through :meth:`dispatch` and is unmatched. Nothing is counted as
+        unmatched when no route wants a lifecycle message.
+        """
+        blocked: list[HandlerRunner] | None = None
+        for runner in self.router.lookup_lifecycle(message.connection, str(message.key)):
+            if not runner.offer(message):
+                blocked = [*(blocked or []), runner]
+        return None if blocked is None else self._wait(message, blocked)
 
     async def _wait(self, message: Message, blocked: list[HandlerRunner]) -> None:
+        await self._put(message, blocked)
+        budget = self.budget
+        if budget.total >= budget.limit:
+            await budget.wait()
+
+    async def _put(self, message: Message, blocked: list[HandlerRunner]) -> None:
         for index, runner in enumerate(blocked):
             try:
                 await runner.put(message)
@@ -110,18 +174,22 @@ class Dispatcher:
             return None
         if target.full:  # a flood of undecodable frames: hold the reader back
             return target.wait_below_limit()
+        budget = self.budget
+        if budget.total >= budget.limit:
+            return budget.wait()
         return None
 
     def _log_unmatched(self, message: Message) -> None:
         now = time.monotonic()
         if now - self._unmatched_logged_at >= 1.0:
             self._unmatched_logged_at = now
-            log.debug(
+            log.info(
                 "message_unmatched",
                 connection=message.connection,
                 key=message.key,
                 seq=message.seq,
                 unmatched_total=self.unmatched[message.connection],
+                reserved=is_reserved_key(message.key) or None,
             )
 
 

@@ -13,6 +13,14 @@ states, each counted in :class:`HandlerStats` and logged when it is not success:
 So ``received = handled + dead_lettered + dropped + in_flight`` holds at every
 moment (``in_flight`` = queued + being handled).
 
+A queue is bounded twice: ``queue`` messages and ``queue_bytes`` bytes, a
+message's bytes being :func:`message_size` — an O(1) estimate from the length
+of its raw frame, never a walk of its body. It takes a message while it holds
+fewer than both (so one message larger than ``queue_bytes`` still goes through,
+alone), and ``overflow`` applies when either bound is reached. Every queued
+byte is also counted in a :class:`MemoryBudget` shared by all runners, the
+daemon-wide ``memory_budget``: the dispatcher pauses readers above it.
+
 The hot path is :meth:`HandlerRunner.offer`: synchronous, no task switch. A
 worker wakes up once when its queue turns non-empty and then drains everything
 queued before it sleeps again.
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -37,7 +46,7 @@ from .config import HandlerSection
 from .exceptions import PluginError
 from .plugin import DeadLetter, Message
 
-__all__ = ["Ack", "HandlerRunner", "HandlerStats"]
+__all__ = ["Ack", "HandlerRunner", "HandlerStats", "MemoryBudget", "message_size"]
 
 log = structlog.get_logger("wsroute.handler")
 
@@ -46,6 +55,77 @@ log = structlog.get_logger("wsroute.handler")
 _YIELD_EVERY = 64
 _RETRY_INITIAL = 0.1
 _RETRY_MAX = 5.0
+#: How often a reader paused by the memory budget looks whether it may go on.
+BUDGET_POLL = 0.005
+
+
+def message_size(message: Message) -> int:
+    """The bytes a queued message is taken to hold: O(1), the body is not walked.
+
+    The raw frame once, the decoded body estimated at twice the frame, and 256
+    bytes for the Message object and its fields: ``3 × len(raw) + 256`` (``len``
+    of a ``str`` frame counts characters). An estimate: a JSON body of many
+    small numbers or objects takes more than twice its text, a long string or
+    bytes less; a message built without a raw frame (``$connected``, a message
+    a handler emits) counts the 256 bytes only. Inlined (literally) where
+    messages enter and leave a queue: keep those in step.
+
+    Computed again when the message leaves the queue, from the same immutable
+    ``raw``: messages are read-only (the same object may sit in several queues).
+    """
+    return len(message.raw) * 3 + 256
+
+
+class MemoryBudget:
+    """The daemon-wide ``[daemon] memory_budget``: bytes queued in all handlers together.
+
+    Every runner adds a message's :func:`message_size` to :attr:`total` when it
+    queues it (once per queue: a message fanned out to 3 handlers counts 3
+    times) and subtracts it when the message leaves the queue — taken by a
+    worker, dropped, or dead-lettered at shutdown. Plain integer adds on the
+    per-message path, no lock (one event loop). The dispatcher hands
+    :meth:`wait` to a reader when :attr:`total` is at or above :attr:`limit`:
+    the reader pauses until the handlers drained below it. Nothing is dropped.
+    A paused reader looks again every :data:`BUDGET_POLL` seconds rather than
+    being woken: the workers' per-message path stays two integer subtractions.
+    """
+
+    __slots__ = ("_logged_at", "limit", "pauses", "total")
+
+    def __init__(self, limit: int | None = None) -> None:
+        #: The budget in bytes (``None``: unlimited, for runners built alone).
+        self.limit: int = sys.maxsize if limit is None else limit
+        #: Bytes queued now, in all runners sharing this budget.
+        self.total = 0
+        #: How many times a reader had to wait for the budget.
+        self.pauses = 0
+        self._logged_at = 0.0
+
+    @property
+    def exceeded(self) -> bool:
+        return self.total >= self.limit
+
+    def set_limit(self, limit: int) -> None:
+        """Apply a new ``memory_budget`` (a reload): paused readers see it within
+        :data:`BUDGET_POLL`."""
+        self.limit = limit
+
+    async def wait(self) -> None:
+        """Wait until the bytes queued fall below the budget."""
+        if self.total < self.limit:
+            return
+        self.pauses += 1
+        while self.total >= self.limit:
+            now = time.monotonic()
+            if now - self._logged_at >= 1.0:
+                self._logged_at = now
+                log.warning(
+                    "memory_budget_reached",
+                    queued_bytes=self.total,
+                    memory_budget=self.limit,
+                    pauses=self.pauses,
+                )
+            await asyncio.sleep(BUDGET_POLL)
 
 
 class Ack:
@@ -120,6 +200,7 @@ class HandlerRunner:
         instance: Any,
         *,
         plugin: str = "",
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.name = name
         self.section = section
@@ -129,7 +210,12 @@ class HandlerRunner:
         self.dead_letter: HandlerRunner | None = None
         self.log = log.bind(handler=name)
         self._queue: deque[Message] = deque()
+        #: Bytes queued now (message_size() of every queued message).
+        self.queued_bytes = 0
+        #: The daemon-wide budget these bytes count in (its own, unlimited, if none given).
+        self.budget = MemoryBudget() if budget is None else budget
         self._limit = section.queue
+        self._bytes_limit = section.queue_bytes
         self._policy = section.overflow
         self._busy: list[Message | None] = [None] * section.concurrency
         # Per worker: when the current attempt started (inf: none running), its number,
@@ -196,21 +282,26 @@ class HandlerRunner:
     def offer(self, message: Message) -> bool:
         """Queue a message without waiting. ``False``: full under ``block``; call again later.
 
-        Under ``drop-oldest``/``drop-newest`` a full queue drops a message (counted,
-        logged at most once a second) and this returns ``True``.
+        Full: ``queue`` messages or ``queue_bytes`` bytes queued. Under
+        ``drop-oldest``/``drop-newest`` a full queue drops a message (counted,
+        logged at most once a second) and this returns ``True``: drop-oldest drops
+        the oldest until the queue is below both bounds again.
         """
         queue = self._queue
-        if len(queue) >= self._limit:
+        if len(queue) >= self._limit or self.queued_bytes >= self._bytes_limit:
             if self._policy == "block" or not self._accepting:
                 return False
             self.stats.received += 1
             if self._policy == "drop-newest":
                 self._drop(message)
                 return True
-            self._drop(queue.popleft())
+            self._drop_oldest()
         else:
             self.stats.received += 1
+        size = len(message.raw) * 3 + 256  # message_size(), inlined
         queue.append(message)
+        self.queued_bytes += size
+        self.budget.total += size
         if not self._item_set:
             self._item_set = True
             self._item.set()
@@ -238,7 +329,7 @@ class HandlerRunner:
 
     async def wait_space(self) -> None:
         """Wait until the queue has room again (or the runner stops accepting)."""
-        if len(self._queue) < self._limit:
+        if len(self._queue) < self._limit and self.queued_bytes < self._bytes_limit:
             return
         if self._space is None:
             self._space = anyio.Event()
@@ -246,8 +337,9 @@ class HandlerRunner:
 
     @property
     def full(self) -> bool:
-        """The queue holds ``queue`` messages or more (dead letters may pass the limit)."""
-        return len(self._queue) >= self._limit
+        """The queue holds ``queue`` messages or ``queue_bytes`` bytes or more (dead
+        letters may pass the limits)."""
+        return len(self._queue) >= self._limit or self.queued_bytes >= self._bytes_limit
 
     async def wait_below_limit(self) -> None:
         """Backpressure for dead letters: wait until the queue is below its limit again.
@@ -257,8 +349,28 @@ class HandlerRunner:
         worker — waits here; a flood of them cannot grow the queue without bound.
         Returns once the runner stops accepting (shutdown).
         """
-        while len(self._queue) >= self._limit and self._accepting:
+        while self.full and self._accepting:
             await self.wait_space()
+
+    def _unqueue_oldest(self) -> Message:
+        """Take the oldest queued message out, and its bytes out of the accounts."""
+        message = self._queue.popleft()
+        size = message_size(message)
+        self.queued_bytes -= size
+        self.budget.total -= size
+        return message
+
+    def _resync(self) -> None:
+        """The queue is empty: its bytes are 0. Only a message whose ``raw`` was
+        changed while queued (they are read-only) leaves anything to correct."""
+        self.budget.total -= self.queued_bytes
+        self.queued_bytes = 0
+
+    def _drop_oldest(self) -> None:
+        """drop-oldest: drop until below both bounds (a message is about to be queued)."""
+        queue = self._queue
+        while queue and (len(queue) >= self._limit or self.queued_bytes >= self._bytes_limit):
+            self._drop(self._unqueue_oldest())
 
     def _drop(self, message: Message) -> None:
         self.stats.dropped += 1
@@ -332,6 +444,7 @@ class HandlerRunner:
         # The per-message path, inlined: the first attempt's success costs no extra
         # coroutine; failures and retries go through _finish.
         queue = self._queue
+        budget = self.budget
         busy = self._busy
         started = self._started
         attempts = self._attempts
@@ -346,10 +459,15 @@ class HandlerRunner:
                 if self._item_set:
                     self._item.clear()
                     self._item_set = False
+                if self.queued_bytes:  # only if a queued message was changed: resync
+                    self._resync()
                 await self._item.wait()
                 since_yield = 0
                 continue
             message = queue.popleft()
+            size = len(message.raw) * 3 + 256  # message_size(), inlined
+            self.queued_bytes -= size
+            budget.total -= size
             space = self._space
             if space is not None:
                 self._space = None
@@ -505,7 +623,10 @@ class HandlerRunner:
         if not self._accepting:
             return False
         self.stats.received += 1
+        size = message_size(letter)
         self._queue.append(letter)
+        self.queued_bytes += size
+        self.budget.total += size
         if not self._item_set:
             self._item_set = True
             self._item.set()
@@ -541,6 +662,7 @@ class HandlerRunner:
         self._busy = [None] * len(self._busy)
         leftovers.extend(self._queue)
         self._queue.clear()
+        self._resync()
         if leftovers:
             self.log.warning("handler_leftovers", reason=reason, count=len(leftovers))
         for message in leftovers:

@@ -49,13 +49,16 @@ class Expansion:
     """One string value that contained references: where, as written, and as expanded.
 
     ``substituted`` holds what each reference was replaced with, so that error
-    messages about the value can be redacted. Never log ``value`` or ``substituted``.
+    messages about the value can be redacted; ``secrets`` those of them read
+    from ``${file:...}`` and ``${credential:...}``, which the loader registers
+    for masking in every log line. Never log ``value``, ``substituted`` or ``secrets``.
     """
 
     path: str
     template: str
     value: str = field(repr=False)
     substituted: tuple[str, ...] = field(repr=False)
+    secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass
@@ -103,9 +106,13 @@ def expand(
     setting) that should accept the same ``${...}`` forms.
     """
     issues: list[ConfigIssue] = []
-    value, _ = _expand(text, environ, base_dir, path, issues)
+    secrets: list[str] = []
+    value, _ = _expand(text, environ, base_dir, path, issues, secrets)
     if issues:
         raise ConfigError(issues)
+    from .logging import register_secrets
+
+    register_secrets(secrets)  # file and credential contents: masked in every log line
     return value
 
 
@@ -116,12 +123,15 @@ def _walk(
         if "$" not in value:
             return value
         before = len(result.issues)
-        expanded, substituted = _expand(value, environ, base_dir, path, result.issues)
+        secrets: list[str] = []
+        expanded, substituted = _expand(value, environ, base_dir, path, result.issues, secrets)
         if len(result.issues) > before:
             result.failed[path] = value
             return value
         if substituted:
-            result.expansions.append(Expansion(path, value, expanded, tuple(substituted)))
+            result.expansions.append(
+                Expansion(path, value, expanded, tuple(substituted), tuple(secrets))
+            )
         return expanded
     if isinstance(value, dict):
         return {
@@ -140,8 +150,13 @@ def _expand(
     base_dir: str | None,
     path: str,
     issues: list[ConfigIssue],
+    secrets: list[str] | None = None,
 ) -> tuple[str, list[str]]:
-    """Expand one string; append an issue per failing reference (all of them, not the first)."""
+    """Expand one string; append an issue per failing reference (all of them, not the first).
+
+    What ``${file:...}`` and ``${credential:...}`` references read is also appended
+    to ``secrets``.
+    """
     out: list[str] = []
     substituted: list[str] = []
     pos = 0
@@ -163,6 +178,8 @@ def _expand(
             continue
         out.append(value)
         substituted.append(value)
+        if secrets is not None and body.startswith(("file:", "credential:")):
+            secrets.append(value)
     out.append(text[pos:])
     return "".join(out), substituted
 

@@ -45,6 +45,7 @@ __all__ = [
     "Frame",
     "Handler",
     "HandlerContext",
+    "Issue",
     "Key",
     "Message",
     "Outgoing",
@@ -273,6 +274,10 @@ class Codec(Protocol):
         """Encode one outgoing frame: ``bytes`` is sent as a binary frame, ``str`` as text."""
         ...
 
+    # Optional, not part of the protocol check: ``def check_key(self, key: Key) -> str | None``
+    # says why a route key can never match what this codec decodes (``wsroute check``
+    # prints it as a warning), or returns None when it may match.
+
 
 class Handler(Protocol):
     """What the daemon calls on a handler instance. ``start``/``stop`` are optional."""
@@ -355,6 +360,25 @@ class SourceLimits:
     needs_dead_letter: bool = False
     """The source dead-letters by itself (``max_deliveries``): a dead-letter handler
     (the source's or the daemon's) is then required."""
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One problem a plugin's ``check`` hook found, checked by ``wsroute check``.
+
+    A handler, source or codec class may offer
+    ``@classmethod check(cls, options) -> Iterable[str | Issue]``: cheap
+    preconditions of starting (a folder exists, a file is readable), no network.
+    The daemon reports each problem with its key path: ``key`` is the option it
+    concerns, below the plugin's table (``"path"`` gives ``handlers.NAME.path``;
+    ``None``, or a plain string instead of an ``Issue``, the table itself). An
+    error fails ``wsroute check``, the start and a reload; a ``warning`` is
+    only reported.
+    """
+
+    message: str
+    key: str | None = None
+    warning: bool = False
 
 
 class SourceContext(Protocol):

@@ -42,8 +42,9 @@ import structlog
 
 from .config import DELIVERY_KEYS
 from .exceptions import ConfigIssue, PluginError
+from .logging import register_secrets
 from .plugin import Codec
-from .validate import INVALID, convert, did_you_mean, field_docs, join_path
+from .validate import INVALID, convert, did_you_mean, field_docs, join_path, secret_values
 
 __all__ = [
     "GROUPS",
@@ -692,10 +693,12 @@ def build_options(
             )
         return INVALID if table else None
     try:
-        return convert(info.options, dict(table), path, issues)
+        options = convert(info.options, dict(table), path, issues)
     except TypeError as exc:  # an annotation validate cannot convert: the plugin's fault
         issues.append(ConfigIssue(path, f'plugin "{info.name}": {exc}'))
         return INVALID
+    register_secrets(secret_values(options))  # options marked secret: masked in every log line
+    return options
 
 
 def _require_loaded(info: PluginInfo) -> None:

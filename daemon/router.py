@@ -11,6 +11,10 @@ Rules:
 - a route without ``connection`` matches every connection (and source);
 - a route without ``key`` matches every key except the reserved lifecycle keys
   (``"$connected"``, ``"$disconnected"``), which only routes naming them receive;
+- keys beginning with ``$`` belong to the daemon: :meth:`Router.lookup` (decoded
+  frames, emitted messages) never matches them, so an upstream cannot pass for
+  a lifecycle message; only :meth:`Router.lookup_lifecycle` (the daemon's own
+  messages) does;
 - a message no route matches goes to the ``unmatched`` target, if any.
 """
 
@@ -94,11 +98,16 @@ class Router(Generic[T]):
             pass
         except TypeError:  # an unhashable key: no route can name it
             return ()
-        targets = self._resolve(connection, key)
+        # A `$` key from upstream matches no route: it is the daemon's.
+        targets = () if is_reserved_key(key) else self._resolve(connection, key)
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()
         self._memo[memo_key] = targets
         return targets
+
+    def lookup_lifecycle(self, connection: str, key: str) -> tuple[T, ...]:
+        """The targets of the daemon's own ``$connected``/``$disconnected`` messages."""
+        return self._resolve(connection, key)
 
     def _resolve(self, connection: str, key: Key) -> tuple[T, ...]:
         seen: dict[T, None] = {}

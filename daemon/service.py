@@ -37,7 +37,7 @@ from .config import (
 from .connection import Connection, ConnectionState
 from .dispatch import Dispatcher
 from .exceptions import ConfigError, ConfigIssue, PluginError, SendError
-from .handler import Ack, HandlerRunner, retry_budget
+from .handler import Ack, HandlerRunner, MemoryBudget, retry_budget
 from .notify import Notifier, watchdog_loop
 from .plugin import Codec, DeadLetter, Frame, Message, Outgoing, SourceLimits, StructArg
 from .registry import (
@@ -49,7 +49,7 @@ from .registry import (
     create_source,
 )
 from .router import Router
-from .validate import did_you_mean
+from .validate import did_you_mean, join_path
 
 __all__ = ["Plan", "Service", "plan"]
 
@@ -133,10 +133,37 @@ def plan(config: Config, registry: Registry | None = None) -> Plan:
         if len(issues) == before:
             result.sources[name] = SourcePlan(name, source, info, options)
             issues.extend(_source_limits(config, name, info, options))
+    issues.extend(_route_key_warnings(config, result.codecs))
     if any(not issue.warning for issue in issues):
         raise ConfigError([i for i in issues if not i.warning], source=config.path)
     config.warnings.extend(issues)
     return result
+
+
+def _route_key_warnings(config: Config, codecs: dict[str, Codec]) -> list[ConfigIssue]:
+    """A route key the codecs it can meet can never produce (``key = "3"`` for an int32)."""
+    found: list[ConfigIssue] = []
+    for name, route in config.routes.items():
+        if route.keys is None:
+            continue
+        names = [route.connection] if route.connection else list(codecs)
+        for index, key in enumerate(route.keys):
+            if isinstance(key, str) and key.startswith("$"):
+                continue
+            reasons = []
+            for connection in names:
+                check = getattr(codecs.get(connection), "check_key", None)
+                reason = check(key) if check is not None else None
+                if reason is None:
+                    break  # some connection can produce it
+                reasons.append(f"{connection}: {reason}")
+            else:
+                if reasons:
+                    path = f"routes.{name}.key"
+                    if isinstance(route.key, list):
+                        path = join_path(path, index)
+                    found.append(ConfigIssue(path, "; ".join(reasons), warning=True))
+    return found
 
 
 def _delivery_hint(issue: ConfigIssue, handler_path: str) -> ConfigIssue:
@@ -216,7 +243,8 @@ class _Context:
         )
 
     async def emit(self, message: Message) -> None:
-        pending = self._service.dispatcher.dispatch(message)
+        # emit(), not dispatch(): a worker must not wait for the memory budget.
+        pending = self._service.dispatcher.emit(message)
         if pending is not None:
             await pending
 
@@ -326,8 +354,14 @@ class Service:
         self.runners: dict[str, HandlerRunner] = {}
         self.connections: dict[str, Connection] = {}
         self.sources: dict[str, _RunningSource] = {}
-        self.dispatcher = Dispatcher(Router([]))
+        #: [daemon] memory_budget, shared by every runner and the dispatcher.
+        self.budget = MemoryBudget(self.config.daemon.memory_budget)
+        self.dispatcher = Dispatcher(Router([]), budget=self.budget)
         self._shutdown = anyio.Event()
+        self._stopping = False  # set by shutdown(): reloads are ignored from then on
+        # SIGHUPs are coalesced: a reload asked for while one runs is done once after it.
+        self._reload_wanted = anyio.Event()
+        self._reload_lock = anyio.Lock()  # held by a running reload; shutdown waits for it
         self._tg: anyio.abc.TaskGroup | None = None
         self._reload_failed = False  # shown in STATUS= until a reload succeeds
         self._status = ""
@@ -346,19 +380,15 @@ class Service:
     def _build_runner(self, plan: Plan, name: str) -> HandlerRunner:
         hp = plan.handlers[name]
         instance = create_handler(hp.info, hp.options, _Context(name, self))
-        return HandlerRunner(name, hp.section, instance, plugin=hp.section.plugin)
+        return HandlerRunner(
+            name, hp.section, instance, plugin=hp.section.plugin, budget=self.budget
+        )
 
     def _wire_dead_letters(self, config: Config) -> None:
         """Point each runner at its dead-letter runner (again, after a reload)."""
-        default_dlq = config.daemon.dead_letter
-        explicit = {h.dead_letter for h in config.handlers.values()}
-        dlq_targets = (explicit | {default_dlq}) - {None}
-        for name, runner in self.runners.items():
-            # A dead-letter handler takes no default dead letter of its own: its
-            # failures are logged and counted as lost, never looped back.
-            target = runner.section.dead_letter or (None if name in dlq_targets else default_dlq)
-            runner.dead_letter = self.runners[target] if target and target != name else None
-        self.dispatcher.dead_letter = self.runners.get(default_dlq or "")
+        for name, target in _dead_letter_targets(config, self.runners).items():
+            self.runners[name].dead_letter = target
+        self.dispatcher.dead_letter = self.runners.get(config.daemon.dead_letter or "")
 
     def _build_router(self, config: Config) -> Router[HandlerRunner]:
         rules = [
@@ -375,15 +405,17 @@ class Service:
             plan.codecs[name],
             self.dispatcher.dispatch,
             decode_failed=self.dispatcher.decode_failed,
+            lifecycle=self.dispatcher.dispatch_lifecycle,
             start_delay=random.uniform(0, spread) if spread > 0 else 0.0,
         )
 
-    async def _start_source(self, plan: Plan, name: str) -> None:
+    def _build_source(self, plan: Plan, name: str) -> _RunningSource:
         sp = plan.sources[name]
         ctx = _SourceContext(name, self, plan.codecs[name])
-        instance = create_source(sp.info, sp.options, ctx)
-        running = _RunningSource(name, instance, ctx)
-        self.sources[name] = running
+        return _RunningSource(name, create_source(sp.info, sp.options, ctx), ctx)
+
+    async def _start_source(self, plan: Plan, name: str) -> None:
+        running = self.sources[name] = self._build_source(plan, name)
         assert self._tg is not None
         await self._tg.start(running.run)
 
@@ -394,7 +426,7 @@ class Service:
     ) -> None:
         """Start everything, report ready, serve until SIGTERM/SIGINT (or :meth:`shutdown`)."""
         self.runners = {name: self._build_runner(self.plan, name) for name in self.plan.handlers}
-        self.dispatcher = Dispatcher(self._build_router(self.config))
+        self.dispatcher = Dispatcher(self._build_router(self.config), budget=self.budget)
         self._wire_dead_letters(self.config)
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -412,6 +444,7 @@ class Service:
                 for name in self.plan.sources:
                     await self._start_source(self.plan, name)
             tg.start_soon(self._signals)
+            tg.start_soon(self._reload_loop)
             tg.start_soon(watchdog_loop, self.notifier)
             tg.start_soon(self._status_loop)
             log.info(
@@ -428,43 +461,75 @@ class Service:
             self.notifier.ready(status=self.status_line())
             task_status.started()
             await self._shutdown.wait()
-            await self._stop_all()
+            # A reload that is running finishes first (it is never left half-applied);
+            # reloads asked for but not begun are dropped.
+            async with self._reload_lock:
+                await self._stop_all()
             tg.cancel_scope.cancel()
         self.stopped_cleanly = True
 
     def shutdown(self) -> None:
-        """Begin the ordered shutdown (what SIGTERM does)."""
+        """Begin the ordered shutdown (what SIGTERM does). Reloads are ignored from now on."""
+        self._stopping = True
         self._shutdown.set()
+
+    def request_reload(self) -> None:
+        """Ask for a reload (what SIGHUP does): done by the reload task, never twice at once.
+
+        Requests made while a reload runs are coalesced into one more reload; requests
+        made once shutdown began are ignored, and a stop never waits behind them.
+        """
+        if self._stopping:
+            log.info("reload_ignored", reason="shutting down")
+            return
+        self._reload_wanted.set()
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    await self.reload()
+                    self.request_reload()
                 else:
                     log.info("signal_received", signal=signal.Signals(signum).name)
                     self.shutdown()
 
-    async def reload(self) -> None:
-        """Validate the config file again; keep the old one running if it is invalid."""
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._reload_wanted.wait()
+            self._reload_wanted = anyio.Event()
+            await self.reload()
+
+    async def reload(self) -> bool:
+        """Load the config file again and apply it completely, or not at all.
+
+        ``False`` when the new config is invalid or could not be started (every
+        problem logged with its key path): the old config keeps running untouched
+        and STATUS= says "reload failed" until a reload succeeds.
+        """
+        async with self._reload_lock:
+            if self._stopping:
+                log.info("reload_ignored", reason="shutting down")
+                return False
+            return await self._reload_now()
+
+    async def _reload_now(self) -> bool:
         self.notifier.reloading()
         log.info("reload_started", config=self.config.path)
         if self._reload is None:
             log.warning("reload_unsupported")
             self.notifier.ready(status=self.status_line())
-            return
+            return False
         try:
             new_plan = self._reload()
         except (ConfigError, PluginError) as exc:
             issues = exc.issues if isinstance(exc, ConfigError) else [ConfigIssue("", str(exc))]
-            for issue in issues:
-                log.error("reload_invalid", error=str(issue))
-            log.error("reload_failed", errors=len(issues), keeping="old config")
-            self._reload_failed = True
-            self.notifier.ready(status=self.status_line())
-            return
+            self._reload_rejected([str(issue) for issue in issues])
+            return False
         old_daemon = self.config.daemon
-        await self._apply(new_plan)
+        problems = await self._apply(new_plan)
+        if problems:
+            self._reload_rejected(problems)
+            return False
         new_daemon = new_plan.config.daemon
         if old_daemon.event_loop != new_daemon.event_loop:
             log.warning(
@@ -482,9 +547,25 @@ class Service:
             configure(new_daemon.log_level, new_daemon.log_format)
         self._reload_failed = False
         self.notifier.ready(status=self.status_line())
+        return True
 
-    async def _apply(self, new_plan: Plan) -> None:
-        """Apply a new, valid config as a diff; unchanged connections keep their socket."""
+    def _reload_rejected(self, problems: list[str]) -> None:
+        for problem in problems:
+            log.error("reload_invalid", error=problem)
+        log.error("reload_failed", errors=len(problems), keeping="old config")
+        self._reload_failed = True
+        self.notifier.ready(status=self.status_line())
+
+    async def _apply(self, new_plan: Plan) -> list[str]:
+        """Apply a new, valid config as a diff; unchanged connections keep their socket.
+
+        All or nothing: first everything the new config needs is built and
+        started next to the running config (new and changed handlers' ``start()``,
+        TLS contexts of new and changed connections, source instances). If any of
+        it fails, what was started is stopped again, nothing of the old config has
+        been touched, and the problems are returned (one per key path). Only then
+        is the old config retired.
+        """
         old, new = self.config, new_plan.config
         tg = self._tg
         assert tg is not None
@@ -493,40 +574,75 @@ class Service:
             for name, section in new.handlers.items()
             if name in self.runners and old.handlers.get(name) == section
         }
-        retired = [r for name, r in self.runners.items() if name not in kept_handlers]
         started = [name for name in new.handlers if name not in kept_handlers]
-        # 1. new and changed handlers start next to the old ones
-        runners = {name: self.runners[name] for name in kept_handlers}
+        keep = unchanged_connections(old, new) if self._connect else set()
+        kept_sources = unchanged_sources(old, new) if self._connect else set()
+        # 1. prepare, next to the running config
+        problems: list[str] = []
+        fresh: dict[str, HandlerRunner] = {}
         for name in started:
-            runners[name] = self._build_runner(new_plan, name)
+            try:
+                fresh[name] = self._build_runner(new_plan, name)
+            except Exception as exc:
+                problems.append(f"handlers.{name}: could not create: {exc}")
+        built: dict[str, Connection] = {}
+        new_sources: dict[str, _RunningSource] = {}
+        if self._connect:
+            for name in new.connections:
+                if name not in keep:
+                    try:
+                        built[name] = self._build_connection(new_plan, name)
+                    except ConfigError as exc:  # a TLS file that cannot be loaded
+                        problems.extend(str(issue) for issue in exc.issues)
+                    except Exception as exc:
+                        problems.append(f"connections.{name}: {_short_error(exc)}")
+            for name in new_plan.sources:
+                if name not in kept_sources:
+                    try:
+                        new_sources[name] = self._build_source(new_plan, name)
+                    except Exception as exc:
+                        problems.append(f"sources.{name}: could not create: {exc}")
+        if problems:
+            return problems
+        runners = {name: self.runners[name] for name in kept_handlers} | fresh
+        targets = _dead_letter_targets(new, runners)
+        for name, runner in fresh.items():
+            runner.dead_letter = targets[name]
+        running: list[HandlerRunner] = []
+        for name in sorted(fresh, key=lambda n: fresh[n].dead_letter is not None):
+            try:
+                await tg.start(fresh[name].run)
+            except Exception as exc:  # start() failed: PluginError names the handler
+                problems.append(str(exc) if isinstance(exc, PluginError) else repr(exc))
+                break
+            running.append(fresh[name])
+        if problems:
+            for runner in reversed(running):  # nothing was routed to them yet
+                await runner.stop_workers("removed")
+            return problems
+        # 2. commit: from here on nothing can fail for want of a resource
+        retired = [r for name, r in self.runners.items() if name not in kept_handlers]
         self.runners = runners
         self._wire_dead_letters(new)
-        for name in sorted(started, key=lambda n: self.runners[n].dead_letter is not None):
-            await tg.start(self.runners[name].run)
-        # 2. one assignment switches every source to the new route table
+        # one assignment switches every source to the new route table
         self.dispatcher.router = self._build_router(new)
+        self.budget.set_limit(new.daemon.memory_budget)
         self.plan, self.config = new_plan, new
         # 3. connections: keep the unchanged ones open, restart the changed ones
-        keep = unchanged_connections(old, new) if self._connect else set()
         stopped = [name for name in self.connections if name not in keep]
         for name in stopped:
-            self.connections[name].stop()
+            self.connections[name].stop("reload")
         for name in stopped:
             with anyio.move_on_after(old.connections[name].close_timeout + 1):
                 await self.connections[name].wait_stopped()
         previous = {name: self.connections.pop(name) for name in stopped}
         begun = []
-        if self._connect:
-            for name in new.connections:
-                if name in keep:
-                    continue
-                conn = self._build_connection(new_plan, name)
-                if name in previous:  # same name: seq and runtime subscriptions go on
-                    conn.continue_from(previous[name])
-                self.connections[name] = conn
-                await tg.start(conn.run)
-                begun.append(name)
-        kept_sources = unchanged_sources(old, new) if self._connect else set()
+        for name, conn in built.items():
+            if name in previous:  # same name: seq, counters and subscriptions go on
+                conn.continue_from(previous[name])
+            self.connections[name] = conn
+            await tg.start(conn.run)
+            begun.append(name)
         deadline = time.monotonic() + new.daemon.shutdown_timeout
         for name in [n for n in self.sources if n not in kept_sources]:
             source = self.sources.pop(name)
@@ -537,10 +653,9 @@ class Service:
             while source.ctx.in_flight > 0 and time.monotonic() < deadline:
                 await anyio.sleep(0.01)
             await source.close()
-        if self._connect:
-            for name in new_plan.sources:
-                if name not in kept_sources:
-                    await self._start_source(new_plan, name)
+        for name, source in new_sources.items():
+            self.sources[name] = source
+            await tg.start(source.run)
         # 4. retired handlers drain what they hold; the rest is dead-lettered
         deadline = time.monotonic() + new.daemon.shutdown_timeout
         await _drain_all(retired, deadline, "removed")
@@ -560,6 +675,7 @@ class Service:
             sources_kept=sorted(kept_sources),
             routes=len(new.routes),
         )
+        return []
 
     async def _status_loop(self) -> None:
         while True:
@@ -593,7 +709,7 @@ class Service:
         for source in self.sources.values():
             source.stop_reading()
         for conn in self.connections.values():
-            conn.stop()
+            conn.stop("shutdown")
         with anyio.move_on_after(
             max(c.section.close_timeout for c in self.connections.values()) + 1
             if self.connections
@@ -603,23 +719,30 @@ class Service:
                 await conn.wait_stopped()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._extend_stop_timeout, deadline)
-            await self._drain_and_stop(deadline)
+            await self._drain_and_stop(started, deadline)
             tg.cancel_scope.cancel()
         for source in self.sources.values():
             await source.close()
         self._log_totals(time.monotonic() - started)
 
-    async def _drain_and_stop(self, deadline: float) -> None:
+    async def _drain_and_stop(self, started: float, deadline: float) -> None:
+        """Two waves within one budget: handlers, then the dead-letter handlers.
+
+        What a handler cannot finish is dead-lettered when its wave ends, and the
+        dead-letter handlers must then have time to write it: while there are
+        any, the first wave drains until the budget's midpoint at most (or until
+        it is idle, if sooner), and the dead-letter handlers get all the rest.
+        """
         targets = {r.dead_letter for r in self.runners.values() if r.dead_letter is not None}
         if self.dispatcher.dead_letter is not None:
             targets.add(self.dispatcher.dead_letter)
         first = [r for r in self.runners.values() if r not in targets]
         last = [r for r in self.runners.values() if r in targets]
-        await _drain_all(first, deadline)
+        first_deadline = started + (deadline - started) / 2 if last else deadline
+        await _drain_all(first, first_deadline)
         for runner in first:
             await runner.stop_workers("shutdown")
-        # Dead letters from the first wave must reach disk: give them a short grace.
-        await _drain_all(last, max(deadline, time.monotonic() + 2.0))
+        await _drain_all(last, deadline)
         for runner in last:
             await runner.stop_workers("shutdown")
 
@@ -642,6 +765,27 @@ class Service:
                 reconnects=conn.stats.reconnects,
             )
         log.info("shutdown_complete", took=round(took, 3))
+
+
+def _dead_letter_targets(
+    config: Config, runners: dict[str, HandlerRunner]
+) -> dict[str, HandlerRunner | None]:
+    """Each runner's dead-letter runner under ``config``, without changing any runner."""
+    default_dlq = config.daemon.dead_letter
+    explicit = {h.dead_letter for h in config.handlers.values()}
+    dlq_targets = (explicit | {default_dlq}) - {None}
+    targets: dict[str, HandlerRunner | None] = {}
+    for name, runner in runners.items():
+        # A dead-letter handler takes no default dead letter of its own: its
+        # failures are logged and counted as lost, never looped back.
+        target = runner.section.dead_letter or (None if name in dlq_targets else default_dlq)
+        targets[name] = runners[target] if target and target != name else None
+    return targets
+
+
+def _short_error(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "..."
 
 
 def _log_handler_totals(runner: HandlerRunner) -> None:

@@ -4,7 +4,9 @@ A connection's ``transport`` key picks one: ``"websockets"`` (the default) or
 ``"picows"`` (the optional ``fast`` extra: a Cython client whose receive loop
 reads small frames many times faster). :func:`open_transport` connects with the
 section's URL, headers, subprotocols, proxy, TLS context, ``open_timeout`` and
-``max_frame_size``, and returns a :class:`Transport` — the only face of the
+``max_frame_size``, follows HTTP redirects itself as the ``redirects`` key
+allows (never sending the configured headers or URL credentials to another
+origin), and returns a :class:`Transport` — the only face of the
 socket the connection sees. Everything above it (retry loop, keepalive, idle
 watch, on_connect, backpressure) is the same code for both.
 
@@ -38,9 +40,11 @@ import importlib.util
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import anyio
+import structlog
 from websockets.asyncio import messages as _ws_messages
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
@@ -51,17 +55,21 @@ from websockets.exceptions import (
     TooManyFragments,
 )
 from websockets.frames import CloseCode, Frame, Opcode
+from websockets.headers import build_authorization_basic
 from websockets.protocol import Event
+from websockets.uri import parse_uri
 
 from .config import ConnectionSection
 
 __all__ = [
+    "MAX_REDIRECTS",
     "BadURL",
     "ConnectionClosed",
     "Data",
     "FrameHandler",
     "HandshakeFailed",
     "HandshakeRejected",
+    "RedirectRefused",
     "Transport",
     "open_transport",
     "picows_available",
@@ -82,6 +90,12 @@ HIGH_WATER = 64
 YIELD_EVERY = 64
 # Frames one fragmented message may have (websockets' limit, $WEBSOCKETS_MAX_FRAGMENTS).
 MAX_FRAGMENTS: int = getattr(_ws_messages, "MAX_FRAGMENTS", 4096)
+#: The most HTTP redirects one connect follows, on either transport (websockets' own
+#: default). wsroute follows them itself: see :func:`open_transport`.
+MAX_REDIRECTS = 10
+_REDIRECT_STATUSES = frozenset({300, 301, 302, 303, 307, 308})
+
+_log = structlog.get_logger("wsroute.transport")
 
 
 class HandshakeFailed(Exception):
@@ -95,6 +109,10 @@ class HandshakeRejected(HandshakeFailed):
         super().__init__(f"server rejected WebSocket connection: HTTP {status}")
         self.status = status
         self.headers = headers
+
+
+class RedirectRefused(HandshakeFailed):
+    """The server answered with a redirect the connection's ``redirects`` key does not allow."""
 
 
 class BadURL(Exception):
@@ -284,11 +302,23 @@ def picows_available() -> bool:
     return importlib.util.find_spec("picows") is not None
 
 
-async def open_transport(section: ConnectionSection, context: ssl.SSLContext | None) -> Transport:
+async def open_transport(
+    section: ConnectionSection, context: ssl.SSLContext | None, *, log: Any = None
+) -> Transport:
     """Connect and complete the WebSocket handshake with the section's library.
 
-    Raises :class:`HandshakeRejected`, :class:`HandshakeFailed`, :class:`BadURL`,
-    ``OSError``, ``TimeoutError`` (``open_timeout``) or ``ssl.SSLError``.
+    HTTP redirects are followed here, not by the library, so that both
+    transports behave alike: the ``redirects`` key decides (``same-origin``:
+    only to the same scheme, host and port; ``any``: anywhere, but the
+    configured ``headers`` and the URL's ``user:password@`` are sent to the
+    configured origin only; ``none``: never), a ``wss://`` URL is never
+    redirected to ``ws://``, and at most :data:`MAX_REDIRECTS` are followed,
+    all within ``open_timeout``. Each redirect is logged on ``log`` (the
+    connection's logger), followed or refused, with the target URL redacted.
+
+    Raises :class:`HandshakeRejected`, :class:`HandshakeFailed` (a refused
+    redirect is a :class:`RedirectRefused`), :class:`BadURL`, ``OSError``,
+    ``TimeoutError`` (``open_timeout``) or ``ssl.SSLError``.
     """
     if section.transport == "picows":
         if not picows_available():  # config validation normally says so first
@@ -297,21 +327,156 @@ async def open_transport(section: ConnectionSection, context: ssl.SSLContext | N
             )
         from .transport_picows import open_picows
 
-        return await open_picows(section, context)
-    return await _open_websockets(section, context)
+        opener: _Opener = open_picows
+    else:
+        opener = _open_websockets
+    log = _log if log is None else log
+    url, user_info = split_user_info(section.url)
+    origin = _origin(url)
+    credentials = list(section.headers.items())
+    if user_info is not None:  # as websockets does with user info: Basic auth, first
+        credentials.insert(0, ("Authorization", build_authorization_basic(*user_info)))
+    send_credentials = True
+    redirects = 0
+    # The first request has the library's own open_timeout; the redirects after it
+    # share what is left of it.
+    deadline = anyio.current_time() + section.open_timeout if section.open_timeout else None
+    while True:  # bounded: the MAX_REDIRECTS + 1st redirect is refused
+        hop_context = context
+        if hop_context is None and _origin(url)[0]:  # ws:// redirected to wss://
+            from .connection import tls_context
+
+            hop_context = tls_context(section.tls)
+        headers = credentials if send_credentials else []
+        scope: anyio.CancelScope | None = None
+        try:
+            if not redirects or deadline is None:
+                return await opener(section, hop_context, url, headers)
+            with anyio.fail_after(max(0.0, deadline - anyio.current_time())) as scope:
+                return await opener(section, hop_context, url, headers)
+        except HandshakeRejected as exc:
+            location = _location(exc)
+            if location is None:
+                raise
+            redirects += 1
+            url, send_credentials = _follow(
+                section, log, exc, url, location, origin, send_credentials, redirects
+            )
+        except TimeoutError as exc:
+            if scope is not None and scope.cancelled_caught:
+                raise TimeoutError(f"open_timeout reached after {redirects} redirect(s)") from exc
+            raise
+
+
+class _Opener(Protocol):
+    async def __call__(
+        self,
+        section: ConnectionSection,
+        context: ssl.SSLContext | None,
+        url: str,
+        headers: list[tuple[str, str]],
+    ) -> Transport: ...
+
+
+def split_user_info(url: str) -> tuple[str, tuple[str, str] | None]:
+    """The URL without ``user:password@``, and those (percent-decoded), if any."""
+    try:
+        user_info = parse_uri(url).user_info
+    except InvalidURI as exc:
+        raise BadURL(str(exc)) from exc
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, user_info
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=netloc)), user_info
+
+
+def _origin(url: str) -> tuple[bool, str, int]:
+    """Scheme (secure or not), host and port, the default ports filled in."""
+    uri = parse_uri(url)
+    return uri.secure, uri.host.lower(), uri.port
+
+
+def _location(exc: HandshakeRejected) -> str | None:
+    """The ``Location`` of a redirect response; ``None`` for any other refusal."""
+    if exc.status not in _REDIRECT_STATUSES or exc.headers is None:
+        return None
+    location = exc.headers.get("Location")
+    return location.strip() if isinstance(location, str) and location.strip() else None
+
+
+def _follow(
+    section: ConnectionSection,
+    log: Any,
+    rejected: HandshakeRejected,
+    current: str,
+    location: str,
+    origin: tuple[bool, str, int],
+    send_credentials: bool,
+    count: int,
+) -> tuple[str, bool]:
+    """Whether and how to follow one redirect: the next URL, and whether the
+    configured headers and user info go with it. Logs it; raises
+    :class:`RedirectRefused` when the ``redirects`` key does not allow it."""
+    from .connection import redact_url
+
+    policy = section.redirects
+    status = rejected.status
+    target = urljoin(current, location)
+    shown = redact_url(target, section.log_query_keys)
+    why = ""
+    same_origin = False
+    try:
+        # User info in a Location is never used: credentials come from the config only.
+        target = split_user_info(target)[0]
+        target_origin = _origin(target)
+    except (BadURL, InvalidURI):
+        why = "not a ws:// or wss:// URL"
+    else:
+        same_origin = target_origin == origin
+        if policy == "none":
+            why = 'redirects = "none"'
+        elif count > MAX_REDIRECTS:
+            why = f"more than {MAX_REDIRECTS} redirects"
+        elif origin[0] and not target_origin[0]:
+            why = "wss:// redirected to ws://"
+        elif not same_origin and policy == "same-origin":
+            why = 'another origin (redirects = "same-origin")'
+    if why:
+        log.warning("redirect_refused", status=status, url=shown, reason=why)
+        raise RedirectRefused(f"redirect refused: HTTP {status} to {shown}: {why}") from rejected
+    send_credentials = send_credentials and same_origin
+    log.info(
+        "redirect_followed",
+        status=status,
+        url=shown,
+        same_origin=same_origin,
+        credentials="sent" if send_credentials else "dropped",
+    )
+    return target, send_credentials
 
 
 # -- websockets -----------------------------------------------------------------
 
 
+class _NoRedirects(connect):
+    """websockets' ``connect``, handing every redirect back: :func:`open_transport` decides."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
 async def _open_websockets(
-    section: ConnectionSection, context: ssl.SSLContext | None
+    section: ConnectionSection,
+    context: ssl.SSLContext | None,
+    url: str,
+    headers: list[tuple[str, str]],
 ) -> WebsocketsTransport:
     s = section
     try:
-        ws = await connect(
-            s.url,
-            additional_headers=dict(s.headers) or None,
+        ws = await _NoRedirects(
+            url,
+            additional_headers=headers or None,
             subprotocols=list(s.subprotocols) or None,  # type: ignore[arg-type]
             compression="deflate" if s.compression == "deflate" else None,
             proxy=None if s.proxy == "none" else True if s.proxy == "env" else s.proxy,
@@ -364,6 +529,13 @@ class _ReadingConnection(ClientConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        # websockets parses and inflates every frame of a socket read before any of
+        # them reaches the reader, so the read size bounds what one data_received can
+        # inflate past the queue bounds: asyncio's 256 KiB of ~1 KiB compressed frames
+        # was ~250 MB of 900 KB messages. 16 KiB: ~20 such frames. (asyncio's selector
+        # transport only; the attribute is not public.)
+        if hasattr(transport, "max_size"):
+            transport.max_size = 16 * 1024
         self.inbox = Inbox()
         self.inbox.socket = cast(asyncio.ReadTransport, transport)
         self.taking = True

@@ -24,14 +24,12 @@ import logging
 import ssl
 from collections.abc import Awaitable, Generator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import picows
 from python_socks import ProxyError  # a dependency of picows
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidURI
 from websockets.frames import Close
-from websockets.headers import build_authorization_basic
 from websockets.proxy import get_proxy
 from websockets.uri import parse_uri
 
@@ -59,17 +57,21 @@ _BINARY = picows.WSMsgType.BINARY
 _TEXT = picows.WSMsgType.TEXT
 
 
-async def open_picows(section: ConnectionSection, context: ssl.SSLContext | None) -> Transport:
-    """Connect with picows; the errors are those of :func:`~wsroute.transport.open_transport`."""
+async def open_picows(
+    section: ConnectionSection,
+    context: ssl.SSLContext | None,
+    url: str,
+    headers: list[tuple[str, str]],
+) -> Transport:
+    """Connect to ``url`` (no user info: :func:`~wsroute.transport.open_transport` turned it
+    into ``headers``, and follows redirects itself) with picows; the errors are those of
+    :func:`~wsroute.transport.open_transport`."""
     s = section
-    url, authorization = _split_user_info(s.url)
-    headers = list(s.headers.items())
-    if authorization is not None:  # websockets sends URL credentials as Basic auth too
-        headers.insert(0, ("Authorization", authorization))
+    headers = list(headers)
     offered = list(s.subprotocols)
     if offered:
         headers.append(("Sec-WebSocket-Protocol", ", ".join(offered)))
-    proxy = _picows_proxy(s)
+    proxy = _picows_proxy(s, url)
     max_size = s.max_frame_size or _NO_LIMIT
     holder: list[_PicowsListener] = []
 
@@ -104,6 +106,7 @@ async def open_picows(section: ConnectionSection, context: ssl.SSLContext | None
                 max_frame_size=max_size,
                 extra_headers=headers or None,
                 proxy=proxy,
+                max_redirects=0,  # open_transport follows them, by the redirects key
             )
     except picows.WSInvalidStatusError as exc:
         response = exc.response
@@ -122,27 +125,14 @@ async def open_picows(section: ConnectionSection, context: ssl.SSLContext | None
     return holder[0]
 
 
-def _split_user_info(url: str) -> tuple[str, str | None]:
-    """The URL without ``user:password@``, and those as a Basic ``Authorization`` value."""
-    try:
-        user_info = parse_uri(url).user_info
-    except InvalidURI as exc:
-        raise BadURL(str(exc)) from exc
-    if user_info is None:
-        return url, None
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=netloc)), build_authorization_basic(*user_info)
-
-
-def _picows_proxy(section: ConnectionSection) -> str | None:
+def _picows_proxy(section: ConnectionSection, url: str) -> str | None:
     """The proxy URL for picows; ``env`` resolved the way websockets does it."""
     if section.proxy == "none":
         return None
     if section.proxy != "env":
         return section.proxy
     try:
-        return get_proxy(parse_uri(section.url))
+        return get_proxy(parse_uri(url))
     except InvalidURI as exc:
         raise BadURL(str(exc)) from exc
 

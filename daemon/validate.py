@@ -9,7 +9,9 @@ instead of stopping at the first. Supported annotations: ``str``, ``int``,
 ``tuple[T, ...]``, ``dict[str, T]``, ``Any`` and nested dataclasses.
 
 A dataclass field can carry documentation for ``wsroute plugins`` and the config
-reference: ``field(default=..., metadata={"doc": "..."})``.
+reference: ``field(default=..., metadata={"doc": "..."})``. A field whose value
+is a secret says ``metadata={"secret": True}``: :func:`secret_values` finds its
+strings, which the daemon then masks in every log line.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "join_path",
     "parse_duration",
     "parse_size",
+    "secret_values",
 ]
 
 T = TypeVar("T")
@@ -316,6 +319,32 @@ def convert_or_raise(tp: type[T], value: Any, path: str = "") -> T:
     if issues:
         raise ConfigError(issues)
     return typing.cast(T, result)
+
+
+def secret_values(obj: Any) -> list[str]:
+    """The strings of every field marked ``metadata={"secret": True}`` in a converted
+    dataclass (nested dataclasses included); in lists and the values of tables too."""
+    found: list[str] = []
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return found
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name, None)
+        if f.metadata.get("secret"):
+            _strings(value, found)
+        elif dataclasses.is_dataclass(value):
+            found.extend(secret_values(value))
+    return found
+
+
+def _strings(value: Any, found: list[str]) -> None:
+    if isinstance(value, str):
+        found.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _strings(item, found)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _strings(item, found)
 
 
 @dataclass(frozen=True)

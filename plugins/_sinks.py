@@ -71,13 +71,15 @@ def entry_fields(message: Message) -> dict[str, str | bytes]:
     return fields
 
 
-def ssl_context(tls: TlsSection, log: FilteringBoundLogger) -> ssl.SSLContext:
+def ssl_context(tls: TlsSection, log: FilteringBoundLogger, path: str = "tls") -> ssl.SSLContext:
     """The client TLS context for ``tls = { ca_file, cert_file, key_file, verify }``.
 
     The same keys, with the same meaning, as a connection's ``tls`` table; turning
-    ``verify`` off is logged as a warning, every time a sink starts.
+    ``verify`` off is logged as a warning, every time a sink starts. A file that
+    cannot be loaded raises ConfigError with its key path under ``path``
+    (``handlers.NAME.tls``).
     """
-    context = tls_context(tls)
+    context = tls_context(tls, path)
     if not tls.verify:
         log.warning("tls_verify_disabled")
     return context

@@ -29,7 +29,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from wsroute import DeadLetter, HandlerContext, Message
+from wsroute import DeadLetter, HandlerContext, Issue, Message, check_output_file
 
 __all__ = ["JsonlHandler", "parse_record", "record"]
 
@@ -99,9 +99,11 @@ _decoder = msgspec.json.Decoder(_Record)
 def parse_record(line: bytes | str) -> Message:
     """Rebuild the :class:`~wsroute.Message` a jsonl line was written from (for replay).
 
-    The raw frame is not part of the record, so ``raw`` is empty. Raises
-    ``ValueError`` naming the problem for a line that is not such a record
-    (a torn line left by a crash, for one).
+    The raw frame is not part of the record, so ``raw`` is empty — except in
+    a ``decode_error`` record, whose body is the undecodable frame byte for byte
+    (text, or base64 for a binary frame): ``raw`` is then that frame again, for
+    ``wsroute replay`` to decode. Raises ``ValueError`` naming the problem for a
+    line that is not such a record (a torn line left by a crash, for one).
     """
     try:
         rec = _decoder.decode(line)
@@ -120,15 +122,19 @@ def parse_record(line: bytes | str) -> Message:
     elif rec.body_encoding is not None:
         raise ValueError(f"unknown body_encoding {rec.body_encoding!r}")
     dead = None
+    raw: bytes | str = b""
     if rec.reason is not None:
         dead = DeadLetter(
             reason=rec.reason, handler=rec.handler, error=rec.error, attempts=rec.attempts
         )
+        if rec.reason == "decode_error" and isinstance(body, bytes | str):
+            raw = body
     return Message(
         rec.connection,
         rec.key,
         body,
         fields=rec.fields,
+        raw=raw,
         seq=rec.seq,
         received_at=rec.received_at,
         dead_letter=dead,
@@ -178,6 +184,11 @@ class JsonlHandler:
         def permissions(self) -> int:
             """``mode`` as a number."""
             return int(self.mode, 8)
+
+    @classmethod
+    def check(cls, options: Options) -> list[Issue]:
+        """Before the start: the file's folder exists (or is a state directory), is writable."""
+        return check_output_file(options.path, "path")
 
     def __init__(self, options: Options, ctx: HandlerContext) -> None:
         self.options = options

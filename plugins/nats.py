@@ -81,7 +81,9 @@ class NatsHandler:
             default=Duration(5.0), metadata={"doc": "Budget of one connect attempt."}
         )
         user: str | None = field(default=None, metadata={"doc": "User name."})
-        password: str | None = field(default=None, metadata={"doc": "Password (never logged)."})
+        password: str | None = field(
+            default=None, metadata={"doc": "Password (never logged).", "secret": True}
+        )
         token: str | None = field(default=None, metadata={"doc": "Auth token (never logged)."})
         creds_file: str | None = field(
             default=None, metadata={"doc": "A .creds file (JWT and NKey seed) to authenticate."}
@@ -138,7 +140,7 @@ class NatsHandler:
         options = self.options
         tls = None
         if any(s.startswith(("tls://", "wss://")) for s in options.servers):
-            tls = ssl_context(options.tls, self._ctx.log)
+            tls = ssl_context(options.tls, self._ctx.log, f"handlers.{self._ctx.name}.tls")
         kwargs: dict[str, Any] = {}
         if options.creds_file:
             kwargs["user_credentials"] = options.creds_file

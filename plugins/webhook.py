@@ -91,7 +91,10 @@ class WebhookHandler:
         )
         headers: dict[str, str] = field(
             default_factory=dict,
-            metadata={"doc": "Extra request headers (values never logged; ${...} for secrets)."},
+            metadata={
+                "doc": "Extra request headers (values never logged; ${...} for secrets).",
+                "secret": True,
+            },
         )
         payload: Literal["record", "body"] = field(
             default="record",
@@ -166,7 +169,7 @@ class WebhookHandler:
         options = self.options
         verify: Any = True
         if options.url.startswith("https://"):
-            verify = ssl_context(options.tls, self._ctx.log)
+            verify = ssl_context(options.tls, self._ctx.log, f"handlers.{self._ctx.name}.tls")
         self._client = httpx.AsyncClient(
             headers=options.headers,
             timeout=httpx.Timeout(options.request_timeout),

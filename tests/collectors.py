@@ -20,11 +20,13 @@ class Collect:
 
     seen: dict[str, list[Message]] = defaultdict(list)
     attempts: dict[str, int] = defaultdict(int)
+    events: list[tuple[str, str]] = []  # (handler name, "start" | "stop"), in order
 
     @dataclass
     class Options:
         fail_first: int = 0  # raise on this many attempts in total, then succeed
         fail_always: bool = False
+        fail_start: bool = False  # start() raises: the handler cannot start
         hang: bool = False
         delay: Duration = Duration(0.0)
         reply_json: str = ""  # send {"echo": <key>} upstream on this connection name
@@ -32,6 +34,14 @@ class Collect:
     def __init__(self, options: Options, ctx: HandlerContext) -> None:
         self.options = options
         self.ctx = ctx
+
+    async def start(self) -> None:
+        Collect.events.append((self.ctx.name, "start"))
+        if self.options.fail_start:
+            raise OSError(f"{self.ctx.name} cannot start on purpose")
+
+    async def stop(self) -> None:
+        Collect.events.append((self.ctx.name, "stop"))
 
     async def handle(self, message: Message) -> None:
         name = self.ctx.name
@@ -50,6 +60,7 @@ class Collect:
     def reset(cls) -> None:
         cls.seen.clear()
         cls.attempts.clear()
+        cls.events.clear()
 
 
 class SyncCollect:

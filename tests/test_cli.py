@@ -291,16 +291,29 @@ overflw = "drop-oldest"
 
 
 def test_a_handler_that_cannot_start_exits_78_with_one_line(tmp_path: Path) -> None:
+    # (A missing jsonl folder is refused before any handler starts: tests/test_preflight.py.)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "stuck.py").write_text(
+        "class Stuck:\n"
+        "    async def start(self):\n"
+        "        raise OSError('device busy')\n"
+        "    def __init__(self, options, ctx):\n"
+        "        pass\n"
+        "    async def handle(self, message):\n"
+        "        pass\n"
+    )
     config = tmp_path / "c.toml"
     config.write_text(
         f"""
+[daemon]
+plugin_paths = ["{plugins}"]
 [connections.a]
 url = "ws://127.0.0.1:1/"
 [routes.r]
 handlers = ["h"]
 [handlers.h]
-plugin = "jsonl"
-path = "{tmp_path}/missing/x.jsonl"
+plugin = "stuck:Stuck"
 """
     )
     result = run("run", "-c", str(config))

@@ -379,7 +379,8 @@ plugin = "collectors:Collect"
     assert seen == ["Bearer s3cr3t-token"]
     dump = repr(logs)
     assert "s3cr3t" not in dump
-    assert redact_url(url + "?token=abc&x=1").endswith("?token=***&x=1")
+    assert redact_url(url + "?token=abc&x=1").endswith("?token=***&x=***")
+    assert redact_url(url + "?token=abc&x=1", ["x"]).endswith("?token=***&x=1")
 
 
 async def test_runtime_subscriptions_and_replies_survive_reconnects() -> None:

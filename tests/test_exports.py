@@ -15,6 +15,7 @@ PUBLIC = [
     "Frame",
     "Handler",
     "HandlerContext",
+    "Issue",
     "Key",
     "Message",
     "Outgoing",
@@ -27,6 +28,7 @@ PUBLIC = [
     "StructArg",
     "WsrouteError",
     "__version__",
+    "check_output_file",
 ]
 
 

@@ -98,12 +98,21 @@ ROUND_TRIP = [
     Message("exchange", 2, {"a": [1, 2.5, None, True]}, fields={"opcode": 2}, seq=3),
     Message("events", "trade", "plain text", seq=1, received_at=1.5),
     Message("raw", None, b"\x00\x01\xfe", seq=9, received_at=2.0),
-    Message(
+    Message(  # an undecodable frame: the body is the frame, and comes back as raw too
         "exchange",
         None,
         b"\xff not decodable",
+        raw=b"\xff not decodable",
         seq=4,
         dead_letter=DeadLetter("decode_error", None, "invalid JSON", 0),
+    ),
+    Message(
+        "events",
+        None,
+        '{"half": ',
+        raw='{"half": ',
+        seq=5,
+        dead_letter=DeadLetter("decode_error", None, "truncated", 0),
     ),
     Message(
         "exchange",

@@ -198,3 +198,136 @@ async def test_a_changed_event_loop_is_logged_as_needing_a_restart(tmp_path: Pat
     (needs,) = [e for e in logs if e["event"] == "reload_needs_restart"]
     assert needs["key"] == "daemon.event_loop"
     assert (needs["running"], needs["configured"]) == ("asyncio", "uvloop")
+
+
+# --------------------------------------------------------------------------- all or nothing
+# The promise: a reload applies completely or not at all. What the new config needs
+# is built and started next to the running one; if any of it fails, what was started
+# is stopped again and the old config keeps running untouched.
+
+LIFE = """
+[routes.life]
+key = ["$connected", "$disconnected"]
+handlers = ["life"]
+
+[handlers.life]
+plugin = "collectors:Collect"
+"""
+
+
+async def test_a_reload_whose_new_handler_cannot_start_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "wsroute.toml"
+    async with two_upstreams() as (up_a, up_b):
+        write(path, up_a.url, up_b.url)
+        with capture_logs() as logs:
+            async with daemon(path) as service:
+                await wait_until(lambda: up_a.connections == up_b.connections == 1)
+                await wait_until(lambda: len(Collect.seen["first"]) >= 5)
+                runners, router = dict(service.runners), service.dispatcher.router
+                conn_b = service.connections["b"]
+                # "second" starts fine, "broken" cannot: neither may stay, and the
+                # changed connection b must not be restarted.
+                broken = SECOND + '[handlers.broken]\nplugin = "collectors:Collect"\n'
+                broken += "fail_start = true\n"
+                write(
+                    path,
+                    up_a.url,
+                    up_b.url,
+                    ticks='"first", "second", "broken"',
+                    b_extra='idle_timeout = "30s"',
+                    second=broken,
+                )
+                assert await service.reload() is False
+                assert service.runners == runners
+                assert service.dispatcher.router is router
+                assert service.connections["b"] is conn_b
+                assert "reload failed" in service.status_line()
+                before = len(Collect.seen["first"])
+                await wait_until(lambda: len(Collect.seen["first"]) >= before + 5)
+                assert "second" not in Collect.seen
+                # the one that did start was stopped again
+                assert ("second", "stop") in Collect.events
+                # a good reload afterwards applies, and the status says so
+                write(path, up_a.url, up_b.url, ticks='"first", "second"', second=SECOND)
+                assert await service.reload() is True
+                assert "reload failed" not in service.status_line()
+                await wait_until(lambda: len(Collect.seen["second"]) >= 5)
+        assert up_b.connections == 1
+    (invalid,) = [e for e in logs if e["event"] == "reload_invalid"]
+    assert invalid["error"].startswith("handlers.broken: could not start:")
+    assert "cannot start on purpose" in invalid["error"]
+    assert [e["event"] for e in logs].count("reload_applied") == 1
+    assert not any(e["event"] == "delivery_unbalanced" for e in logs)
+
+
+async def test_a_reload_whose_changed_connection_has_no_tls_file_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "wsroute.toml"
+    async with two_upstreams() as (up_a, up_b):
+        write(path, up_a.url, up_b.url)
+        with capture_logs() as logs:
+            async with daemon(path) as service:
+                await wait_until(lambda: up_a.connections == up_b.connections == 1)
+                conn_b = service.connections["b"]
+                # load() does not look at files; starting the connection would fail.
+                missing = tmp_path / "no-such-ca.pem"
+                wss = up_b.url.replace("ws://", "wss://")
+                write(path, up_a.url, wss, b_extra=f'tls = {{ ca_file = "{missing}" }}')
+                assert await service.reload() is False
+                assert service.connections["b"] is conn_b
+                await anyio.sleep(0.2)
+                assert conn_b.connected
+        assert up_b.connections == 1
+    (invalid,) = [e for e in logs if e["event"] == "reload_invalid"]
+    assert invalid["error"].startswith("connections.b")
+    assert "reload_applied" not in [e["event"] for e in logs]
+
+
+async def test_a_reload_asked_for_while_stopping_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "wsroute.toml"
+    async with two_upstreams() as (up_a, up_b):
+        write(path, up_a.url, up_b.url)
+        with capture_logs() as logs:
+            async with daemon(path) as service:
+                await wait_until(lambda: up_a.connections == up_b.connections == 1)
+                write(path, up_a.url, up_b.url, b_extra='idle_timeout = "30s"')
+                service.shutdown()
+                service.request_reload()
+                assert await service.reload() is False
+        assert up_b.connections == 1  # never reopened after "stop reading"
+    assert "reload_started" not in [e["event"] for e in logs]
+    assert [e["event"] for e in logs].count("reload_ignored") == 2
+
+
+async def test_every_connected_gets_its_disconnected_at_reload_and_shutdown(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "wsroute.toml"
+    async with two_upstreams() as (up_a, up_b):
+        write(path, up_a.url, up_b.url, second=LIFE)
+        with capture_logs() as logs:
+            async with daemon(path) as service:
+                await wait_until(lambda: len(Collect.seen["life"]) == 2)  # a and b up
+                write(path, up_a.url, up_b.url, second=LIFE, b_extra='idle_timeout = "30s"')
+                assert await service.reload() is True
+                await wait_until(lambda: len(Collect.seen["life"]) == 4)
+                assert service.connections["b"].stats.reconnects == 1
+        assert up_b.connections == 2
+    seen = [(m.connection, m.key) for m in Collect.seen["life"]]
+    for name in ("a", "b"):
+        keys = [key for connection, key in seen if connection == name]
+        assert keys == ["$connected", "$disconnected"] * (len(keys) // 2), seen
+    causes = [
+        (m.connection, m.body["cause"]) for m in Collect.seen["life"] if m.key == "$disconnected"
+    ]
+    assert ("b", "reload") in causes
+    assert ("a", "shutdown") in causes
+    assert ("b", "shutdown") in causes
+    b_connects = [
+        m.body for m in Collect.seen["life"] if m.key == "$connected" and m.connection == "b"
+    ]
+    assert b_connects[1]["connects"] == 2
+    assert b_connects[1]["outage"] is not None
+    totals = {e["connection"]: e for e in logs if e["event"] == "connection_totals"}
+    assert totals["b"]["reconnects"] == 1  # the restart by the reload counts

@@ -37,8 +37,18 @@ def test_route_without_key_matches_any_key_but_not_lifecycle_keys() -> None:
     router = make()
     assert router.lookup("exchange", 99) == ("tap",)
     assert router.lookup("exchange", None) == ("tap",)
-    assert router.lookup("exchange", "$connected") == ("resync",)
-    assert router.lookup("other", "$disconnected") == ("resync",)
+    assert router.lookup_lifecycle("exchange", "$connected") == ("resync",)
+    assert router.lookup_lifecycle("other", "$disconnected") == ("resync",)
+
+
+def test_a_dollar_key_from_upstream_matches_no_route_not_even_lifecycle_routes() -> None:
+    # The promise: keys beginning with "$" belong to the daemon. A frame that
+    # decodes to "$connected" must not pass for the real lifecycle message.
+    router = make()
+    assert router.lookup("exchange", "$connected") == ()
+    assert router.lookup("other", "$disconnected") == ()
+    assert router.lookup("exchange", "$anything") == ()
+    assert router.lookup_lifecycle("exchange", "$anything") == ()
 
 
 def test_no_match_is_empty_and_unmatched_is_separate() -> None:
@@ -87,15 +97,18 @@ def test_memoised_lookup_equals_a_plain_scan(
         [(f"r{i}", c, k, t) for i, (c, k, t) in enumerate(rules)]  # type: ignore[misc]
     )
     expected: list[str] = []
+    reserved = isinstance(key, str) and key.startswith("$")
     for conn, route_keys, targets in rules:
         if conn is not None and conn != connection:
             continue
-        reserved = isinstance(key, str) and key.startswith("$")
         if route_keys is None and reserved:
             continue
         if route_keys is not None and key not in route_keys:
             continue
         expected.extend(t for t in targets if t not in expected)
+    if reserved:  # the daemon's own messages only: a frame's "$" key matches nothing
+        assert list(router.lookup_lifecycle(connection, key)) == expected  # type: ignore[arg-type]
+        expected = []
     first = router.lookup(connection, key)  # type: ignore[arg-type]
     assert list(first) == expected
     assert router.lookup(connection, key) == first  # type: ignore[arg-type]
