@@ -143,9 +143,8 @@ def sync_costs(rows: list[tuple[str, float]]) -> None:
     runner = HandlerRunner.__new__(HandlerRunner)  # offer() needs only these attributes
     runner._queue = deque()
     runner._limit = 10**9
-    runner._sizes = deque()
-    runner.queued_bytes = 0
-    runner._bytes_limit = 10**15
+    runner.queued_raw = 0
+    runner._raw_limit = 10**15
     runner.budget = MemoryBudget()
     runner._policy = "block"
     runner._accepting = True
@@ -166,7 +165,8 @@ def sync_costs(rows: list[tuple[str, float]]) -> None:
         for _ in range(n):
             d(msg)
         q.clear()
-        runner._sizes.clear()
+        runner.queued_raw = 0
+        runner.budget.raw = 0
 
     rows.append(("time.time()", timeit(t_time)))
     rows.append(("Frame(...)", timeit(t_frame)))

@@ -408,8 +408,8 @@ class HandlerSection:
     plugin: str = _doc('An entry-point name, or "package.module:attr".')
     queue: int = _doc("Bounded queue size.", default=10000)
     queue_bytes: Size = _doc(
-        "Bound on the bytes queued, estimated per message as 3 × its raw frame + 256B "
-        "(the frame, its decoded body taken as twice the frame, the object). A queue "
+        "Bound on the bytes queued, estimated per message as 3 × its raw frame "
+        "(the frame, and its decoded body taken as twice the frame). A queue "
         "takes a message while below both bounds: one message larger than this is "
         "still queued alone.",
         default=Size(64 * 2**20),

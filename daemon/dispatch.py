@@ -72,7 +72,7 @@ class Dispatcher:
         if blocked is not None:
             return self._wait(message, blocked)
         budget = self.budget
-        if budget.total >= budget.limit:
+        if budget.raw >= budget.raw_limit:
             return budget.wait()
         return None
 
@@ -127,7 +127,7 @@ class Dispatcher:
     async def _wait(self, message: Message, blocked: list[HandlerRunner]) -> None:
         await self._put(message, blocked)
         budget = self.budget
-        if budget.total >= budget.limit:
+        if budget.raw >= budget.raw_limit:
             await budget.wait()
 
     async def _put(self, message: Message, blocked: list[HandlerRunner]) -> None:
@@ -175,7 +175,7 @@ class Dispatcher:
         if target.full:  # a flood of undecodable frames: hold the reader back
             return target.wait_below_limit()
         budget = self.budget
-        if budget.total >= budget.limit:
+        if budget.raw >= budget.raw_limit:
             return budget.wait()
         return None
 

@@ -14,12 +14,15 @@ So ``received = handled + dead_lettered + dropped + in_flight`` holds at every
 moment (``in_flight`` = queued + being handled).
 
 A queue is bounded twice: ``queue`` messages and ``queue_bytes`` bytes, a
-message's bytes being :func:`message_size` — an O(1) estimate from the length
-of its raw frame, never a walk of its body. It takes a message while it holds
-fewer than both (so one message larger than ``queue_bytes`` still goes through,
-alone), and ``overflow`` applies when either bound is reached. Every queued
-byte is also counted in a :class:`MemoryBudget` shared by all runners, the
-daemon-wide ``memory_budget``: the dispatcher pauses readers above it.
+message's bytes being :func:`message_size` — three times the length of its raw
+frame, an O(1) estimate that never walks the body. It takes a message while it
+holds fewer than both (so one message larger than ``queue_bytes`` still goes
+through, alone), and ``overflow`` applies when either bound is reached. Every
+queued byte is also counted in a :class:`MemoryBudget` shared by all runners,
+the daemon-wide ``memory_budget``: the dispatcher pauses readers above it. On
+the per-message path both are kept in *raw* units (the frames' lengths, with
+the limits divided by three): one ``len()`` and two integer adds per message
+and queue.
 
 The hot path is :meth:`HandlerRunner.offer`: synchronous, no task switch. A
 worker wakes up once when its queue turns non-empty and then drains everything
@@ -62,18 +65,19 @@ BUDGET_POLL = 0.005
 def message_size(message: Message) -> int:
     """The bytes a queued message is taken to hold: O(1), the body is not walked.
 
-    The raw frame once, the decoded body estimated at twice the frame, and 256
-    bytes for the Message object and its fields: ``3 × len(raw) + 256`` (``len``
-    of a ``str`` frame counts characters). An estimate: a JSON body of many
-    small numbers or objects takes more than twice its text, a long string or
-    bytes less; a message built without a raw frame (``$connected``, a message
-    a handler emits) counts the 256 bytes only. Inlined (literally) where
-    messages enter and leave a queue: keep those in step.
+    The raw frame once and the decoded body estimated at twice the frame:
+    ``3 × len(raw)`` (``len`` of a ``str`` frame counts characters). An
+    estimate: a JSON body of many small numbers or objects takes more than
+    twice its text, a long string or bytes less. The message objects
+    themselves (a few hundred bytes each) are bounded by the ``queue`` count;
+    a message without a raw frame (``$connected``, most messages a handler
+    emits) counts 0 here.
 
-    Computed again when the message leaves the queue, from the same immutable
-    ``raw``: messages are read-only (the same object may sit in several queues).
+    Counted when a message enters a queue and again when it leaves, from the
+    same immutable ``raw``: messages are read-only (the same object may sit in
+    several queues).
     """
-    return len(message.raw) * 3 + 256
+    return len(message.raw) * 3
 
 
 class MemoryBudget:
@@ -90,32 +94,45 @@ class MemoryBudget:
     being woken: the workers' per-message path stays two integer subtractions.
     """
 
-    __slots__ = ("_logged_at", "limit", "pauses", "total")
+    __slots__ = ("_logged_at", "pauses", "raw", "raw_limit")
 
     def __init__(self, limit: int | None = None) -> None:
-        #: The budget in bytes (``None``: unlimited, for runners built alone).
-        self.limit: int = sys.maxsize if limit is None else limit
-        #: Bytes queued now, in all runners sharing this budget.
-        self.total = 0
+        #: Raw frame bytes queued now, in all runners sharing this budget (the
+        #: per-message unit: see :func:`message_size`).
+        self.raw = 0
+        #: The budget in raw frame bytes: ``memory_budget // 3``.
+        self.raw_limit = sys.maxsize
         #: How many times a reader had to wait for the budget.
         self.pauses = 0
         self._logged_at = 0.0
+        if limit is not None:
+            self.set_limit(limit)
+
+    @property
+    def total(self) -> int:
+        """Bytes queued now, in all runners sharing this budget (estimated)."""
+        return self.raw * 3
+
+    @property
+    def limit(self) -> int:
+        """The budget in bytes (unlimited, ``sys.maxsize``, for runners built alone)."""
+        return self.raw_limit * 3 if self.raw_limit != sys.maxsize else sys.maxsize
 
     @property
     def exceeded(self) -> bool:
-        return self.total >= self.limit
+        return self.raw >= self.raw_limit
 
     def set_limit(self, limit: int) -> None:
-        """Apply a new ``memory_budget`` (a reload): paused readers see it within
-        :data:`BUDGET_POLL`."""
-        self.limit = limit
+        """Apply a new ``memory_budget`` (at start, and at a reload): paused readers
+        see it within :data:`BUDGET_POLL`."""
+        self.raw_limit = max(1, limit // 3)
 
     async def wait(self) -> None:
         """Wait until the bytes queued fall below the budget."""
-        if self.total < self.limit:
+        if self.raw < self.raw_limit:
             return
         self.pauses += 1
-        while self.total >= self.limit:
+        while self.raw >= self.raw_limit:
             now = time.monotonic()
             if now - self._logged_at >= 1.0:
                 self._logged_at = now
@@ -210,12 +227,12 @@ class HandlerRunner:
         self.dead_letter: HandlerRunner | None = None
         self.log = log.bind(handler=name)
         self._queue: deque[Message] = deque()
-        #: Bytes queued now (message_size() of every queued message).
-        self.queued_bytes = 0
+        #: Raw frame bytes queued now (see :func:`message_size`; ``queued_bytes`` is 3x).
+        self.queued_raw = 0
         #: The daemon-wide budget these bytes count in (its own, unlimited, if none given).
         self.budget = MemoryBudget() if budget is None else budget
         self._limit = section.queue
-        self._bytes_limit = section.queue_bytes
+        self._raw_limit = max(1, section.queue_bytes // 3)
         self._policy = section.overflow
         self._busy: list[Message | None] = [None] * section.concurrency
         # Per worker: when the current attempt started (inf: none running), its number,
@@ -247,6 +264,11 @@ class HandlerRunner:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes queued now, estimated (:func:`message_size` of every queued message)."""
+        return self.queued_raw * 3
 
     @property
     def in_flight(self) -> int:
@@ -288,7 +310,7 @@ class HandlerRunner:
         the oldest until the queue is below both bounds again.
         """
         queue = self._queue
-        if len(queue) >= self._limit or self.queued_bytes >= self._bytes_limit:
+        if len(queue) >= self._limit or self.queued_raw >= self._raw_limit:
             if self._policy == "block" or not self._accepting:
                 return False
             self.stats.received += 1
@@ -298,10 +320,10 @@ class HandlerRunner:
             self._drop_oldest()
         else:
             self.stats.received += 1
-        size = len(message.raw) * 3 + 256  # message_size(), inlined
+        size = len(message.raw)  # message_size() // 3, inlined
         queue.append(message)
-        self.queued_bytes += size
-        self.budget.total += size
+        self.queued_raw += size
+        self.budget.raw += size
         if not self._item_set:
             self._item_set = True
             self._item.set()
@@ -329,7 +351,7 @@ class HandlerRunner:
 
     async def wait_space(self) -> None:
         """Wait until the queue has room again (or the runner stops accepting)."""
-        if len(self._queue) < self._limit and self.queued_bytes < self._bytes_limit:
+        if len(self._queue) < self._limit and self.queued_raw < self._raw_limit:
             return
         if self._space is None:
             self._space = anyio.Event()
@@ -339,7 +361,7 @@ class HandlerRunner:
     def full(self) -> bool:
         """The queue holds ``queue`` messages or ``queue_bytes`` bytes or more (dead
         letters may pass the limits)."""
-        return len(self._queue) >= self._limit or self.queued_bytes >= self._bytes_limit
+        return len(self._queue) >= self._limit or self.queued_raw >= self._raw_limit
 
     async def wait_below_limit(self) -> None:
         """Backpressure for dead letters: wait until the queue is below its limit again.
@@ -355,21 +377,21 @@ class HandlerRunner:
     def _unqueue_oldest(self) -> Message:
         """Take the oldest queued message out, and its bytes out of the accounts."""
         message = self._queue.popleft()
-        size = message_size(message)
-        self.queued_bytes -= size
-        self.budget.total -= size
+        size = len(message.raw)
+        self.queued_raw -= size
+        self.budget.raw -= size
         return message
 
     def _resync(self) -> None:
         """The queue is empty: its bytes are 0. Only a message whose ``raw`` was
         changed while queued (they are read-only) leaves anything to correct."""
-        self.budget.total -= self.queued_bytes
-        self.queued_bytes = 0
+        self.budget.raw -= self.queued_raw
+        self.queued_raw = 0
 
     def _drop_oldest(self) -> None:
         """drop-oldest: drop until below both bounds (a message is about to be queued)."""
         queue = self._queue
-        while queue and (len(queue) >= self._limit or self.queued_bytes >= self._bytes_limit):
+        while queue and (len(queue) >= self._limit or self.queued_raw >= self._raw_limit):
             self._drop(self._unqueue_oldest())
 
     def _drop(self, message: Message) -> None:
@@ -459,15 +481,15 @@ class HandlerRunner:
                 if self._item_set:
                     self._item.clear()
                     self._item_set = False
-                if self.queued_bytes:  # only if a queued message was changed: resync
+                if self.queued_raw:  # only if a queued message was changed: resync
                     self._resync()
                 await self._item.wait()
                 since_yield = 0
                 continue
             message = queue.popleft()
-            size = len(message.raw) * 3 + 256  # message_size(), inlined
-            self.queued_bytes -= size
-            budget.total -= size
+            size = len(message.raw)  # message_size() // 3, inlined
+            self.queued_raw -= size
+            budget.raw -= size
             space = self._space
             if space is not None:
                 self._space = None
@@ -623,10 +645,10 @@ class HandlerRunner:
         if not self._accepting:
             return False
         self.stats.received += 1
-        size = message_size(letter)
+        size = len(letter.raw)
         self._queue.append(letter)
-        self.queued_bytes += size
-        self.budget.total += size
+        self.queued_raw += size
+        self.budget.raw += size
         if not self._item_set:
             self._item_set = True
             self._item.set()

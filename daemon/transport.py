@@ -94,6 +94,8 @@ MAX_FRAGMENTS: int = getattr(_ws_messages, "MAX_FRAGMENTS", 4096)
 #: default). wsroute follows them itself: see :func:`open_transport`.
 MAX_REDIRECTS = 10
 _REDIRECT_STATUSES = frozenset({300, 301, 302, 303, 307, 308})
+# Bytes one socket read takes while permessage-deflate may be on: see _ReadingConnection.
+_COMPRESSED_READ_SIZE = 16 * 1024
 
 _log = structlog.get_logger("wsroute.transport")
 
@@ -526,16 +528,20 @@ class _ReadingConnection(ClientConnection):
     refused: tuple[int, str, Exception] | None
     _parts: list[bytes] | None
     _parts_text: bool
+    _read_size: int | None  # the transport's own read size, restored without deflate
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         # websockets parses and inflates every frame of a socket read before any of
         # them reaches the reader, so the read size bounds what one data_received can
         # inflate past the queue bounds: asyncio's 256 KiB of ~1 KiB compressed frames
-        # was ~250 MB of 900 KB messages. 16 KiB: ~20 such frames. (asyncio's selector
-        # transport only; the attribute is not public.)
-        if hasattr(transport, "max_size"):
-            transport.max_size = 16 * 1024
+        # was ~250 MB of 900 KB messages. 16 KiB: ~20 such frames. Lifted again after
+        # the handshake when no compression was negotiated: then a read holds no more
+        # than it inflates to, and small reads cost a syscall per ~180 small frames.
+        # (asyncio's selector transport only; the attribute is not public.)
+        self._read_size = getattr(transport, "max_size", None)
+        if self._read_size is not None:
+            transport.max_size = _COMPRESSED_READ_SIZE  # type: ignore[attr-defined]
         self.inbox = Inbox()
         self.inbox.socket = cast(asyncio.ReadTransport, transport)
         self.taking = True
@@ -551,6 +557,10 @@ class _ReadingConnection(ClientConnection):
         # Once per frame: the whole, unfragmented data frame goes first, inline.
         if self.response is None:  # the handshake's response
             super().process_event(event)
+            # (mypy keeps self.response narrowed to None across the call above)
+            plain = getattr(self, "response", None) is not None and not self.protocol.extensions
+            if plain and self._read_size is not None and self.transport is not None:
+                self.transport.max_size = self._read_size  # type: ignore[attr-defined]
             return
         frame: Frame = event  # type: ignore[assignment]  # after the handshake: frames
         opcode = frame.opcode

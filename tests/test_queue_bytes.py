@@ -18,7 +18,7 @@ from conftest import wait_until
 pytestmark = pytest.mark.anyio
 
 RAW = 500
-SIZE = 3 * RAW + 256  # message_size() of a message with a 500-byte frame
+SIZE = 3 * RAW  # message_size() of a message with a 500-byte frame
 
 
 class Gated:
@@ -44,10 +44,10 @@ def msg(seq: int, size: int = RAW) -> Message:
     return Message("c", 1, {"n": seq}, raw=b"x" * size, seq=seq)
 
 
-def test_message_size_is_the_frame_three_times_plus_the_object() -> None:
+def test_message_size_is_the_frame_three_times() -> None:
     assert message_size(msg(1)) == SIZE
-    assert message_size(Message("c", 1, "é" * 10, raw="é" * 10)) == 3 * 10 + 256
-    assert message_size(Message("c", "$connected", {})) == 256  # no frame: the object only
+    assert message_size(Message("c", 1, "é" * 10, raw="é" * 10)) == 3 * 10
+    assert message_size(Message("c", "$connected", {})) == 0  # no frame: the count bounds it
 
 
 async def test_block_under_the_byte_bound_refuses_then_put_waits() -> None:
