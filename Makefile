@@ -27,6 +27,7 @@ TYPECHECK := $(VENV)/typecheck
 typecheck: $(STAMP)
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/wsroute
 	ln -s $(CURDIR)/daemon/*.py $(CURDIR)/daemon/py.typed $(TYPECHECK)/wsroute/
+	for d in $(CURDIR)/daemon/*/; do d=$${d%/}; [ -e $$d/__init__.py ] && ln -s $$d $(TYPECHECK)/wsroute/ || true; done
 	ln -s $(CURDIR)/plugins $(TYPECHECK)/wsroute/plugins
 	MYPYPATH=$(TYPECHECK) $(BIN)/mypy -p wsroute
 	MYPYPATH=$(TYPECHECK) $(BIN)/mypy tests/typing
