@@ -37,6 +37,7 @@ from .exceptions import ConfigError, ConfigIssue
 from .interpolate import Expansion, Interpolation, interpolate
 from .logging import register_secrets
 from .plugin import Duration, Key, Outgoing, Size
+from .tls import TlsOptions
 from .validate import (
     FieldDoc,
     convert,
@@ -113,20 +114,8 @@ class DaemonSection:
             )
 
 
-@dataclass
-class TlsSection:
-    """``connections.NAME.tls``: certificates for ``wss://`` upstreams."""
-
-    ca_file: str = _doc("CA bundle to verify the server with (default: system store).", default="")
-    cert_file: str = _doc("Client certificate (PEM) for mutual TLS.", default="")
-    key_file: str = _doc("Private key of the client certificate.", default="")
-    verify: bool = _doc(
-        "Verify the server certificate and host name. false is logged loudly.", default=True
-    )
-
-    def __post_init__(self) -> None:
-        if self.key_file and not self.cert_file:
-            raise ValueError("key_file needs cert_file")
+#: ``connections.NAME.tls``: the public :class:`~wsroute.tls.TlsOptions`.
+TlsSection = TlsOptions
 
 
 @dataclass

@@ -19,7 +19,6 @@ paused by our own backpressure is not mistaken for a dead peer.
 from __future__ import annotations
 
 import enum
-import os
 import random
 import ssl
 import time
@@ -33,9 +32,10 @@ import anyio
 import anyio.abc
 import structlog
 
-from .config import ConnectionSection, ReconnectSection, TlsSection
-from .exceptions import ConfigError, ConfigIssue, DecodeError, SendError
+from .config import ConnectionSection, ReconnectSection
+from .exceptions import DecodeError, SendError
 from .plugin import Codec, Frame, Key, Message, Outgoing
+from .tls import tls_context
 from .transport import (
     BadURL,
     ConnectionClosed,
@@ -153,31 +153,6 @@ def make_ssl_context(section: ConnectionSection, path: str = "tls") -> ssl.SSLCo
     if not section.url.startswith("wss://"):
         return None
     return tls_context(section.tls, path)
-
-
-def tls_context(tls: TlsSection, path: str = "tls") -> ssl.SSLContext:
-    """A client TLS context for a ``tls`` table (connections and sinks alike).
-
-    A file that cannot be loaded (deleted after ``wsroute check``, say) raises
-    ConfigError with the key path under ``path`` (``connections.NAME.tls``).
-    """
-    key, file = "ca_file", tls.ca_file
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file or None)
-        if tls.cert_file:
-            key, file = "cert_file", tls.cert_file
-            readable = os.access(tls.cert_file, os.R_OK)
-            if readable and tls.key_file and not os.access(tls.key_file, os.R_OK):
-                key, file = "key_file", tls.key_file
-            context.load_cert_chain(tls.cert_file, tls.key_file or None)
-    except OSError as exc:  # ssl.SSLError included: a file that is not PEM
-        raise ConfigError(
-            [ConfigIssue(f"{path}.{key}", f'cannot load "{file}": {exc.strerror or exc}')]
-        ) from exc
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 class _Restart(Exception):

@@ -55,7 +55,7 @@ log = structlog.get_logger("wsroute.replay")
 
 def _read(path: str) -> tuple[list[Message], int]:
     """The records of ``path``, and how many lines were malformed (each reported)."""
-    from .plugins.jsonl import parse_record
+    from .records import parse_record
 
     messages: list[Message] = []
     bad = 0
@@ -190,7 +190,7 @@ class _FailedFile:
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     def write(self, letter: Message) -> None:
-        from .plugins.jsonl import encode_record
+        from .records import encode_record
 
         line = memoryview(encode_record(letter))
         while line:

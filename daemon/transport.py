@@ -346,7 +346,7 @@ async def open_transport(
     while True:  # bounded: the MAX_REDIRECTS + 1st redirect is refused
         hop_context = context
         if hop_context is None and _origin(url)[0]:  # ws:// redirected to wss://
-            from .connection import tls_context
+            from .tls import tls_context
 
             hop_context = tls_context(section.tls)
         headers = credentials if send_credentials else []

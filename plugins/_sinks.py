@@ -28,9 +28,9 @@ import msgspec
 from structlog.typing import FilteringBoundLogger
 
 from wsroute import Message
-from wsroute.config import TlsSection
-from wsroute.connection import tls_context
-from wsroute.plugins.jsonl import encode_record
+from wsroute.records import encode_record
+from wsroute.tls import TlsOptions as TlsSection
+from wsroute.tls import tls_context
 
 __all__ = ["PluginTasks", "TlsSection", "entry_fields", "ssl_context"]
 

@@ -49,7 +49,7 @@ import msgspec
 from wsroute import Duration, HandlerContext, Message, SendError, Size
 from wsroute.notify import child_environ
 from wsroute.plugins._sinks import PluginTasks
-from wsroute.plugins.jsonl import encode_record
+from wsroute.records import encode_record
 
 __all__ = ["ExecError", "ExecHandler", "RestartOptions"]
 

@@ -33,7 +33,7 @@ from nats.js import JetStreamContext
 from wsroute import Duration, HandlerContext, Message
 from wsroute.connection import redact_url
 from wsroute.plugins._sinks import PluginTasks, TlsSection, entry_fields, ssl_context
-from wsroute.plugins.jsonl import encode_record
+from wsroute.records import encode_record
 
 __all__ = ["NatsHandler", "payload_and_headers"]
 

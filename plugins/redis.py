@@ -14,7 +14,7 @@ source of a worker daemon reads back (DESIGN.md, "Scale-out"):
   lifecycle message, one a handler emitted, one replayed from a ``jsonl`` file
   (or an empty binary frame) — has ``kind = "message"`` and its whole ``jsonl``
   record (body, fields...) as JSON in ``frame``, so a worker rebuilds it with
-  :func:`wsroute.plugins.jsonl.parse_record` instead of a codec;
+  :func:`wsroute.records.parse_record` instead of a codec;
 - a dead-lettered message adds ``reason``, ``handler``, ``error`` and
   ``attempts``;
 - with ``pack = N`` several frames share one entry: ``kind = "pack"``,
@@ -72,7 +72,7 @@ from redis.exceptions import NoScriptError, RedisError
 from wsroute import Duration, HandlerContext, Message
 from wsroute.connection import redact_url
 from wsroute.plugins._sinks import entry_fields
-from wsroute.plugins.jsonl import encode_record
+from wsroute.records import encode_record
 
 __all__ = [
     "Batcher",

@@ -77,7 +77,7 @@ from wsroute import (
     SourceContext,
     SourceLimits,
 )
-from wsroute.plugins.jsonl import parse_record
+from wsroute.records import parse_record
 
 __all__ = [
     "ReadOptions",

@@ -31,7 +31,7 @@ import msgspec
 from wsroute import Duration, HandlerContext, Message
 from wsroute.connection import redact_url, retry_after
 from wsroute.plugins._sinks import TlsSection, ssl_context
-from wsroute.plugins.jsonl import record
+from wsroute.records import record
 
 __all__ = ["WebhookError", "WebhookHandler"]
 

@@ -43,7 +43,7 @@ from wsroute.codec import BytesCodec, JsonCodec, TextCodec
 from wsroute.config import ConnectionSection
 from wsroute.connection import Connection, ConnectionState
 from wsroute.plugins._sinks import PluginTasks
-from wsroute.plugins.jsonl import encode_record
+from wsroute.records import encode_record
 
 __all__ = ["WebsocketHandler", "outgoing_for"]
 

@@ -20,7 +20,7 @@ import pytest
 
 from wsroute import ConfigError, Issue, check_output_file
 from wsroute.config import TlsSection
-from wsroute.connection import tls_context
+from wsroute.tls import tls_context
 
 WSROUTE = str(Path(sys.executable).with_name("wsroute"))
 

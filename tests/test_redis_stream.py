@@ -28,7 +28,6 @@ from structlog.testing import capture_logs
 from wsroute import DeadLetter, Message
 from wsroute.config import loads
 from wsroute.exceptions import ConfigError
-from wsroute.plugins.jsonl import encode_record
 from wsroute.plugins.redis_stream import (
     RedisStreamSource,
     _autoclaim_reply,
@@ -37,6 +36,7 @@ from wsroute.plugins.redis_stream import (
     entry_frame,
     id_time,
 )
+from wsroute.records import encode_record
 from wsroute.service import plan
 
 from collectors import Collect

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 
 from wsroute import DeadLetter, Message
-from wsroute.plugins.jsonl import encode_record
+from wsroute.records import encode_record
 from wsroute.testing import ScriptedUpstream, run_daemon
 
 WSROUTE = str(Path(sys.executable).with_name("wsroute"))

@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from wsroute import ConfigError, DeadLetter, Message
-from wsroute.plugins.jsonl import parse_record
 from wsroute.plugins.redis import Batcher, PipelineError, RedisHandler, stream_fields
+from wsroute.records import parse_record
 from wsroute.testing import (
     RecordingContext,
     ScriptedUpstream,

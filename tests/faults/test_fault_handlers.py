@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from wsroute.plugins.jsonl import parse_record
+from wsroute.records import parse_record
 from wsroute.service import Service
 
 from collectors import Collect, SyncCollect

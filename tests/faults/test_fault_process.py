@@ -30,7 +30,7 @@ from anyio.abc import Process
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from wsroute.plugins.jsonl import parse_record
+from wsroute.records import parse_record
 
 from peers import events, read_json_log, ws_server
 
