@@ -22,11 +22,9 @@ import enum
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
@@ -34,6 +32,7 @@ import structlog
 
 from .config import ConnectionSection, ReconnectSection
 from .exceptions import DecodeError, SendError
+from .net import redact_url, retry_after
 from .plugin import Codec, Frame, Key, Message, Outgoing
 from .tls import tls_context
 from .transport import (
@@ -61,7 +60,6 @@ log = structlog.get_logger("wsroute.connection")
 Dispatch = Callable[[Message], Awaitable[None] | None]
 DecodeFailed = Callable[[Frame, DecodeError], Awaitable[None] | None]
 
-_RETRY_AFTER_CAP = 3600.0
 # Close codes 1012 (service restart) and 1013 (try again later) ask us to wait.
 _SLOW_DOWN_CODES = {1012, 1013}
 _SLOW_DOWN_DELAY = 5.0
@@ -105,44 +103,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
-
-
-def retry_after(headers: Any, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or HTTP date), capped at 1 h."""
-    value = headers.get("Retry-After") if headers is not None else None
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    return max(0.0, min(seconds, _RETRY_AFTER_CAP))
-
-
-def redact_url(url: str, keep: Iterable[str] = ()) -> str:
-    """The URL for logs: no user info, no fragment, and every query value masked
-    (``***``) except those of the parameters named in ``keep``."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:  # not a number: shown as it is, the URL is refused anyway
-        port = None
-    netloc = parts.hostname or ""
-    if port:
-        netloc = f"{netloc}:{port}"
-    query = parts.query
-    if query:
-        shown = set(keep)
-        pairs = [
-            (k, v if k in shown else "***") for k, v in parse_qsl(query, keep_blank_values=True)
-        ]
-        query = urlencode(pairs, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def make_ssl_context(section: ConnectionSection, path: str = "tls") -> ssl.SSLContext | None:

@@ -60,6 +60,7 @@ from websockets.protocol import Event
 from websockets.uri import parse_uri
 
 from .config import ConnectionSection
+from .net import redact_url
 
 __all__ = [
     "MAX_REDIRECTS",
@@ -420,8 +421,6 @@ def _follow(
     """Whether and how to follow one redirect: the next URL, and whether the
     configured headers and user info go with it. Logs it; raises
     :class:`RedirectRefused` when the ``redirects`` key does not allow it."""
-    from .connection import redact_url
-
     policy = section.redirects
     status = rejected.status
     target = urljoin(current, location)

@@ -31,7 +31,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from wsroute import Duration, HandlerContext, Message
-from wsroute.connection import redact_url
+from wsroute.net import redact_url
 from wsroute.plugins._sinks import PluginTasks, TlsSection, entry_fields, ssl_context
 from wsroute.records import encode_record
 

@@ -70,7 +70,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from wsroute import Duration, HandlerContext, Message
-from wsroute.connection import redact_url
+from wsroute.net import redact_url
 from wsroute.plugins._sinks import entry_fields
 from wsroute.records import encode_record
 

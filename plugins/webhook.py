@@ -29,7 +29,7 @@ import httpx
 import msgspec
 
 from wsroute import Duration, HandlerContext, Message
-from wsroute.connection import redact_url, retry_after
+from wsroute.net import redact_url, retry_after
 from wsroute.plugins._sinks import TlsSection, ssl_context
 from wsroute.records import record
 
