@@ -138,10 +138,10 @@ def sync_costs(rows: list[tuple[str, float]]) -> None:
             m.seq = i
             m.received_at = 0.0
             m.dead_letter = None
-            m._ack = None
 
     runner = HandlerRunner.__new__(HandlerRunner)  # offer() needs only these attributes
     runner._queue = deque()
+    runner.acks = {}
     runner._limit = 10**9
     runner.queued_raw = 0
     runner._raw_limit = 10**15
@@ -311,6 +311,7 @@ async def _inline_worker(
     stop: list[bool],
 ) -> None:
     call = handler.handle
+    acks: dict[int, Any] = {}  # as HandlerRunner.acks: empty without a source
     while not stop[0]:
         if not queue:
             wake.clear()
@@ -320,8 +321,10 @@ async def _inline_worker(
         busy[0] = message
         await call(message)  # the slow path (errors, retries, timeouts) would branch off here
         stats.handled += 1
-        if message._ack is not None:
-            message._ack.done()
+        if acks:
+            ack = acks.pop(id(message), None)
+            if ack is not None:
+                ack.done()
         busy[0] = None
 
 

@@ -48,7 +48,7 @@ import redis
 from harness import BENCH, CLK_TCK, PLUGINS, PYTHON, RESULTS, Proc, Scenario, Settings, run_once
 from report import machine
 
-from wsroute.plugins.redis_stream import unpack_entry
+from wsroute.plugins.redis.entry import unpack_entry
 
 CODEC = """
 [codecs.exchange]

@@ -4,6 +4,11 @@ This package's public surface is the plugin API below; everything else is
 internal and may change between releases.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .exceptions import (
     CodecError,
     ConfigError,
@@ -29,15 +34,49 @@ from .plugin import (
     SourceContext,
     SourceLimits,
     StructArg,
+    make_message,
 )
 from .preflight import check_output_file
 
+if TYPE_CHECKING:
+    from .codec import BytesCodec, JsonCodec, StructCodec, TextCodec, encode_outgoing
+    from .config import ConnectionSection as ConnectionOptions
+    from .connection import Connection, ConnectionState
+
 __version__ = "0.1.0"
 
+# Imported on first use: `import wsroute` stays light and imports no plugin (the
+# built-in codecs are plugins) and no WebSocket library.
+_LAZY = {
+    "BytesCodec": ("codec", "BytesCodec"),
+    "JsonCodec": ("codec", "JsonCodec"),
+    "StructCodec": ("codec", "StructCodec"),
+    "TextCodec": ("codec", "TextCodec"),
+    "encode_outgoing": ("codec", "encode_outgoing"),
+    "ConnectionOptions": ("config", "ConnectionSection"),
+    "Connection": ("connection", "Connection"),
+    "ConnectionState": ("connection", "ConnectionState"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'wsroute' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
+    "BytesCodec",
     "Codec",
     "CodecError",
     "ConfigError",
+    "Connection",
+    "ConnectionOptions",
+    "ConnectionState",
     "DeadLetter",
     "DecodeError",
     "Duration",
@@ -46,6 +85,7 @@ __all__ = [
     "Handler",
     "HandlerContext",
     "Issue",
+    "JsonCodec",
     "Key",
     "Message",
     "Outgoing",
@@ -56,7 +96,11 @@ __all__ = [
     "SourceContext",
     "SourceLimits",
     "StructArg",
+    "StructCodec",
+    "TextCodec",
     "WsrouteError",
     "__version__",
     "check_output_file",
+    "encode_outgoing",
+    "make_message",
 ]

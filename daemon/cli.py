@@ -8,19 +8,24 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from . import __version__
 from .config import Config, load
 from .exceptions import ConfigError, PluginError, WsrouteError
+from .validate import field_docs
 
-__all__ = ["EX_CONFIG", "main"]
+if TYPE_CHECKING:
+    from .registry import PluginInfo
+
+__all__ = ["EX_CONFIG", "describe", "format_plugins", "main"]
 
 EX_CONFIG = 78
 DEFAULT_CONFIG = "/etc/wsroute/wsroute.toml"
@@ -209,7 +214,7 @@ def _check(path: str) -> int:
 
 
 def _plugins(path: str | None, *, as_json: bool) -> int:
-    from .registry import Registry, describe, format_plugins
+    from .registry import Registry
 
     paths = _load(path).daemon.plugin_paths if path else []
     infos = Registry.discover(paths).all()
@@ -218,6 +223,73 @@ def _plugins(path: str | None, *, as_json: bool) -> int:
     else:
         print(format_plugins(infos))
     return 0
+
+
+def describe(infos: Iterable[PluginInfo]) -> list[dict[str, Any]]:
+    """Plain data for ``wsroute plugins --json``: one dict per plugin, options included."""
+    result = []
+    for info in infos:
+        error = info.error
+        options: list[dict[str, Any]] = []
+        if info.options is not None:
+            try:
+                options = [dataclasses.asdict(doc) for doc in field_docs(info.options)]
+            except TypeError as exc:
+                error = error or str(exc)
+        result.append(
+            {
+                "name": info.name,
+                "kind": info.kind,
+                "origin": info.origin,
+                "package": info.package,
+                "version": info.version,
+                "target": info.target,
+                "doc": info.doc,
+                "options": options,
+                "error": error,
+            }
+        )
+    return result
+
+
+def format_plugins(infos: Iterable[PluginInfo]) -> str:
+    """The human listing of ``wsroute plugins``: handlers, codecs, sources, with their options."""
+    described = describe(infos)
+    lines: list[str] = []
+    kinds = (
+        ("handler", "Handler plugins"),
+        ("codec", "Codec plugins"),
+        ("source", "Source plugins"),
+    )
+    for kind, title in kinds:
+        group = [d for d in described if d["kind"] == kind]
+        if kind == "source" and not group:
+            continue
+        if lines:
+            lines.append("")
+        lines.append(f"{title}:")
+        if not group:
+            lines.append("  (none)")
+        for plugin in group:
+            lines.append("")
+            lines.append(f"  {plugin['name']}  ({plugin['origin']}: {plugin['target']})")
+            if plugin["error"]:
+                lines.append(f"      ERROR: {plugin['error']}")
+                continue
+            if plugin["doc"]:
+                lines.append(f"      {plugin['doc']}")
+            if not plugin["options"]:
+                lines.append("      (no options)")
+            for option in plugin["options"]:
+                spec = f"{option['name']}: {option['type']}"
+                if option["required"]:
+                    spec += ", required"
+                elif option["default"] is not None:
+                    spec += f" = {option['default']}"
+                lines.append(f"      {spec}")
+                if option["doc"]:
+                    lines.append(f"          {option['doc']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

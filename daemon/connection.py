@@ -45,6 +45,7 @@ from .transport import (
     Transport,
     open_transport,
 )
+from .wire import Opener, picows_available
 
 __all__ = [
     "Backoff",
@@ -63,6 +64,22 @@ DecodeFailed = Callable[[Frame, DecodeError], Awaitable[None] | None]
 # Close codes 1012 (service restart) and 1013 (try again later) ask us to wait.
 _SLOW_DOWN_CODES = {1012, 1013}
 _SLOW_DOWN_DELAY = 5.0
+
+
+def opener_for(section: ConnectionSection) -> Opener | None:
+    """The section's WebSocket library: picows' connect, or ``None`` for websockets'.
+
+    picows (the optional ``fast`` extra) is imported only when a connection asks for it.
+    """
+    if section.transport != "picows":
+        return None
+    if not picows_available():  # config validation normally says so first
+        raise HandshakeFailed(
+            'transport = "picows" needs the picows package: pip install "wsroute[fast]"'
+        )
+    from .transport_picows import open_picows
+
+    return open_picows
 
 
 class ConnectionState(enum.Enum):
@@ -294,7 +311,9 @@ class Connection:
         self.state = ConnectionState.CONNECTING
         self.log.debug("connecting", url=self.url_for_logs)
         try:
-            ws = await open_transport(self.section, self._ssl, log=self.log)
+            ws = await open_transport(
+                self.section, self._ssl, log=self.log, opener=opener_for(self.section)
+            )
         except HandshakeRejected as exc:
             self.stats.failed_attempts += 1
             status = exc.status

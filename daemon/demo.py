@@ -1,6 +1,6 @@
 """``wsroute demo``: an embedded upstream speaking the reference protocol, plus the daemon.
 
-The reference protocol (DESIGN.md): the client logs in with a JSON text frame
+The reference protocol (used by the demo and the tests): the client logs in with a JSON text frame
 ``{"role": ..., "user_id": ...}``, then sends binary commands — a little-endian
 ``int32`` opcode followed by a UTF-8 JSON body (opcode 2 subscribes to
 services; ``struct.pack("<ib", 0, 0)`` is the release/heartbeat). The server

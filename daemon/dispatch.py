@@ -18,8 +18,10 @@ from collections.abc import Awaitable
 import anyio
 import structlog
 
+from .ack import Ack
+from .budget import MemoryBudget
 from .exceptions import DecodeError
-from .handler import HandlerRunner, MemoryBudget
+from .handler import HandlerRunner
 from .plugin import DeadLetter, Frame, Message
 from .router import Router, is_reserved_key
 
@@ -47,20 +49,20 @@ class Dispatcher:
         self.lost: Counter[str] = Counter()
         self._unmatched_logged_at = 0.0
 
-    def dispatch(self, message: Message) -> Awaitable[None] | None:
+    def dispatch(self, message: Message, ack: Ack | None = None) -> Awaitable[None] | None:
         """Offer ``message`` to every handler its routes name; an awaitable if one is full.
 
         Or when the memory budget is reached: the message is queued, and the
         awaitable holds the reader (or source) back until the handlers drained
-        below the budget.
+        below the budget. ``ack``: a source's acknowledgement of the message,
+        kept by each target runner next to it and settled by every one of them.
         """
         # _offer(), inlined for a matched message: this runs once per frame.
         targets = self.router.lookup(message.connection, message.key)
         blocked: list[HandlerRunner] | None = None
         if targets:
-            ack = message._ack
             if ack is not None:
-                ack.add(len(targets))
+                _track(message, ack, targets)
             for runner in targets:
                 if not runner.offer(message):
                     if blocked is None:
@@ -68,7 +70,7 @@ class Dispatcher:
                     else:
                         blocked.append(runner)
         else:
-            blocked = self._offer(message)  # unmatched: the slow path
+            blocked = self._offer(message, ack)  # unmatched: the slow path
         if blocked is not None:
             return self._wait(message, blocked)
         budget = self.budget
@@ -88,7 +90,7 @@ class Dispatcher:
             return None
         return self._put(message, blocked)
 
-    def _offer(self, message: Message) -> list[HandlerRunner] | None:
+    def _offer(self, message: Message, ack: Ack | None = None) -> list[HandlerRunner] | None:
         """Offer to every target; the ``block`` runners that had no room, if any."""
         targets = self.router.lookup(message.connection, message.key)
         if not targets:
@@ -97,11 +99,11 @@ class Dispatcher:
             targets = self.router.unmatched
             if not targets:
                 self._log_unmatched(message)
-                _settle_now(message)
+                if ack is not None:  # nothing to wait for
+                    ack.callback()
                 return None
-        ack = message._ack
         if ack is not None:
-            ack.add(len(targets))
+            _track(message, ack, targets)
         blocked: list[HandlerRunner] | None = None
         for runner in targets:
             if not runner.offer(message):
@@ -193,7 +195,10 @@ class Dispatcher:
             )
 
 
-def _settle_now(message: Message) -> None:
-    ack = message._ack
-    if ack is not None:
-        ack.callback()
+def _track(message: Message, ack: Ack, targets: tuple[HandlerRunner, ...]) -> None:
+    """Hand each target the message's acknowledgement, before it is offered (an
+    offer may drop it at once, and settles it then)."""
+    ack.add(len(targets))
+    key = id(message)
+    for runner in targets:
+        runner.acks[key] = ack

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -45,8 +44,11 @@ import anyio
 import anyio.abc
 import structlog
 
+from .ack import Ack
+from .budget import MemoryBudget, message_size
 from .config import HandlerSection
 from .exceptions import PluginError
+from .lifecycle import stop_plugin, supervise_run
 from .plugin import DeadLetter, Message
 
 __all__ = ["Ack", "HandlerRunner", "HandlerStats", "MemoryBudget", "message_size"]
@@ -58,135 +60,6 @@ log = structlog.get_logger("wsroute.handler")
 _YIELD_EVERY = 64
 _RETRY_INITIAL = 0.1
 _RETRY_MAX = 5.0
-#: How often a reader paused by the memory budget looks whether it may go on.
-BUDGET_POLL = 0.005
-
-
-def message_size(message: Message) -> int:
-    """The bytes a queued message is taken to hold: O(1), the body is not walked.
-
-    The raw frame once and the decoded body estimated at twice the frame:
-    ``3 × len(raw)`` (``len`` of a ``str`` frame counts characters). An
-    estimate: a JSON body of many small numbers or objects takes more than
-    twice its text, a long string or bytes less. The message objects
-    themselves (a few hundred bytes each) are bounded by the ``queue`` count;
-    a message without a raw frame (``$connected``, most messages a handler
-    emits) counts 0 here.
-
-    Counted when a message enters a queue and again when it leaves, from the
-    same immutable ``raw``: messages are read-only (the same object may sit in
-    several queues).
-    """
-    return len(message.raw) * 3
-
-
-class MemoryBudget:
-    """The daemon-wide ``[daemon] memory_budget``: bytes queued in all handlers together.
-
-    Every runner adds a message's :func:`message_size` to :attr:`total` when it
-    queues it (once per queue: a message fanned out to 3 handlers counts 3
-    times) and subtracts it when the message leaves the queue — taken by a
-    worker, dropped, or dead-lettered at shutdown. Plain integer adds on the
-    per-message path, no lock (one event loop). The dispatcher hands
-    :meth:`wait` to a reader when :attr:`total` is at or above :attr:`limit`:
-    the reader pauses until the handlers drained below it. Nothing is dropped.
-    A paused reader looks again every :data:`BUDGET_POLL` seconds rather than
-    being woken: the workers' per-message path stays two integer subtractions.
-    """
-
-    __slots__ = ("_logged_at", "pauses", "raw", "raw_limit")
-
-    def __init__(self, limit: int | None = None) -> None:
-        #: Raw frame bytes queued now, in all runners sharing this budget (the
-        #: per-message unit: see :func:`message_size`).
-        self.raw = 0
-        #: The budget in raw frame bytes: ``memory_budget // 3``.
-        self.raw_limit = sys.maxsize
-        #: How many times a reader had to wait for the budget.
-        self.pauses = 0
-        self._logged_at = 0.0
-        if limit is not None:
-            self.set_limit(limit)
-
-    @property
-    def total(self) -> int:
-        """Bytes queued now, in all runners sharing this budget (estimated)."""
-        return self.raw * 3
-
-    @property
-    def limit(self) -> int:
-        """The budget in bytes (unlimited, ``sys.maxsize``, for runners built alone)."""
-        return self.raw_limit * 3 if self.raw_limit != sys.maxsize else sys.maxsize
-
-    @property
-    def exceeded(self) -> bool:
-        return self.raw >= self.raw_limit
-
-    def set_limit(self, limit: int) -> None:
-        """Apply a new ``memory_budget`` (at start, and at a reload): paused readers
-        see it within :data:`BUDGET_POLL`."""
-        self.raw_limit = max(1, limit // 3)
-
-    async def wait(self) -> None:
-        """Wait until the bytes queued fall below the budget."""
-        if self.raw < self.raw_limit:
-            return
-        self.pauses += 1
-        while self.raw >= self.raw_limit:
-            now = time.monotonic()
-            if now - self._logged_at >= 1.0:
-                self._logged_at = now
-                log.warning(
-                    "memory_budget_reached",
-                    queued_bytes=self.total,
-                    memory_budget=self.limit,
-                    pauses=self.pauses,
-                )
-            await asyncio.sleep(BUDGET_POLL)
-
-
-class Ack:
-    """Counts a message's outstanding deliveries; calls ``callback`` when none are left.
-
-    A source that must acknowledge upstream (a Redis stream) puts one on each
-    message (``message._ack``) before routing it. The router's fan-out sets
-    ``pending`` to the number of targets; each target calls :meth:`done` once the
-    message is handled, dead-lettered (after the dead-letter handler wrote it) or
-    dropped.
-    """
-
-    __slots__ = ("callback", "pending", "redeliver", "released")
-
-    def __init__(
-        self,
-        callback: Callable[[], None],
-        pending: int = 0,
-        *,
-        redeliver_on_shutdown: bool = False,
-    ) -> None:
-        self.callback = callback
-        self.pending = pending
-        self.redeliver = redeliver_on_shutdown
-        self.released = False
-
-    def add(self, count: int) -> None:
-        self.pending += count
-
-    def done(self) -> None:
-        self.pending -= 1
-        if self.pending == 0 and not self.released:
-            self.callback()
-
-    def release(self) -> None:
-        """One delivery was abandoned at shutdown: never acknowledge, let upstream redeliver."""
-        self.released = True
-        self.pending -= 1
-
-
-def _settle(message: Message) -> None:
-    ack = message._ack
-    if ack is not None:
-        ack.done()
 
 
 @dataclass
@@ -227,6 +100,10 @@ class HandlerRunner:
         self.dead_letter: HandlerRunner | None = None
         self.log = log.bind(handler=name)
         self._queue: deque[Message] = deque()
+        #: The acknowledgement of each queued or in-flight message that has one (a
+        #: source's), by ``id(message)``: set by whoever queues the message, taken
+        #: when it settles. Empty for connections: one truthiness test per message.
+        self.acks: dict[int, Ack] = {}
         #: Raw frame bytes queued now (see :func:`message_size`; ``queued_bytes`` is 3x).
         self.queued_raw = 0
         #: The daemon-wide budget these bytes count in (its own, unlimited, if none given).
@@ -394,9 +271,24 @@ class HandlerRunner:
         while queue and (len(queue) >= self._limit or self.queued_raw >= self._raw_limit):
             self._drop(self._unqueue_oldest())
 
+    def _settle(self, message: Message) -> None:
+        """The message left this runner for good (handled, dropped): acknowledge it."""
+        if self.acks:
+            ack = self.acks.pop(id(message), None)
+            if ack is not None:
+                ack.done()
+
+    def still_working(self) -> None:
+        """Tell the sources of the messages the workers hold that they are still handled."""
+        if self.acks:
+            for message in self._busy:
+                ack = None if message is None else self.acks.get(id(message))
+                if ack is not None:
+                    ack.working()
+
     def _drop(self, message: Message) -> None:
         self.stats.dropped += 1
-        _settle(message)
+        self._settle(message)
         now = time.monotonic()
         if now - self._drop_logged_at >= 1.0:
             self._drop_logged_at = now
@@ -420,29 +312,24 @@ class HandlerRunner:
                 await start()
             except Exception as exc:  # one line for the operator, exit 78: not a crash
                 raise PluginError(f"handlers.{self.name}: could not start: {exc}") from exc
+        failed: Exception | None = None
         try:
             with self._cancel:
                 async with anyio.create_task_group() as tg:
-                    for index in range(len(self._busy)):
-                        tg.start_soon(self._worker, index)
-                    if self.section.timeout > 0:
-                        tg.start_soon(self._watchdog)
-                    task_status.started()
+                    run_plugin = getattr(self.instance, "run", None)
+                    if run_plugin is not None:  # the plugin's background work, before messages
+                        failed = await tg.start(supervise_run, run_plugin, self.log)
+                    if failed is None:
+                        for index in range(len(self._busy)):
+                            tg.start_soon(self._worker, index)
+                        if self.section.timeout > 0:
+                            tg.start_soon(self._watchdog)
+                        task_status.started()
         finally:
             self._workers_done.set()
-            await self._stop_plugin()
-
-    async def _stop_plugin(self) -> None:
-        stop = getattr(self.instance, "stop", None)
-        if stop is None:
-            return
-        with anyio.CancelScope(shield=True), anyio.move_on_after(10) as scope:
-            try:
-                await stop()
-            except Exception as exc:
-                self.log.error("handler_stop_failed", error=repr(exc))
-        if scope.cancelled_caught:
-            self.log.error("handler_stop_timeout")
+            await stop_plugin(self.instance, self.log)
+        if failed is not None:  # raised out of the task group: no exception group around it
+            raise PluginError(f"handlers.{self.name}: could not start: {failed}") from failed
 
     # Timeouts cost nothing per message: each worker runs inside one cancel scope,
     # records when the current attempt started, and a watchdog task cancels that
@@ -467,6 +354,7 @@ class HandlerRunner:
         # coroutine; failures and retries go through _finish.
         queue = self._queue
         budget = self.budget
+        acks = self.acks
         busy = self._busy
         started = self._started
         attempts = self._attempts
@@ -513,8 +401,10 @@ class HandlerRunner:
                 started[index] = math.inf
                 busy[index] = None
                 stats.handled += 1
-                if message._ack is not None:
-                    message._ack.done()
+                if acks:
+                    ack = acks.pop(id(message), None)
+                    if ack is not None:
+                        ack.done()
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0
@@ -552,7 +442,7 @@ class HandlerRunner:
             else:
                 started[index] = math.inf
                 self.stats.handled += 1
-                _settle(message)
+                self._settle(message)
                 return None
 
     def _failed(self, message: Message, attempt: int, reason: str, error: str) -> bool:
@@ -626,8 +516,8 @@ class HandlerRunner:
         info = DeadLetter(reason=reason, handler=self.name, error=error, attempts=attempts)
         target = self.dead_letter
         letter = message.replace(dead_letter=info)
-        letter._ack = message._ack
-        if target is None or not target.accept_dead_letter(letter):
+        ack = self.acks.pop(id(message), None) if self.acks else None
+        if target is None or not target.accept_dead_letter(letter, ack):
             self.stats.lost += 1
             self.log.error(
                 "message_lost",
@@ -638,12 +528,19 @@ class HandlerRunner:
                 seq=message.seq,
                 dead_letter=None if target is None else target.name,
             )
-            _settle(letter)
+            if ack is not None:
+                ack.done()
 
-    def accept_dead_letter(self, letter: Message) -> bool:
-        """Queue a dead letter even past the queue limit: dead letters are never dropped."""
+    def accept_dead_letter(self, letter: Message, ack: Ack | None = None) -> bool:
+        """Queue a dead letter even past the queue limit: dead letters are never dropped.
+
+        ``ack``: the acknowledgement the letter's message carried, settled once this
+        handler wrote it. ``False`` (and ``ack`` untouched) when not accepting.
+        """
         if not self._accepting:
             return False
+        if ack is not None:
+            self.acks[id(letter)] = ack
         self.stats.received += 1
         size = len(letter.raw)
         self._queue.append(letter)
@@ -696,8 +593,9 @@ class HandlerRunner:
         Released: a source that redelivers (a Redis stream) gets it again later,
         so it is left unacknowledged instead of dead-lettered.
         """
-        ack = message._ack
+        ack = self.acks.get(id(message)) if self.acks else None
         if ack is not None and ack.redeliver:
+            del self.acks[id(message)]
             self.stats.released += 1
             ack.release()
             return

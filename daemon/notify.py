@@ -33,6 +33,8 @@ from types import TracebackType
 import anyio
 import structlog
 
+from .process import CHILD_UNSAFE_VARIABLES, NOTIFY_VARIABLES, child_environ
+
 __all__ = [
     "CHILD_UNSAFE_VARIABLES",
     "NOTIFY_VARIABLES",
@@ -43,25 +45,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-#: What :meth:`Notifier.from_environ` consumes (and removes).
-NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-
-#: What a process started by a plugin must not inherit: the notify socket and
-#: watchdog (systemd would take its messages for ours, or ignore them with a
-#: warning) and socket activation (it would try to adopt our file descriptors).
-CHILD_UNSAFE_VARIABLES = (*NOTIFY_VARIABLES, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
-
-
-def child_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Return a copy of ``environ`` (default ``os.environ``) fit for a subprocess.
-
-    Plugins that start processes pass this as ``env=``. :meth:`Notifier.from_environ`
-    already removes the notify variables from ``os.environ``; this also covers
-    socket activation and environments built elsewhere.
-    """
-    source = os.environ if environ is None else environ
-    return {k: v for k, v in source.items() if k not in CHILD_UNSAFE_VARIABLES}
 
 
 def _socket_address(value: str) -> str | None:

@@ -38,9 +38,10 @@ from typing import Any, cast
 import anyio
 import structlog
 
+from .ack import Ack
 from .config import Config
 from .exceptions import ConfigError, ConfigIssue, DecodeError, PluginError
-from .handler import Ack, HandlerRunner
+from .handler import HandlerRunner
 from .logging import configure
 from .plugin import DeadLetter, Frame, Message
 from .service import Service, plan
@@ -129,11 +130,6 @@ class _Outcome(Ack):
             self.tally.count(self)
 
 
-def _outcome(message: Message) -> _Outcome | None:
-    ack = message._ack
-    return ack if isinstance(ack, _Outcome) else None
-
-
 class _DeadLetters:
     """Stands in for a runner's dead-letter runner while records are replayed.
 
@@ -159,8 +155,8 @@ class _DeadLetters:
         if self.target is not None:
             await self.target.wait_below_limit()
 
-    def accept_dead_letter(self, letter: Message) -> bool:
-        outcome = _outcome(letter)
+    def accept_dead_letter(self, letter: Message, ack: Ack | None = None) -> bool:
+        outcome = ack if isinstance(ack, _Outcome) else None
         if self.failed is not None:
             try:
                 self.failed.write(letter)
@@ -173,7 +169,7 @@ class _DeadLetters:
                 outcome.dead_lettered = True
                 outcome.done()
             return True
-        if self.target is None or not self.target.accept_dead_letter(letter):
+        if self.target is None or not self.target.accept_dead_letter(letter, ack):
             if outcome is not None:
                 outcome.failed = True
             return False
@@ -302,7 +298,6 @@ async def _feed(
         if isinstance(decoded, str):  # still undecodable: dead-letter it again
             letter = message.replace(dead_letter=DeadLetter(reason="decode_error", error=decoded))
             outcome = _Outcome(tally, letter)
-            letter._ack = outcome
             outcome.add(1)
             log.error(
                 "replay_still_undecodable",
@@ -310,7 +305,7 @@ async def _feed(
                 seq=message.seq,
                 error=decoded,
             )
-            if not daemon.accept_dead_letter(letter):
+            if not daemon.accept_dead_letter(letter, outcome):
                 log.error(
                     "message_lost",
                     reason="decode_error",
@@ -324,13 +319,14 @@ async def _feed(
         message = decoded
     else:
         message = message.replace(dead_letter=None)
-    message._ack = _Outcome(tally, message)
+    outcome = _Outcome(tally, message)
     target = None if info is None or through_routes else service.runners.get(info.handler or "")
     if target is not None:
-        message._ack.add(1)
+        outcome.add(1)
+        target.acks[id(message)] = outcome
         await target.put(message)
         return
-    pending = service.dispatcher.dispatch(message)
+    pending = service.dispatcher.dispatch(message, outcome)
     if pending is not None:
         await pending
 

@@ -36,16 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import ssl
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, cast
+from collections.abc import Awaitable
+from typing import Any, cast
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import anyio
 import structlog
-from websockets.asyncio import messages as _ws_messages
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
@@ -61,36 +58,41 @@ from websockets.uri import parse_uri
 
 from .config import ConnectionSection
 from .net import redact_url
+from .wire import (
+    HIGH_WATER,
+    MAX_FRAGMENTS,
+    YIELD_EVERY,
+    BadURL,
+    Data,
+    FrameHandler,
+    HandshakeFailed,
+    HandshakeRejected,
+    Inbox,
+    Opener,
+    RedirectRefused,
+    Transport,
+    picows_available,
+)
 
 __all__ = [
+    "HIGH_WATER",
+    "MAX_FRAGMENTS",
     "MAX_REDIRECTS",
+    "YIELD_EVERY",
     "BadURL",
     "ConnectionClosed",
     "Data",
     "FrameHandler",
     "HandshakeFailed",
     "HandshakeRejected",
+    "Inbox",
     "RedirectRefused",
     "Transport",
     "open_transport",
+    "open_websockets",
     "picows_available",
 ]
 
-Data = bytes | str
-#: Called by :meth:`Transport.read` with each data frame, in order; a returned
-#: awaitable is awaited before the next frame is handed over (backpressure).
-FrameHandler = Callable[[Data], Awaitable[None] | None]
-
-# Messages waiting for the reader above which the socket is not read (both transports).
-HIGH_WATER = 64
-# Messages handed to the reader between two explicit yields to the event loop (both
-# transports). Measured with picows: 64 costs less CPU per frame than 16, 128 or never.
-# The yield is asyncio.sleep(0), not anyio's checkpoint(), here and in the handler
-# workers: the daemon runs on asyncio only, and checkpoint() looks the backend up
-# on every call (3% of the CPU on small frames).
-YIELD_EVERY = 64
-# Frames one fragmented message may have (websockets' limit, $WEBSOCKETS_MAX_FRAGMENTS).
-MAX_FRAGMENTS: int = getattr(_ws_messages, "MAX_FRAGMENTS", 4096)
 #: The most HTTP redirects one connect follows, on either transport (websockets' own
 #: default). wsroute follows them itself: see :func:`open_transport`.
 MAX_REDIRECTS = 10
@@ -101,212 +103,12 @@ _COMPRESSED_READ_SIZE = 16 * 1024
 _log = structlog.get_logger("wsroute.transport")
 
 
-class HandshakeFailed(Exception):
-    """The server answered, but not with a WebSocket upgrade we can use."""
-
-
-class HandshakeRejected(HandshakeFailed):
-    """The server refused the upgrade with an HTTP status (401, 429, 503...)."""
-
-    def __init__(self, status: int, headers: Mapping[str, str] | None) -> None:
-        super().__init__(f"server rejected WebSocket connection: HTTP {status}")
-        self.status = status
-        self.headers = headers
-
-
-class RedirectRefused(HandshakeFailed):
-    """The server answered with a redirect the connection's ``redirects`` key does not allow."""
-
-
-class BadURL(Exception):
-    """The URL cannot be connected to (no host, bad port...)."""
-
-
-class Transport(Protocol):
-    """One open WebSocket, whichever library speaks it.
-
-    Sending, pinging and reading raise ``ConnectionClosed`` (or, for
-    :meth:`read`, return) once the connection is gone.
-    """
-
-    @property
-    def subprotocol(self) -> str | None:
-        """The subprotocol the server chose, if any."""
-        ...
-
-    @property
-    def transport(self) -> asyncio.BaseTransport | None:
-        """The socket's asyncio transport (its write buffer size, for the websocket sink)."""
-        ...
-
-    async def read(self, handle: FrameHandler) -> None:
-        """Hand every data frame to ``handle`` until the connection ends."""
-        ...
-
-    async def send(self, data: Data) -> None:
-        """Send one frame: ``str`` as text, ``bytes`` as binary."""
-        ...
-
-    async def ping(self) -> Awaitable[object]:
-        """Send a ping now; the returned awaitable completes when its pong arrives."""
-        ...
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Send a close frame, wait ``close_timeout`` at most for the peer's, then abort."""
-        ...
-
-    def abort(self) -> None:
-        """Drop the TCP connection now: no close handshake (a silent or hostile peer)."""
-        ...
-
-    def close_details(self) -> tuple[int | None, str | None]:
-        """The close code and reason to report once the connection is gone."""
-        ...
-
-
-class Inbox:
-    """Whole messages on their way from a library's synchronous callback to the reader.
-
-    Both transports use it. While the reader waits with nothing in hand, the
-    callback hands a message straight to the reader's handler (:meth:`take`):
-    at moderate rates a frame then costs one task switch (to the handler's
-    worker), not two. Otherwise — the reader is busy, or it was given
-    :data:`YIELD_EVERY` messages since it last ran — the callback appends to
-    :attr:`messages` (inlined on the per-frame path: append, :meth:`pause`
-    above :data:`HIGH_WATER`, wake :attr:`waiter`) or calls :meth:`push`;
-    :meth:`drain` hands them to the handler, yielding to the loop every
-    :data:`YIELD_EVERY`, resumes the socket once everything waiting was handed
-    over, and sleeps until the next push. One task switch per socket read, not
-    per frame, under a flood.
-    """
-
-    __slots__ = ("handle", "inline", "messages", "paused", "pending", "socket", "waiter")
-
-    def __init__(self) -> None:
-        self.messages: deque[Data] = deque()
-        self.waiter: asyncio.Future[None] | None = None
-        self.paused = False  # socket not read: too many messages wait
-        #: The socket's asyncio transport, paused and resumed; set once connected.
-        self.socket: asyncio.ReadTransport | None = None
-        #: The reader's handler, set by :meth:`drain`.
-        self.handle: FrameHandler = _no_reader
-        #: Messages the callback may still hand to :attr:`handle` itself. Above zero
-        #: only while the reader waits with nothing in hand (so nothing waits in
-        #: :attr:`messages` either, and order holds); zeroed by every wake-up.
-        self.inline = 0
-        #: What the handler returned for a message given by :meth:`take`: the
-        #: reader awaits it before anything else (backpressure, a dead letter).
-        self.pending: Awaitable[None] | None = None
-
-    def take(self, data: Data) -> None:
-        """Hand one message to the reader's handler now; only while :attr:`inline`."""
-        self.inline -= 1
-        try:
-            pending = self.handle(data)
-        except Exception as exc:  # a bug: the reader raises it, as if it had called
-            pending = _reraise(exc)
-        if pending is not None:
-            self.pending = pending
-            self.wake()
-
-    def push(self, data: Data) -> None:
-        if self.inline:
-            self.take(data)
-            return
-        messages = self.messages
-        messages.append(data)
-        if len(messages) > HIGH_WATER and not self.paused:
-            self.pause()
-        self.wake()
-
-    def pause(self) -> None:
-        """Stop reading the socket until :meth:`drain` caught up (or :meth:`resume`)."""
-        if not self.paused and self.socket is not None:
-            self.paused = True
-            self.socket.pause_reading()
-
-    def resume(self) -> None:
-        if self.paused:
-            self.paused = False
-            if self.socket is not None:
-                self.socket.resume_reading()
-
-    def wake(self) -> None:
-        self.inline = 0
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def discard(self) -> None:
-        """The reader is gone (closing): drop what waits, and read the socket again —
-        the peer's reply to our close frame must get through."""
-        self.inline = 0
-        self.messages.clear()
-        self.resume()
-
-    async def drain(self, handle: FrameHandler, finished: Callable[[], bool]) -> None:
-        """Hand every message to ``handle``, in order, until ``finished()`` once all
-        waiting ones are handed over. The per-frame path: keep it lean."""
-        self.handle = handle
-        messages = self.messages
-        loop = asyncio.get_running_loop()
-        since_yield = 0
-        while True:
-            pending = self.pending
-            if pending is not None:
-                self.pending = None
-                await pending
-            while messages:
-                data = messages.popleft()
-                # A callback appends a whole socket read at once: against a flooding
-                # upstream this loop would never let the handlers' workers run.
-                since_yield += 1
-                if since_yield >= YIELD_EVERY:
-                    since_yield = 0
-                    await asyncio.sleep(0)
-                pending = handle(data)
-                if pending is not None:
-                    await pending
-            self.resume()
-            if finished():
-                return
-            self.waiter = waiter = loop.create_future()
-            self.inline = YIELD_EVERY
-            try:
-                await waiter
-            except BaseException:
-                # Stopped while a frame already read was handed over (the callback ran
-                # before this task saw its cancellation) with something to await:
-                # await it. The reader runs in an anyio cancel scope, which cancels
-                # the wait again, and a wait for queue room that is cancelled
-                # dead-letters its message instead of forgetting it.
-                pending = self.pending
-                if pending is not None:
-                    self.pending = None
-                    await pending
-                raise
-            finally:
-                self.waiter = None
-                self.inline = 0
-
-
-def _no_reader(data: Data) -> None:
-    raise RuntimeError("Inbox.take() without a reader")  # pragma: no cover
-
-
-async def _reraise(exc: Exception) -> None:
-    raise exc
-
-
-def picows_available() -> bool:
-    """Whether ``transport = "picows"`` can be used (the ``fast`` extra is installed)."""
-    return importlib.util.find_spec("picows") is not None
-
-
 async def open_transport(
-    section: ConnectionSection, context: ssl.SSLContext | None, *, log: Any = None
+    section: ConnectionSection,
+    context: ssl.SSLContext | None,
+    *,
+    log: Any = None,
+    opener: Opener | None = None,
 ) -> Transport:
     """Connect and complete the WebSocket handshake with the section's library.
 
@@ -322,17 +124,12 @@ async def open_transport(
     Raises :class:`HandshakeRejected`, :class:`HandshakeFailed` (a refused
     redirect is a :class:`RedirectRefused`), :class:`BadURL`, ``OSError``,
     ``TimeoutError`` (``open_timeout``) or ``ssl.SSLError``.
-    """
-    if section.transport == "picows":
-        if not picows_available():  # config validation normally says so first
-            raise HandshakeFailed(
-                'transport = "picows" needs the picows package: pip install "wsroute[fast]"'
-            )
-        from .transport_picows import open_picows
 
-        opener: _Opener = open_picows
-    else:
-        opener = _open_websockets
+    ``opener`` is the library's connect (the connection's
+    :func:`~wsroute.connection.opener_for` picks it); websockets' by default.
+    """
+    if opener is None:
+        opener = open_websockets
     log = _log if log is None else log
     url, user_info = split_user_info(section.url)
     origin = _origin(url)
@@ -369,16 +166,6 @@ async def open_transport(
             if scope is not None and scope.cancelled_caught:
                 raise TimeoutError(f"open_timeout reached after {redirects} redirect(s)") from exc
             raise
-
-
-class _Opener(Protocol):
-    async def __call__(
-        self,
-        section: ConnectionSection,
-        context: ssl.SSLContext | None,
-        url: str,
-        headers: list[tuple[str, str]],
-    ) -> Transport: ...
 
 
 def split_user_info(url: str) -> tuple[str, tuple[str, str] | None]:
@@ -467,7 +254,7 @@ class _NoRedirects(connect):
         return exc
 
 
-async def _open_websockets(
+async def open_websockets(
     section: ConnectionSection,
     context: ssl.SSLContext | None,
     url: str,

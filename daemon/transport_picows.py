@@ -34,7 +34,7 @@ from websockets.proxy import get_proxy
 from websockets.uri import parse_uri
 
 from .config import ConnectionSection
-from .transport import (
+from .wire import (
     HIGH_WATER,
     MAX_FRAGMENTS,
     BadURL,

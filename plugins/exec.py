@@ -47,8 +47,7 @@ import anyio.abc
 import msgspec
 
 from wsroute import Duration, HandlerContext, Message, SendError, Size
-from wsroute.notify import child_environ
-from wsroute.plugins._sinks import PluginTasks
+from wsroute.process import child_environ
 from wsroute.records import encode_record
 
 __all__ = ["ExecError", "ExecHandler", "RestartOptions"]
@@ -191,7 +190,6 @@ class ExecHandler:
         self.options = options
         self._ctx = ctx
         self._env = child_environ(dict(os.environ, **options.env))
-        self._tasks = PluginTasks(ctx.log)
         self._slots = anyio.Semaphore(options.max_processes)
         self._write_lock = anyio.Lock()
         self._child: _Child | None = None
@@ -208,17 +206,6 @@ class ExecHandler:
 
     # -- lifecycle
 
-    async def start(self) -> None:
-        """long-lived: start the child (a failure to start is logged and retried)."""
-        if self.options.mode != "long-lived":
-            return
-        await self._tasks.open()
-        try:
-            await self._tasks.start(self._supervise, name=f"exec {self._ctx.name}")
-        except BaseException:
-            await self._tasks.aclose()  # stop() is not called when start() fails
-            raise
-
     async def stop(self) -> None:
         """long-lived: close the child's stdin, wait ``stop_timeout``, then terminate it."""
         self._stopping.set()
@@ -230,7 +217,6 @@ class ExecHandler:
         finally:
             if child is not None and child.process.returncode is None:
                 child.process.kill()  # our own stop was cut short: leave nothing behind
-            await self._tasks.aclose()
 
     # -- handling
 
@@ -332,10 +318,18 @@ class ExecHandler:
         os.set_blocking(write_end, False)
         return _Child(process, write_end)
 
-    async def _supervise(
+    async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Start the child, wait for it to exit, start it again after a delay; until stop."""
+        """long-lived: start the child, wait for it to exit, start it again after a delay.
+
+        Reports started once the first child runs (or failed to start: logged and
+        retried). Cancelled (before ``stop()``): the child's stdin is closed and it
+        is given ``stop_timeout`` to exit, then SIGTERM, then SIGKILL.
+        """
+        if self.options.mode != "long-lived":
+            task_status.started()
+            return
         log = self._ctx.log
         restart = self.options.restart
         first = True
@@ -400,6 +394,10 @@ class ExecHandler:
             if unanswered:
                 self._ctx.log.warning("exec_unanswered", pid=process.pid, count=unanswered)
             with anyio.CancelScope(shield=True):
+                if process.returncode is None:  # cancelled (stop): end the child gracefully
+                    self._stopping.set()
+                    await self._close_stdin(child)
+                    await self._reap(child)
                 await process.aclose()
 
     async def _read_lines(

@@ -32,7 +32,8 @@ from nats.js import JetStreamContext
 
 from wsroute import Duration, HandlerContext, Message
 from wsroute.net import redact_url
-from wsroute.plugins._sinks import PluginTasks, TlsSection, entry_fields, ssl_context
+from wsroute.plugins.redis.entry import encode_entry
+from wsroute.plugins.sinks import TlsSection, ssl_context
 from wsroute.records import encode_record
 
 __all__ = ["NatsHandler", "payload_and_headers"]
@@ -42,7 +43,7 @@ def payload_and_headers(message: Message, payload: str) -> tuple[bytes, dict[str
     """The NATS payload and headers of ``message`` for ``payload = "record"`` or ``"frame"``."""
     if payload == "record":
         return encode_record(message)[:-1], None
-    fields = entry_fields(message)
+    fields = encode_entry(message)
     frame = fields.pop("frame")
     assert isinstance(frame, bytes)
     return frame, {name: str(value) for name, value in fields.items()}
@@ -122,7 +123,6 @@ class NatsHandler:
         self._servers_for_logs = [redact_url(s) for s in options.servers]
         self._client = Client()
         self._js: JetStreamContext | None = None
-        self._tasks = PluginTasks(ctx.log)
         self._connected = anyio.Event()
         self._quiet = False
 
@@ -131,10 +131,16 @@ class NatsHandler:
         """Whether the client is connected right now."""
         return self._client.is_connected
 
-    async def start(self) -> None:
-        """Start connecting in the background: a server that is down does not hold the daemon."""
-        await self._tasks.open()
-        self._tasks.start_soon(self._connect, name=f"nats connect {self._ctx.name}")
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect in the background: a server that is down does not hold the daemon.
+
+        Started at once; returns once connected (the client reconnects by itself
+        from then on), or after logging a connect that cannot succeed.
+        """
+        task_status.started()
+        await self._connect()
 
     async def _connect(self) -> None:
         options = self.options
@@ -189,8 +195,7 @@ class NatsHandler:
         self._connected.set()
 
     async def stop(self) -> None:
-        """Stop connecting, flush what the client still holds and close it."""
-        await self._tasks.aclose()
+        """Flush what the client still holds and close it (``run`` was cancelled before)."""
         client = self._client
         if not client.is_closed:
             with anyio.move_on_after(self.options.ack_timeout + 1.0, shield=True):

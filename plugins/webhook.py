@@ -30,7 +30,7 @@ import msgspec
 
 from wsroute import Duration, HandlerContext, Message
 from wsroute.net import redact_url, retry_after
-from wsroute.plugins._sinks import TlsSection, ssl_context
+from wsroute.plugins.sinks import TlsSection, ssl_context
 from wsroute.records import record
 
 __all__ = ["WebhookError", "WebhookHandler"]

@@ -38,11 +38,19 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 
-from wsroute import Codec, HandlerContext, Message, Outgoing, SendError
-from wsroute.codec import BytesCodec, JsonCodec, TextCodec
-from wsroute.config import ConnectionSection
-from wsroute.connection import Connection, ConnectionState
-from wsroute.plugins._sinks import PluginTasks
+from wsroute import (
+    BytesCodec,
+    Codec,
+    Connection,
+    ConnectionOptions,
+    ConnectionState,
+    HandlerContext,
+    JsonCodec,
+    Message,
+    Outgoing,
+    SendError,
+    TextCodec,
+)
 from wsroute.records import encode_record
 
 __all__ = ["WebsocketHandler", "outgoing_for"]
@@ -75,7 +83,7 @@ class WebsocketHandler:
     """
 
     @dataclass
-    class Options(ConnectionSection):
+    class Options(ConnectionOptions):
         url: str = field(metadata={"doc": "ws:// or wss:// URL of the server to forward to."})
         codec: Literal["bytes", "json", "text"] = field(
             default="bytes",
@@ -105,7 +113,6 @@ class WebsocketHandler:
         self._ctx = ctx
         self._codec: Codec = _CODECS[options.codec]()
         self._connection: Connection | None = None
-        self._tasks = PluginTasks(ctx.log)
         self._ready = anyio.Event()
 
     @property
@@ -123,25 +130,21 @@ class WebsocketHandler:
             self._ready = anyio.Event()
 
     async def start(self) -> None:
-        """Start the connection loop; the server being down is logged, not fatal."""
+        """Create the connection; :meth:`run` keeps it up."""
         # Its log lines say connection=handlers.NAME: not one of the config's upstreams.
         self._connection = Connection(
             f"handlers.{self._ctx.name}", self.options, self._codec, self._on_message
         )
-        await self._tasks.open()
-        try:
-            await self._tasks.start(self._connection.run, name=f"websocket {self._ctx.name}")
-        except BaseException:
-            await self._tasks.aclose()  # stop() is not called when start() fails
-            raise
 
-    async def stop(self) -> None:
-        """Close the connection (close frame, ``close_timeout``) and stop its loop."""
-        if self._connection is not None:
-            self._connection.stop()
-            with anyio.move_on_after(self.options.close_timeout + 1.0):
-                await self._connection.wait_stopped()
-        await self._tasks.aclose()
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The connection loop; the server being down is logged, not fatal.
+
+        Cancelled (before ``stop()``), it closes the connection: a close frame,
+        ``close_timeout`` at most for the server's.
+        """
+        await self.connection.run(task_status=task_status)
 
     async def handle(self, message: Message) -> None:
         """Send the frame; return once the server confirmed it (``confirm``)."""

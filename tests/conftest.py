@@ -1,12 +1,21 @@
-"""Shared fixtures: real servers on 127.0.0.1, a running daemon in-process."""
+"""Shared fixtures: real servers on 127.0.0.1, a running daemon in-process.
+
+Tests that need an outside program or library (redis-server, nats-server,
+picows, systemd-nspawn) say so with :func:`need`: on a developer machine
+without it they skip, and the run's summary ends with what was skipped for
+want of what; under CI (the environment variable ``CI`` set, as ``.ci/run``
+is run) they fail instead, so a missing server can never pass unnoticed.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
+import shutil
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 import pytest
@@ -14,6 +23,9 @@ import structlog
 
 from wsroute.config import loads
 from wsroute.service import Service, plan
+from wsroute.transport import picows_available
+
+__all__ = ["REPO", "need", "running", "tool_path", "unavailable"]
 
 # The atheris target is run by hand (tests/fuzz/README.md), not collected.
 collect_ignore_glob = ["fuzz/*"]
@@ -32,12 +44,6 @@ def _reset_structlog() -> Iterator[None]:
     structlog.reset_defaults()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def running(text: str, environ: Mapping[str, str] | None = None) -> AsyncIterator[Service]:
     """Run the daemon in-process on a TOML config; shut it down (drain) on exit."""
@@ -51,9 +57,91 @@ async def running(text: str, environ: Mapping[str, str] | None = None) -> AsyncI
             service.shutdown()
 
 
-async def wait_until(predicate: object, timeout: float = 5.0, step: float = 0.01) -> None:
-    """Poll ``predicate()`` until true; fail the test after ``timeout`` seconds."""
-    assert callable(predicate)
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(step)
+# --------------------------------------------------------------------------- need(tool)
+
+# What CI installs, and how; a test needing anything else gets a KeyError.
+INSTALL = {
+    "redis-server": "apt-get install redis-server, or .ci/services-setup as root",
+    "nats-server": "apt-get install nats-server, or .ci/services-setup as root",
+    "picows": 'pip install "wsroute[fast]" (make venv installs it)',
+    "systemd-nspawn": "apt-get install systemd-container, or .ci/systemd-setup as root",
+}
+_SKIPPED: Counter[tuple[str, str]] = Counter()  # (tool, why) -> tests skipped
+
+
+def in_ci() -> bool:
+    """Whether ``CI`` is set (and not ``0``/``false``): missing tools fail, not skip."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def tool_path(program: str) -> str | None:
+    """``program`` on PATH, or in /usr/sbin or /usr/bin (root's PATH is not everyone's)."""
+    found = shutil.which(program)
+    if found:
+        return found
+    for folder in ("/usr/sbin", "/usr/bin"):
+        candidate = os.path.join(folder, program)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _missing(tool: str) -> str | None:
+    if tool not in INSTALL:
+        raise KeyError(f"need({tool!r}): not one of {sorted(INSTALL)}")
+    if tool == "picows":
+        return None if picows_available() else "not installed"
+    if tool_path(tool) is None:
+        return "not installed"
+    if tool == "systemd-nspawn" and os.geteuid() != 0:
+        return "needs root"
+    return None
+
+
+def unavailable(tool: str, why: str) -> NoReturn:
+    """Skip the running test for want of ``tool`` (``why``); fail it instead under CI."""
+    if in_ci():
+        pytest.fail(
+            f"{tool} is required under CI (CI={os.environ.get('CI')!r}) but {why}: {INSTALL[tool]}",
+            pytrace=False,
+        )
+    _SKIPPED[(tool, why)] += 1
+    pytest.skip(f"{tool}: {why} ({INSTALL[tool]})")
+
+
+def need(tool: str) -> pytest.MarkDecorator:
+    """Mark a test (or a ``pytest.param``) as needing ``tool``: see :func:`unavailable`.
+
+    ``tool`` is a key of :data:`INSTALL`; systemd-nspawn also needs root.
+    """
+    _missing(tool)  # an unknown name fails at collection
+    return pytest.mark.needs(tool)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs(tool): skips without the tool, fails under CI (tests/conftest.py)"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs"):
+        why = _missing(mark.args[0])
+        if why is not None:
+            unavailable(mark.args[0], why)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    # The outermost wrapper: this line comes after pytest's short summary (-ra),
+    # just before its closing "N passed, M skipped" line, which stays the last.
+    try:
+        return (yield)
+    finally:
+        if _SKIPPED:
+            parts = [
+                f"{count} test{'s' if count > 1 else ''} need{'' if count > 1 else 's'} "
+                f"{tool} ({why})"
+                for (tool, why), count in sorted(_SKIPPED.items())
+            ]
+            terminalreporter.write_line("skipped: " + "; ".join(parts), yellow=True, bold=True)

@@ -10,8 +10,6 @@ again brings it back on the same port and folder.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,27 +18,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-import pytest
+from wsroute.testing import free_port
 
-from conftest import free_port
+from conftest import need, tool_path
 
 __all__ = ["REDIS_SERVER", "RedisServer", "redis_server", "requires_redis"]
 
 
-def _find_server() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    return "/usr/bin/redis-server" if os.access("/usr/bin/redis-server", os.X_OK) else None
+REDIS_SERVER = tool_path("redis-server")
 
-
-REDIS_SERVER = _find_server()
-
-requires_redis = pytest.mark.skipif(
-    REDIS_SERVER is None,
-    reason="redis-server is not installed (apt-get install redis-server): "
-    "the redis-stream tests run against a real server",
-)
+# Skips without redis-server; fails under CI (tests/conftest.py: need).
+requires_redis = need("redis-server")
 
 
 class RedisServer:

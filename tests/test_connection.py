@@ -28,11 +28,11 @@ from wsroute.config import ReconnectSection
 from wsroute.connection import Backoff, redact_url, retry_after
 from wsroute.demo import ReferenceUpstream
 from wsroute.service import Service
-from wsroute.transport import picows_available
+from wsroute.testing import free_port, wait_until
 
 import conftest
 from collectors import Collect
-from conftest import free_port, wait_until
+from conftest import need
 
 pytestmark = pytest.mark.anyio
 
@@ -40,9 +40,7 @@ TRANSPORTS = [
     "websockets",
     pytest.param(
         "picows",
-        marks=pytest.mark.skipif(
-            not picows_available(), reason='picows is not installed (pip install "wsroute[fast]")'
-        ),
+        marks=need("picows"),
     ),
 ]
 _transport = "websockets"

@@ -5,9 +5,13 @@ from __future__ import annotations
 import wsroute
 
 PUBLIC = [
+    "BytesCodec",
     "Codec",
     "CodecError",
     "ConfigError",
+    "Connection",
+    "ConnectionOptions",
+    "ConnectionState",
     "DeadLetter",
     "DecodeError",
     "Duration",
@@ -16,6 +20,7 @@ PUBLIC = [
     "Handler",
     "HandlerContext",
     "Issue",
+    "JsonCodec",
     "Key",
     "Message",
     "Outgoing",
@@ -26,9 +31,13 @@ PUBLIC = [
     "SourceContext",
     "SourceLimits",
     "StructArg",
+    "StructCodec",
+    "TextCodec",
     "WsrouteError",
     "__version__",
     "check_output_file",
+    "encode_outgoing",
+    "make_message",
 ]
 
 

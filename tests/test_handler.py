@@ -12,8 +12,7 @@ import pytest
 from wsroute import Message
 from wsroute.config import HandlerSection
 from wsroute.handler import Ack, HandlerRunner
-
-from conftest import wait_until
+from wsroute.testing import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -274,7 +273,8 @@ async def test_ack_fires_once_every_delivery_settled() -> None:
         for r in (dlq, ra, rb):
             await tg.start(r.run)
         m = msg(1)
-        m._ack = Ack(lambda: acked.append(1), pending=2)
+        ack = Ack(lambda: acked.append(1), pending=2)
+        ra.acks[id(m)] = rb.acks[id(m)] = ack  # passed along, never set on the message
         ra.offer(m)
         rb.offer(m)
         await wait_until(lambda: bool(dlq_rec.seen))
@@ -282,6 +282,9 @@ async def test_ack_fires_once_every_delivery_settled() -> None:
         for r in (ra, rb, dlq):
             await r.stop_workers("shutdown")
     assert acked == [1]  # once, after the dead letter was handled
+    assert not ra.acks
+    assert not rb.acks
+    assert not dlq.acks  # every runner gave its acknowledgement back
 
 
 async def test_a_timed_out_attempt_is_retried_and_other_workers_go_on() -> None:

@@ -14,9 +14,8 @@ from collections.abc import Awaitable
 import anyio
 import pytest
 
+from wsroute.testing import wait_until
 from wsroute.transport import YIELD_EVERY, Data, Inbox
-
-from conftest import wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,7 @@ from wsroute.config import ConfigError, HandlerSection, loads
 from wsroute.dispatch import Dispatcher
 from wsroute.handler import HandlerRunner, MemoryBudget, message_size
 from wsroute.router import Router
-
-from conftest import wait_until
+from wsroute.testing import wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -28,21 +28,16 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from wsroute import ConfigError, Message
-from wsroute.plugins.redis import (
-    Batcher,
-    DedupeError,
-    RedisHandler,
-    dedupe_key,
-    pack_entry,
-    shard_of,
-    stream_fields,
-    upstream_seq,
-)
-from wsroute.plugins.redis_stream import RedisStreamSource, unpack_entry
-from wsroute.testing import build_handler, message
+from wsroute.plugins.redis.batcher import Batcher
+from wsroute.plugins.redis.dedupe import DedupeError, dedupe_key, upstream_seq
+from wsroute.plugins.redis.entry import encode_entry, pack_entry, unpack_entry
+from wsroute.plugins.redis.shards import shard_of
+from wsroute.plugins.redis.sink import RedisHandler
+from wsroute.plugins.redis.source import RedisStreamSource
+from wsroute.testing import build_handler, free_port, message, wait_until
 
 from collectors import Collect
-from conftest import free_port, running, wait_until
+from conftest import running
 from redis_helpers import RedisServer, redis_server, requires_redis
 
 pytestmark = pytest.mark.anyio
@@ -131,16 +126,16 @@ def test_dedupe_options_are_checked() -> None:
 
 
 def test_the_dedupe_key_is_the_content_in_the_stream_slot() -> None:
-    first = stream_fields(tick(1, seq=10))
-    again = stream_fields(tick(1, seq=99))  # the other daemon: its own seq and time
-    other = stream_fields(tick(2))
+    first = encode_entry(tick(1, seq=10))
+    again = encode_entry(tick(1, seq=99))  # the other daemon: its own seq and time
+    other = encode_entry(tick(2))
     for stream in ("{ticks}:in", "ticks", "{ticks.3}:in", "in:{a.b}"):
         key = dedupe_key(stream, first)
         assert key_slot(key.encode()) == key_slot(stream.encode())
         assert dedupe_key(stream, again) == key
         assert dedupe_key(stream, other) != key
     assert dedupe_key("{t}:a", first) != dedupe_key("{t}:b", first)
-    assert dedupe_key("s", first) != dedupe_key("s", stream_fields(tick(1, connection="up2")))
+    assert dedupe_key("s", first) != dedupe_key("s", encode_entry(tick(1, connection="up2")))
 
 
 def test_upstream_seq_comes_from_a_header_field_or_the_body() -> None:
@@ -153,8 +148,8 @@ def test_upstream_seq_comes_from_a_header_field_or_the_body() -> None:
 
 
 def test_a_pack_unpacks_into_its_frames_fields() -> None:
-    frames = [stream_fields(tick(n)) for n in (1, 2)]
-    frames.append(stream_fields(message(None, raw=b"\x00\xff", seq=3)))
+    frames = [encode_entry(tick(n)) for n in (1, 2)]
+    frames.append(encode_entry(message(None, raw=b"\x00\xff", seq=3)))
     entry = pack_entry(frames)
     assert (entry["kind"], entry["count"]) == ("pack", "3")
     as_stored = {k.encode(): v.encode() if isinstance(v, str) else v for k, v in entry.items()}
@@ -368,8 +363,8 @@ async def test_packed_entries_reach_a_worker_frame_by_frame(
 async def test_a_packed_entry_is_acknowledged_once_all_its_frames_settled(
     server: RedisServer, client: aioredis.Redis
 ) -> None:
-    frames = [stream_fields(tick(n)) for n in (1, 2, 3)]
-    bad = stream_fields(message(None, raw="not json", seq=4))
+    frames = [encode_entry(tick(n)) for n in (1, 2, 3)]
+    bad = encode_entry(message(None, raw="not json", seq=4))
     await client.xadd("{q}:in", dict(pack_entry([*frames, bad])))
     slow = 'delay = "300ms"\nconcurrency = 1'
     async with running(WORKER.format(url=server.url, stream="{q}:in", work=slow)) as service:
@@ -447,7 +442,7 @@ async def test_hash_dedupe_stores_one_copy_within_the_window(
         await handle_all(second, [tick(n) for n in range(1, 26)])
         assert numbers(await client.xrange("{h}:in")) == list(range(1, 26))
         assert (second.stats.duplicates, second.stats.entries) == (20, 5)
-        key = dedupe_key("{h}:in", stream_fields(tick(1)))
+        key = dedupe_key("{h}:in", encode_entry(tick(1)))
         assert 0 < await client.pttl(key) <= 500
 
         await client.script_flush()  # a Redis restart forgets scripts: loaded again

@@ -28,24 +28,20 @@ from structlog.testing import capture_logs
 from wsroute import DeadLetter, Message
 from wsroute.config import loads
 from wsroute.exceptions import ConfigError
-from wsroute.plugins.redis_stream import (
-    RedisStreamSource,
-    _autoclaim_reply,
-    _stream_entries,
-    default_consumer,
-    entry_frame,
-    id_time,
-)
+from wsroute.plugins.redis.entry import decode_frame, id_time
+from wsroute.plugins.redis.group import autoclaim_reply, stream_entries
+from wsroute.plugins.redis.source import RedisStreamSource, default_consumer
 from wsroute.records import encode_record
 from wsroute.service import plan
+from wsroute.testing import wait_until
 
 from collectors import Collect
-from conftest import running, wait_until
+from conftest import running
 from redis_helpers import RedisServer, redis_server, requires_redis
 
 pytestmark = pytest.mark.anyio
 
-PLUGIN = "wsroute.plugins.redis_stream:RedisStreamSource"
+PLUGIN = "wsroute.plugins.redis.source:RedisStreamSource"
 STREAM = "{ticks}:in"
 GROUP = "wsroute"
 WSROUTE = str(Path(sys.executable).with_name("wsroute"))
@@ -163,10 +159,10 @@ def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 def test_entry_frame_takes_seq_and_time_from_the_entry() -> None:
     fields = {b"frame": b'{"a": 1}', b"kind": b"text", b"seq": b"7", b"received_at": b"12.5"}
-    frame = entry_frame("ticks", "1700000000123-0", fields)
+    frame = decode_frame("ticks", "1700000000123-0", fields)
     assert frame.data == '{"a": 1}'
     assert (frame.connection, frame.seq, frame.received_at) == ("ticks", 7, 12.5)
-    binary = entry_frame("ticks", "1700000000123-4", {b"frame": b"\x01\x02"})
+    binary = decode_frame("ticks", "1700000000123-4", {b"frame": b"\x01\x02"})
     assert binary.data == b"\x01\x02"
     assert (binary.seq, binary.received_at) == (0, 1700000000.123)
 
@@ -182,19 +178,19 @@ def test_entry_frame_takes_seq_and_time_from_the_entry() -> None:
 )
 def test_a_malformed_entry_is_a_value_error(fields: dict[bytes, bytes]) -> None:
     with pytest.raises(ValueError, match=r"."):
-        entry_frame("ticks", "1-0", fields)
+        decode_frame("ticks", "1-0", fields)
 
 
 def test_replies_of_both_protocols_parse_alike() -> None:
     entries = [(b"1-0", {b"frame": b"x"}), (b"2-0", {})]
     expected = [("1-0", {b"frame": b"x"}), ("2-0", None)]
-    assert _stream_entries([[b"s", entries]]) == expected
-    assert _stream_entries({b"s": [entries]}) == expected
-    assert _stream_entries([]) == []
-    assert _stream_entries(None) == []
-    cursor, claimed, deleted = _autoclaim_reply([b"0-0", entries, [b"3-0"]])
+    assert stream_entries([[b"s", entries]]) == expected
+    assert stream_entries({b"s": [entries]}) == expected
+    assert stream_entries([]) == []
+    assert stream_entries(None) == []
+    cursor, claimed, deleted = autoclaim_reply([b"0-0", entries, [b"3-0"]])
     assert (cursor, claimed, deleted) == ("0-0", expected, ["3-0"])
-    assert _autoclaim_reply([b"5-0", []]) == ("5-0", [], [])  # Redis 6.2: no third element
+    assert autoclaim_reply([b"5-0", []]) == ("5-0", [], [])  # Redis 6.2: no third element
     assert id_time("1500-2") == 1.5
 
 

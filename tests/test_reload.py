@@ -13,9 +13,9 @@ from structlog.testing import capture_logs
 from wsroute.config import load
 from wsroute.demo import ReferenceUpstream
 from wsroute.service import Service, plan
+from wsroute.testing import wait_until
 
 from collectors import Collect
-from conftest import wait_until
 
 pytestmark = pytest.mark.anyio
 

@@ -34,7 +34,8 @@ import structlog
 from wsroute import logging as wslogging
 from wsroute.config import loads
 from wsroute.logging import mask_secrets, redact_values, register_secrets
-from wsroute.transport import picows_available
+
+from conftest import need
 
 pytestmark = pytest.mark.anyio
 
@@ -199,7 +200,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
         "websockets",
         pytest.param(
             "picows",
-            marks=pytest.mark.skipif(not picows_available(), reason="picows is not installed"),
+            marks=need("picows"),
         ),
     ],
 )

@@ -17,7 +17,15 @@ from structlog.testing import capture_logs
 
 from wsroute import ConfigError
 from wsroute.plugins.exec import ExecError, ExecHandler
-from wsroute.testing import RecordingContext, ScriptedUpstream, build_handler, message, wait_until
+from wsroute.testing import (
+    RecordingContext,
+    ScriptedUpstream,
+    build_handler,
+    message,
+    run_handler,
+    run_outage,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -54,12 +62,8 @@ async def started(
     options: dict[str, Any], ctx: RecordingContext | None = None
 ) -> AsyncIterator[Any]:
     handler = build_handler("exec", options, ctx=ctx)
-    await handler.start()
-    try:
+    async with run_handler(handler):
         yield handler
-    finally:
-        with anyio.fail_after(20):
-            await handler.stop()
 
 
 # --------------------------------------------------------------------------- options
@@ -180,12 +184,11 @@ async def test_stop_escalates_to_kill_for_a_child_that_will_not_exit(tmp_path: P
         time.sleep(60)                # ... and still it does not exit
     """
     handler = build_handler("exec", {"command": program(stubborn), "stop_timeout": "200ms"})
-    await handler.start()
-    await handler.handle(message({}))
-    pid = handler.pid
-    assert pid is not None
     with capture_logs() as logs, anyio.fail_after(10):
-        await handler.stop()
+        async with run_handler(handler):
+            await handler.handle(message({}))
+            pid = handler.pid
+            assert pid is not None
     actions = [e["action"] for e in logs if e["event"] == "exec_stop_timeout"]
     assert actions == ["terminate", "kill"]
     with pytest.raises(ProcessLookupError):
@@ -369,18 +372,19 @@ async def test_outage_dead_letters_then_recovers(tmp_path: Path, wsroute_daemon:
     config = CONFIG.replace("${COMMAND}", command)
     async with wsroute_daemon(config, upstream=upstream) as daemon:
         pipe = daemon.handler("pipe")
-        await daemon.wait_until(lambda: upstream.connected == 1 and pipe.pid is not None)
-        await upstream.send('{"type": "tick", "n": 1}')
-        await daemon.wait_until(lambda: len(lines(out)) == 1)
 
-        down.touch()
-        os.kill(pipe.pid, 9)  # the program crashes, and keeps failing to start
-        await upstream.send('{"type": "tick", "n": 2}')
-        await daemon.wait_until(lambda: daemon.stats("pipe")["dead_lettered"] == 1, timeout=10)
+        def crash() -> None:
+            down.touch()
+            os.kill(pipe.pid, 9)  # the program crashes, and keeps failing to start
 
-        down.unlink()  # it starts again
-        await upstream.send('{"type": "tick", "n": 3}')
-        await daemon.wait_until(lambda: len(lines(out)) == 2, timeout=10)
+        await run_outage(
+            daemon,
+            "pipe",
+            ready=lambda: pipe.pid is not None,
+            stop=crash,
+            start=down.unlink,  # it starts again
+            delivered=lambda: len(lines(out)),
+        )
         dead_file = daemon.tmp_path / "dead.jsonl"
     assert [rec["body"]["n"] for _, rec in lines(out)] == [1, 3]
     dead = [json.loads(line) for line in dead_file.read_text().splitlines()]

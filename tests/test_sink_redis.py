@@ -19,7 +19,9 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from wsroute import ConfigError, DeadLetter, Message
-from wsroute.plugins.redis import Batcher, PipelineError, RedisHandler, stream_fields
+from wsroute.plugins.redis.batcher import Batcher, PipelineError
+from wsroute.plugins.redis.entry import encode_entry
+from wsroute.plugins.redis.sink import RedisHandler
 from wsroute.records import parse_record
 from wsroute.testing import (
     RecordingContext,
@@ -28,12 +30,10 @@ from wsroute.testing import (
     message,
 )
 
-from redis_helpers import REDIS_SERVER, RedisServer
+from conftest import need
+from redis_helpers import RedisServer
 
-needs_redis = pytest.mark.skipif(
-    REDIS_SERVER is None,
-    reason="redis-server is not installed (CI installs it with .ci/services-setup)",
-)
+needs_redis = need("redis-server")
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def client(server: RedisServer) -> aioredis.Redis:
 def test_binary_frame_is_written_byte_for_byte() -> None:
     raw = b"\x01\x00\x00\x00" + b'{"price": 1.5}'
     msg = Message("exchange", 1, {"price": 1.5}, raw=raw, seq=42, received_at=1700000000.125)
-    assert stream_fields(msg) == {
+    assert encode_entry(msg) == {
         "frame": raw,
         "connection": "exchange",
         "key": "1",
@@ -72,7 +72,7 @@ def test_binary_frame_is_written_byte_for_byte() -> None:
 
 def test_text_frame_is_utf8_with_kind_text() -> None:
     msg = Message("news", "news", {"headline": "é"}, raw='{"headline": "é"}', seq=1)
-    fields = stream_fields(msg)
+    fields = encode_entry(msg)
     assert fields["frame"] == '{"headline": "é"}'.encode()
     assert fields["kind"] == "text"
     assert fields["key"] == '"news"'
@@ -81,7 +81,7 @@ def test_text_frame_is_utf8_with_kind_text() -> None:
 def test_message_without_raw_frame_carries_its_record() -> None:
     # A lifecycle message has no raw frame: a worker rebuilds it from the record.
     msg = Message("exchange", "$connected", {"outage": 1.5}, seq=9, received_at=1700000000.5)
-    fields = stream_fields(msg)
+    fields = encode_entry(msg)
     assert fields["kind"] == "message"
     assert fields["key"] == '"$connected"'
     frame = fields["frame"]
@@ -91,7 +91,7 @@ def test_message_without_raw_frame_carries_its_record() -> None:
 
 def test_dead_letter_adds_its_reason() -> None:
     dead = DeadLetter(reason="timeout", handler="archive", error="TimeoutError", attempts=4)
-    fields = stream_fields(Message("c", None, b"x", raw=b"x", dead_letter=dead))
+    fields = encode_entry(Message("c", None, b"x", raw=b"x", dead_letter=dead))
     assert (fields["reason"], fields["handler"], fields["attempts"]) == ("timeout", "archive", "4")
 
 

@@ -26,7 +26,7 @@ from anyio.streams.tls import TLSListener
 
 from wsroute import ConfigError
 from wsroute.plugins.webhook import WebhookError, WebhookHandler, request_body
-from wsroute.testing import ScriptedUpstream, build_handler, free_port, message
+from wsroute.testing import ScriptedUpstream, build_handler, free_port, message, run_outage
 
 
 @pytest.fixture
@@ -215,8 +215,12 @@ async def test_a_long_retry_after_fails_at_once() -> None:
     server = HttpServer()
     server.script.append((429, {"Retry-After": "120"}))
     async with server.running(), started({"url": server.url, "backoff_max": "1s"}) as handler:
-        with pytest.raises(WebhookError, match="Retry-After 120s is beyond backoff_max"):
+        with (
+            pytest.raises(WebhookError, match="Retry-After 120s is beyond backoff_max"),
+            anyio.fail_after(1),  # not even backoff_max
+        ):
             await handler.handle(message({}))
+    assert len(server.requests) == 1  # no retry
 
 
 @pytest.mark.anyio
@@ -280,23 +284,16 @@ path = "${WSROUTE_TMP}/dead.jsonl"
 @pytest.mark.anyio
 async def test_outage_dead_letters_then_recovers(wsroute_daemon: Any) -> None:
     server = HttpServer()
-    upstream = ScriptedUpstream()
     env = {"HOOK_URL": server.url, "HOOK_TOKEN": "t0ken"}
-    async with wsroute_daemon(CONFIG, upstream=upstream, environ=env) as daemon:
-        await daemon.wait_until(lambda: upstream.connected == 1)
-        async with server.running():
-            await upstream.send('{"type": "tick", "n": 1}')
-            await daemon.wait_until(lambda: daemon.stats("hook")["handled"] == 1)
-        # The server is gone: refused, retried, dead-lettered.
-        await upstream.send('{"type": "tick", "n": 2}')
-        await daemon.wait_until(lambda: daemon.stats("hook")["dead_lettered"] == 1, timeout=15)
-        assert daemon.stats("hook")["failures"] == 3
-        async with server.running():
-            await upstream.send('{"type": "tick", "n": 3}')
-            await daemon.wait_until(lambda: daemon.stats("hook")["handled"] == 2, timeout=10)
+    async with wsroute_daemon(CONFIG, upstream=ScriptedUpstream(), environ=env) as daemon:
+        outage = await run_outage(
+            daemon, "hook", serve=server.running, delivered=lambda: len(server.requests)
+        )
         dead_file = daemon.tmp_path / "dead.jsonl"
     assert [json.loads(r.body)["body"]["n"] for r in server.requests] == [1, 3]
     assert {r.headers["authorization"] for r in server.requests} == {"Bearer t0ken"}
+    # The server gone: refused, retried (retries = 2), dead-lettered.
+    assert outage.down["failures"] == 3
     dead = [json.loads(line) for line in dead_file.read_text().splitlines()]
     assert [d["body"]["n"] for d in dead] == [2]
     assert "t0ken" not in dead_file.read_text()

@@ -12,7 +12,15 @@ import pytest
 
 from wsroute import ConfigError, Message, Outgoing, SendError
 from wsroute.plugins.websocket import WebsocketHandler, outgoing_for
-from wsroute.testing import ScriptedUpstream, build_handler, free_port, message, wait_until
+from wsroute.testing import (
+    ScriptedUpstream,
+    build_handler,
+    free_port,
+    message,
+    run_handler,
+    run_outage,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -23,12 +31,8 @@ def anyio_backend() -> str:
 @asynccontextmanager
 async def started(options: dict[str, Any]) -> AsyncIterator[WebsocketHandler]:
     handler: WebsocketHandler = build_handler("websocket", options)
-    await handler.start()
-    try:
+    async with run_handler(handler):
         yield handler
-    finally:
-        with anyio.fail_after(10):
-            await handler.stop()
 
 
 # --------------------------------------------------------------------------- frames (no I/O)
@@ -95,13 +99,29 @@ async def test_a_frame_sent_as_the_connection_dies_is_not_counted_handled() -> N
         options = {"url": url, "reconnect": {"initial": "50ms", "max": "100ms"}}
         async with started(options) as handler:
             await handler.handle(message({}, raw="one"))
-            target.drop()
-            try:
-                await handler.handle(message({}, raw="two"))
-            except SendError:
-                pass  # no pong: failed, for the daemon to retry
-            else:  # the client saw the drop first and waited for the reconnect
-                await wait_until(lambda: "two" in target.received)
+            target.stall()  # "two" and the ping after it stay unread: no pong
+            outcome: list[BaseException | None] = []
+
+            async def send_two() -> None:
+                try:
+                    await handler.handle(message({}, raw="two"))
+                except SendError as exc:
+                    outcome.append(exc)
+                else:
+                    outcome.append(None)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_two)
+                await anyio.wait_all_tasks_blocked()  # sent, waiting for the pong
+                assert outcome == []
+                target.drop()  # the connection dies with the frame unconfirmed
+            assert len(outcome) == 1
+            assert isinstance(outcome[0], SendError)  # failed, for the daemon to retry
+            await wait_until(lambda: not handler.connection.connected)
+            with anyio.fail_after(10):  # the next frame goes over the new connection
+                await handler.handle(message({}, raw="three"))
+    assert target.received == ["one", "three"]
+    assert target.connections == 2
 
 
 @pytest.mark.anyio
@@ -169,19 +189,11 @@ path = "${WSROUTE_TMP}/dead.jsonl"
 @pytest.mark.anyio
 async def test_outage_dead_letters_then_recovers(wsroute_daemon: Any) -> None:
     target = ScriptedUpstream(port=free_port())
-    upstream = ScriptedUpstream()
     env = {"TARGET_URL": f"ws://127.0.0.1:{target.port}/"}
-    async with wsroute_daemon(CONFIG, upstream=upstream, environ=env) as daemon:
-        await daemon.wait_until(lambda: upstream.connected == 1)
-        async with target.serve():
-            await upstream.send('{"type": "tick", "n": 1}')
-            await daemon.wait_until(lambda: daemon.stats("forward")["handled"] == 1)
-        await upstream.send('{"type": "tick", "n": 2}')
-        await daemon.wait_until(lambda: daemon.stats("forward")["dead_lettered"] == 1, timeout=10)
-        async with target.serve():
-            await upstream.send('{"type": "tick", "n": 3}')
-            await daemon.wait_until(lambda: daemon.stats("forward")["handled"] == 2, timeout=10)
-            await daemon.wait_until(lambda: len(target.received) == 2)
+    async with wsroute_daemon(CONFIG, upstream=ScriptedUpstream(), environ=env) as daemon:
+        await run_outage(
+            daemon, "forward", serve=target.serve, delivered=lambda: len(target.received)
+        )
         dead_file = daemon.tmp_path / "dead.jsonl"
     assert [json.loads(f)["n"] for f in target.received] == [1, 3]
     dead = [json.loads(line) for line in dead_file.read_text().splitlines()]

@@ -10,9 +10,10 @@ import pytest
 from wsroute.config import load, loads
 from wsroute.exceptions import ConfigError
 from wsroute.service import Service, plan
+from wsroute.testing import wait_until
 
 from collectors import Collect, ListSource
-from conftest import running, wait_until
+from conftest import running
 
 pytestmark = pytest.mark.anyio
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from conftest import free_port
+from wsroute.testing import free_port
+
 from systemd_helpers import (
     PROBES,
     Daemon,

@@ -10,7 +10,8 @@ own environment. (The host's interpreter may live under ``/root``, and a
 checkout under ``/root`` or ``/home``; ``ProtectHome=yes`` hides both from the
 service, so neither is used in place.)
 
-Runs as root only (CI: ``.ci/run``); skips with the reason elsewhere.
+Runs as root only (CI: ``.ci/run``); skips with the reason elsewhere, and
+fails instead under CI (``need``/``unavailable`` in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import pytest
 import wsroute
 import wsroute.plugins
 
+from conftest import need, unavailable
 from systemd_helpers import PROBES, UPSTREAM_CODE, reference_config, wait_for
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
@@ -70,11 +72,7 @@ def _version_of(python: Path) -> tuple[int, int] | None:
 
 
 def _why_not() -> str | None:
-    """Why a container cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "booting systemd with systemd-nspawn needs root (CI runs .ci/run as root)"
-    if NSPAWN is None:
-        return "systemd-nspawn is not installed (package systemd-container; .ci/systemd-setup)"
+    """Why a container cannot run here, or None (root and systemd-nspawn: ``need``)."""
     if NSENTER is None:
         return "nsenter is not installed (package util-linux)"
     if not SYSTEM_PYTHON.exists():
@@ -268,7 +266,9 @@ def container(folder: Path, binds: Sequence[tuple[Path, str]]) -> Iterator[Conta
     try:
         reason = box.boot(timeout=25)
         if reason:
-            pytest.skip(f"no container: {reason}; boot.log:\n{box.boot_log_tail()}")
+            unavailable(
+                "systemd-nspawn", f"no container: {reason}; boot.log:\n{box.boot_log_tail()}"
+            )
         yield box
     finally:
         box.stop()
@@ -283,10 +283,11 @@ def _lines(path: Path) -> int:
         return 0
 
 
+@need("systemd-nspawn")
 def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
     reason = _why_not()
     if reason:
-        pytest.skip(reason)
+        unavailable("systemd-nspawn", reason)
     venv, deps = build_runtime(tmp_path)
     with container(tmp_path, [(venv, OPT), (deps, DEPS)]) as box:
         # The upstream runs in the container too: its network is its own loopback.

@@ -29,12 +29,12 @@ from websockets.http11 import Request, Response
 from wsroute.config import loads
 from wsroute.exceptions import ConfigError
 from wsroute.service import Service
-from wsroute.testing import ScriptedUpstream, build_handler, message
-from wsroute.transport import MAX_FRAGMENTS, picows_available
+from wsroute.testing import ScriptedUpstream, build_handler, message, run_handler, wait_until
+from wsroute.transport import MAX_FRAGMENTS
 
 import conftest
 from collectors import Collect
-from conftest import wait_until
+from conftest import need
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "faults"))
 from peers import (
@@ -55,9 +55,7 @@ from peers import (
 
 pytestmark = pytest.mark.anyio
 
-NEEDS_PICOWS = pytest.mark.skipif(
-    not picows_available(), reason='picows is not installed (pip install "wsroute[fast]")'
-)
+NEEDS_PICOWS = need("picows")
 TRANSPORTS = ["websockets", pytest.param("picows", marks=NEEDS_PICOWS)]
 
 Logs = list[MutableMapping[str, Any]]
@@ -551,14 +549,11 @@ async def test_websocket_sink_forwards_and_confirms(transport: str, confirm: str
             "websocket",
             {"url": url, "transport": transport, "compression": "none", "confirm": confirm},
         )
-        await handler.start()
-        try:
+        async with run_handler(handler):
             with anyio.fail_after(5):
                 await handler.handle(message({}, raw=b"\x01\x00\x00\x00{}"))
                 await handler.handle(message({"type": "news"}, raw='{"type": "news"}'))
             await wait_until(lambda: len(target.received) == 2)
-        finally:
-            await handler.stop()
     assert target.received == [b"\x01\x00\x00\x00{}", '{"type": "news"}']
 
 

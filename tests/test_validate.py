@@ -123,7 +123,7 @@ def test_convert_duration() -> None:
     assert ok(Duration, "1m") == 60.0
     assert ok(Duration, 0) == 0.0
     assert ok(Duration, 0.0) == 0.0
-    # The DESIGN.md example, word for word.
+    # The example error of the README and docs/config.md, word for word.
     assert fails(Duration, -1, "connections.exchange.reconnect.max") == {
         "connections.exchange.reconnect.max": 'expected a duration like "30s", got -1'
     }

@@ -25,8 +25,10 @@ from structlog.testing import capture_logs
 from test_fault_process import Burst, Run, check_nothing_lost, daemon, exit_code, wait_for
 from websockets.asyncio.server import ServerConnection
 
+from wsroute.testing import wait_until
+
 from collectors import Collect
-from conftest import running, wait_until
+from conftest import running
 from peers import events, ws_server
 
 pytestmark = pytest.mark.anyio

@@ -26,9 +26,10 @@ from websockets.exceptions import ConnectionClosed
 
 from wsroute.records import parse_record
 from wsroute.service import Service
+from wsroute.testing import wait_until
 
 from collectors import Collect, SyncCollect
-from conftest import running, wait_until
+from conftest import running
 from faultplugins import Gated
 from peers import events, vmrss, ws_server
 

@@ -25,9 +25,10 @@ from websockets.http11 import Request, Response
 
 from wsroute.connection import ConnectionState
 from wsroute.service import Service
+from wsroute.testing import free_port, wait_until
 
 from collectors import Collect
-from conftest import free_port, running, wait_until
+from conftest import running
 from peers import RawServer, RawSession, events, max_attempts, ws_server
 
 pytestmark = pytest.mark.anyio

@@ -19,9 +19,10 @@ from structlog.testing import capture_logs
 from websockets.asyncio.server import ServerConnection
 
 from wsroute.service import Service
+from wsroute.testing import wait_until
 
 from collectors import Collect
-from conftest import running, wait_until
+from conftest import running
 from peers import (
     OP_BINARY,
     OP_CONT,

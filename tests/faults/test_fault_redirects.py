@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from wsroute.transport import MAX_REDIRECTS, picows_available
+from wsroute.testing import wait_until
+from wsroute.transport import MAX_REDIRECTS
 
 from collectors import Collect
-from conftest import running, wait_until
+from conftest import need, running
 from peers import OP_TEXT, accept_key, events, frame
 
 pytestmark = pytest.mark.anyio
@@ -34,7 +35,7 @@ TRANSPORTS = [
     "websockets",
     pytest.param(
         "picows",
-        marks=pytest.mark.skipif(not picows_available(), reason="picows is not installed"),
+        marks=need("picows"),
     ),
 ]
 

@@ -7,13 +7,12 @@ it is tested without a network, and it raises :class:`~wsroute.DecodeError`
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from wsroute import DecodeError, EncodeError, Frame, Key, Message, Outgoing
+from wsroute import DecodeError, EncodeError, Frame, Key, Message, Outgoing, encode_outgoing
 
 __all__ = ["MsgpackCodec"]
 
@@ -72,20 +71,21 @@ class MsgpackCodec:
         return value if isinstance(value, _SCALARS) else None
 
     def encode(self, outgoing: Outgoing) -> bytes | str:
-        """Build the frame for ``outgoing``; :class:`~wsroute.EncodeError` if impossible."""
-        if outgoing.text is not None:
-            return outgoing.text
-        if outgoing.raw is not None:
-            return bytes(outgoing.raw)
+        """Build the frame for ``outgoing``; :class:`~wsroute.EncodeError` if impossible.
+
+        ``text``, ``raw`` and a ``struct`` header alone are encoded by wsroute's
+        :func:`~wsroute.encode_outgoing`, as the built-in codecs do; only a ``json``
+        body is this codec's own: MessagePack instead of JSON.
+        """
+        if not (outgoing.has_json or outgoing.json is not None):
+            return encode_outgoing(outgoing)
         head = b""
         if outgoing.struct is not None:
-            fmt, values = outgoing.struct
-            try:
-                head = struct.pack(fmt, *values)
-            except struct.error as exc:
-                raise EncodeError(f"cannot pack struct {fmt!r}: {exc}") from None
-            if not (outgoing.has_json or outgoing.json is not None):
-                return head
+            packed = encode_outgoing(Outgoing(struct=outgoing.struct))
+            assert isinstance(packed, bytes)  # a struct header is a binary frame
+            head = packed
+        elif outgoing.text is not None or outgoing.raw is not None:
+            return encode_outgoing(outgoing)  # an invalid combination: its EncodeError
         try:
             return head + self._encoder.encode(outgoing.json)
         except (TypeError, msgspec.EncodeError) as exc:

@@ -43,68 +43,50 @@ replayed message) carries a ``jsonl`` record and is rebuilt from it, not decoded
 A packed entry (``kind = "pack"``: the sink's ``pack`` option) becomes one message
 per frame, each with ``fields["pack_index"]``; the entry is acknowledged once all of
 them settled, and ``max_in_flight`` and ``max_deliveries`` count it as one entry.
+
+Where the pieces live: the entry format is :mod:`.entry`'s (:func:`decode_message`,
+:func:`unpack_entry`); Redis commands, their retries and group recovery are
+:mod:`.group`'s; reclaim and the lease are :mod:`.reclaim`'s. This module holds
+the consumer's state — every entry ID it holds is in exactly one of in flight,
+dead-lettering, waiting for ``XACK``, ``XACK`` under way — and moves IDs through it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import random
 import socket
-import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 import anyio
-import msgspec
 
 # A missing redis-py is a ModuleNotFoundError the registry turns into "pip install
 # 'wsroute[redis]'", naming the plugin.
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from wsroute import (
-    DeadLetter,
-    DecodeError,
-    Duration,
-    Frame,
-    Message,
-    SourceContext,
-    SourceLimits,
-)
-from wsroute.records import parse_record
+from wsroute import DecodeError, Duration, Message, SourceContext, SourceLimits
 
-__all__ = [
-    "ReadOptions",
-    "ReclaimOptions",
-    "RedisStreamSource",
-    "StreamStats",
-    "default_consumer",
-    "unpack_entry",
-]
+from .entry import KIND_PACK, decode_message, undecodable_message, unpack_entry
+from .group import Entries, GroupCommands, describe, stream_entries
+from .reclaim import Reclaimer, ReclaimOptions
 
-T = TypeVar("T")
+__all__ = ["ReadOptions", "RedisStreamSource", "StreamStats", "default_consumer"]
 
 # Settled IDs are acknowledged in one XACK at most this long after they settled,
 # or at once when this many are waiting: one round trip per batch, not per message.
 _ACK_EVERY = 0.05
 _ACK_BATCH = 100
 _ACK_MAX = 1000  # IDs per XACK command
-# Reconnect backoff: from _RETRY_INITIAL doubling up to _RETRY_MAX, each delay
-# jittered down by up to half so that workers restarted together spread out.
-_RETRY_INITIAL = 0.2
-_RETRY_MAX = 10.0
 # close() acknowledges what settled during the drain within this budget.
 _CLOSE_ACK_BUDGET = 5.0
 # Trimmed IDs shown in one log line (the count is always complete).
 _LOG_IDS = 20
-
-_pack_decoder = msgspec.msgpack.Decoder(list[dict[str, bytes]])
 
 
 def default_consumer() -> str:
@@ -128,31 +110,6 @@ class ReadOptions:
         if self.block < 0.001:
             # BLOCK 0 means "forever" to Redis: shutdown and outages would go unnoticed.
             raise ValueError(f"read.block must be at least 1ms, got {self.block:g}s")
-
-
-@dataclass
-class ReclaimOptions:
-    """``reclaim = { min_idle, every, count }``: taking over entries other workers left."""
-
-    min_idle: Duration = field(
-        default=Duration(30.0),
-        metadata={
-            "doc": "An entry pending this long without its worker renewing it is taken over "
-            "(XAUTOCLAIM). Keep it above the routed handlers' timeout x (retries + 1)."
-        },
-    )
-    every: Duration = field(
-        default=Duration(5.0), metadata={"doc": "How often to look for such entries."}
-    )
-    count: int = field(default=100, metadata={"doc": "Entries claimed per XAUTOCLAIM (at most)."})
-
-    def __post_init__(self) -> None:
-        if self.min_idle < 0.001:
-            raise ValueError(f"reclaim.min_idle must be at least 1ms, got {self.min_idle:g}s")
-        if self.every <= 0:
-            raise ValueError(f"reclaim.every must be positive, got {self.every:g}s")
-        if self.count < 1:
-            raise ValueError(f"reclaim.count must be at least 1, got {self.count}")
 
 
 @dataclass
@@ -248,14 +205,32 @@ class RedisStreamSource:
         self.consumer = options.consumer or default_consumer()
         self.stats = StreamStats()
         self.log = ctx.log.bind(stream=options.stream, group=options.group, consumer=self.consumer)
-        self._client = aioredis.Redis.from_url(
+        client = aioredis.Redis.from_url(
             options.url,
             socket_connect_timeout=5.0,
             # A blocked XREADGROUP must not look like a dead socket.
             socket_timeout=max(10.0, options.read.block + 5.0),
             socket_keepalive=True,
-            # Retries (with backoff and logging) are ours: see _call.
+            # Retries (with backoff and logging) are ours: see GroupCommands.call.
             retry=Retry(NoBackoff(), 0),
+        )
+        self.commands = GroupCommands(
+            client,
+            stream=options.stream,
+            group=options.group,
+            create_group=options.create_group,
+            stats=self.stats,
+            log=self.log,
+        )
+        self._serial = options.max_deliveries > 0
+        self.reclaimer = Reclaimer(
+            self,
+            self.commands,
+            options.reclaim,
+            consumer=self.consumer,
+            serial=self._serial,
+            stats=self.stats,
+            log=self.log,
         )
         # Entry IDs this process holds, by state; an ID is in at most one of them.
         self._in_flight: set[str] = set()  # routed, not settled yet
@@ -266,17 +241,12 @@ class RedisStreamSource:
         self._priority = 0  # reclaimers waiting for room: the reader lets them go first
         self._ack_now: anyio.Event | None = None  # set when a batch of acks is waiting
         self._waiting_for: dict[str, anyio.Event] = {}  # one-at-a-time redeliveries
-        self._group_lock: anyio.Lock | None = None
-        self._down_since: float | None = None  # first failed command of an outage
-        self._serial = options.max_deliveries > 0
-        self._min_idle_ms = max(1, round(options.reclaim.min_idle * 1000))
 
     # -- lifecycle -----------------------------------------------------------
 
     async def run(self) -> None:
         """Create the group, re-read this consumer's pending entries, then read new ones."""
         options = self.options
-        self._group_lock = anyio.Lock()
         self.log.info(
             "source_started",
             create_group=options.create_group,
@@ -287,13 +257,13 @@ class RedisStreamSource:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._acker)
             if options.lease:
-                tg.start_soon(self._leaser)
+                tg.start_soon(self.reclaimer.lease)
             if options.create_group != "no":
-                created = await self._call("xgroup_create", self._create_group)
+                created = await self.commands.call("xgroup_create", self.commands.create_group)
                 if created:
                     self.log.info("group_created", start=options.create_group)
             await self._recover_own()
-            tg.start_soon(self._reclaimer)
+            tg.start_soon(self.reclaimer.reclaim)
             await self._read_new()
 
     async def close(self) -> None:
@@ -304,7 +274,7 @@ class RedisStreamSource:
                     await self._ack_batch()
                 except (RedisError, OSError) as exc:
                     self.stats.redis_errors += 1
-                    self.log.warning("ack_retry", error=_describe(exc), waiting=len(self._to_ack))
+                    self.log.warning("ack_retry", error=describe(exc), waiting=len(self._to_ack))
                     await anyio.sleep(0.2)
         if self._to_ack:
             self.log.error(
@@ -317,7 +287,7 @@ class RedisStreamSource:
             left_pending=len(self._in_flight) + len(self._dead) + len(self._to_ack),
             **dataclasses.asdict(self.stats),
         )
-        await self._client.aclose()
+        await self.commands.client.aclose()
 
     # -- reading -------------------------------------------------------------
 
@@ -327,25 +297,25 @@ class RedisStreamSource:
         after = "0-0"
         recovered = 0
         while True:
-            count = 1 if self._serial else min(self.options.read.count, await self._wait_room())
-            reply = await self._call(
+            count = 1 if self._serial else min(self.options.read.count, await self.wait_room())
+            reply = await self.commands.call(
                 "xreadgroup",
                 partial(
-                    self._client.xreadgroup,
+                    self.commands.client.xreadgroup,
                     self.options.group,
                     self.consumer,
                     {stream: after},
                     count=count,
                 ),
             )
-            entries = _stream_entries(reply)
+            entries = stream_entries(reply)
             if not entries:
                 break
             after = entries[-1][0]
-            taken = self._take_ownership(entries)
+            taken = self.take_ownership(entries)
             self.stats.recovered += len(taken)
             recovered += len(taken)
-            await self._handle(taken, redelivered=True)
+            await self.handle_entries(taken, redelivered=True)
         if recovered:
             self.log.info("pending_recovered", count=recovered)
 
@@ -353,11 +323,11 @@ class RedisStreamSource:
         options = self.options
         block = max(1, round(options.read.block * 1000))
         while True:
-            count = min(options.read.count, await self._wait_room())
-            reply = await self._call(
+            count = min(options.read.count, await self.wait_room())
+            reply = await self.commands.call(
                 "xreadgroup",
                 partial(
-                    self._client.xreadgroup,
+                    self.commands.client.xreadgroup,
                     options.group,
                     self.consumer,
                     {options.stream: ">"},
@@ -365,70 +335,11 @@ class RedisStreamSource:
                     block=block,
                 ),
             )
-            entries = self._take_ownership(_stream_entries(reply))
+            entries = self.take_ownership(stream_entries(reply))
             if entries:
-                await self._handle(entries, redelivered=False)
+                await self.handle_entries(entries, redelivered=False)
 
-    async def _reclaimer(self) -> None:
-        """Take over entries other workers left idle, following XAUTOCLAIM's cursor.
-
-        Reclaimed entries are older than anything new, so when a probe finds idle
-        entries the reclaimer takes the next free in-flight room before the reader.
-        """
-        options = self.options
-        cursor = "0-0"
-        while True:
-            await anyio.sleep(options.reclaim.every)
-            if not await self._anything_idle():
-                cursor = "0-0"
-                continue
-            while True:
-                room = await self._wait_room(priority=True)
-                count = 1 if self._serial else min(options.reclaim.count, room)
-                reply = await self._call(
-                    "xautoclaim",
-                    partial(
-                        self._client.xautoclaim,
-                        options.stream,
-                        options.group,
-                        self.consumer,
-                        self._min_idle_ms,
-                        cursor,
-                        count=count,
-                    ),
-                )
-                cursor, claimed, deleted = _autoclaim_reply(reply)
-                gone = [i for i in deleted if not self._holds(i)]
-                if gone:
-                    self._trimmed(gone, "xautoclaim")
-                    self._to_ack.update(gone)  # already out of the PEL; harmless, explicit
-                taken = self._take_ownership(claimed)
-                self.stats.reclaimed += len(taken)
-                if taken:
-                    self.log.info("entries_reclaimed", count=len(taken), first=taken[0][0])
-                    await self._handle(taken, redelivered=True, found_by="xautoclaim")
-                if cursor == "0-0":
-                    break
-
-    async def _anything_idle(self) -> bool:
-        """Whether any pending entry of the group sat idle for min_idle (one cheap XPENDING)."""
-        rows = await self._call(
-            "xpending",
-            partial(
-                self._client.xpending_range,
-                self.options.stream,
-                self.options.group,
-                "-",
-                "+",
-                1,
-                idle=self._min_idle_ms,
-            ),
-        )
-        return bool(rows)
-
-    def _take_ownership(
-        self, entries: list[tuple[str, dict[bytes, bytes] | None]]
-    ) -> list[tuple[str, dict[bytes, bytes] | None]]:
+    def take_ownership(self, entries: Entries) -> Entries:
         """Mark fresh entries in flight, synchronously; drop the ones this process holds.
 
         Whatever this process still holds (routed, dead-lettering, waiting for XACK)
@@ -438,7 +349,7 @@ class RedisStreamSource:
         in_flight = self._in_flight
         for entry in entries:
             entry_id = entry[0]
-            if self._holds(entry_id):
+            if self.holds(entry_id):
                 continue
             in_flight.add(entry_id)
             taken.append(entry)
@@ -447,9 +358,9 @@ class RedisStreamSource:
 
     # -- delivering ----------------------------------------------------------
 
-    async def _handle(
+    async def handle_entries(
         self,
-        entries: list[tuple[str, dict[bytes, bytes] | None]],
+        entries: Entries,
         *,
         redelivered: bool,
         found_by: str = "xreadgroup",
@@ -460,7 +371,7 @@ class RedisStreamSource:
         """
         trimmed = [entry_id for entry_id, fields in entries if not fields]
         if trimmed:
-            self._trimmed(trimmed, found_by)
+            self.report_trimmed(trimmed, found_by)
             for entry_id in trimmed:
                 self._settled(entry_id)  # acknowledge: it is gone, leave the PEL
         for entry_id, fields in entries:
@@ -481,10 +392,10 @@ class RedisStreamSource:
 
     async def _deliveries(self, entry_id: str) -> int:
         """How often Redis delivered the entry (this delivery included); 0 if not pending."""
-        rows = await self._call(
+        rows = await self.commands.call(
             "xpending",
             partial(
-                self._client.xpending_range,
+                self.commands.client.xpending_range,
                 self.options.stream,
                 self.options.group,
                 entry_id,
@@ -497,13 +408,13 @@ class RedisStreamSource:
     async def _deliver(self, entry_id: str, fields: dict[bytes, bytes], deliveries: int) -> None:
         ctx = self.ctx
         limit = self.options.max_deliveries
-        if fields.get(b"kind") == b"pack":
+        if fields.get(b"kind") == KIND_PACK.encode():
             await self._deliver_pack(entry_id, fields, deliveries)
             return
         try:
-            message = entry_message(ctx, entry_id, fields)
+            message = decode_message(ctx.name, entry_id, fields, ctx.decode)
         except (ValueError, DecodeError) as exc:
-            letter = raw_message(ctx.name, entry_id, fields)
+            letter = undecodable_message(ctx.name, entry_id, fields)
             self.log.warning("entry_undecodable", stream_id=entry_id, error=str(exc))
             await self._dead_letter(entry_id, letter, "decode_error", str(exc))
             return
@@ -529,7 +440,7 @@ class RedisStreamSource:
         try:
             frames = unpack_entry(fields)
         except ValueError as exc:
-            letter = raw_message(
+            letter = undecodable_message(
                 ctx.name, entry_id, {**fields, b"frame": fields.get(b"frames", b"")}
             )
             self.log.warning("entry_undecodable", stream_id=entry_id, error=str(exc))
@@ -546,9 +457,9 @@ class RedisStreamSource:
         limit = self.options.max_deliveries
         for index, frame_fields in enumerate(frames):
             try:
-                message = entry_message(ctx, entry_id, frame_fields)
+                message = decode_message(ctx.name, entry_id, frame_fields, ctx.decode)
             except (ValueError, DecodeError) as exc:
-                letter = raw_message(ctx.name, entry_id, frame_fields)
+                letter = undecodable_message(ctx.name, entry_id, frame_fields)
                 letter.fields["pack_index"] = index
                 self.log.warning(
                     "entry_undecodable", stream_id=entry_id, pack_index=index, error=str(exc)
@@ -602,7 +513,7 @@ class RedisStreamSource:
         if len(self._to_ack) >= _ACK_BATCH and self._ack_now is not None:
             self._ack_now.set()
 
-    def _trimmed(self, ids: list[str], found_by: str) -> None:
+    def report_trimmed(self, ids: list[str], found_by: str) -> None:
         self.stats.trimmed_unprocessed += len(ids)
         self.log.error(
             "trimmed_unprocessed",
@@ -619,7 +530,7 @@ class RedisStreamSource:
     def _cap(self) -> int:
         return self.options.max_in_flight
 
-    def _holds(self, entry_id: str) -> bool:
+    def holds(self, entry_id: str) -> bool:
         return (
             entry_id in self._in_flight
             or entry_id in self._to_ack
@@ -627,7 +538,11 @@ class RedisStreamSource:
             or entry_id in self._dead
         )
 
-    async def _wait_room(self, *, priority: bool = False) -> int:
+    def held(self) -> list[str]:
+        """Every entry ID this process holds: the lease renews them."""
+        return [*self._in_flight, *self._dead, *self._to_ack, *self._acking]
+
+    async def wait_room(self, *, priority: bool = False) -> int:
         """Wait until fewer than ``max_in_flight`` entries are unsettled; return the room.
 
         While a ``priority`` caller (the reclaimer) waits, other callers wait behind it.
@@ -655,19 +570,23 @@ class RedisStreamSource:
 
     # -- acknowledging -------------------------------------------------------
 
+    def queue_acks(self, ids: list[str]) -> None:
+        """Acknowledge IDs this process does not hold (gone from the stream) with the next XACK."""
+        self._to_ack.update(ids)
+
     async def _acker(self) -> None:
         while True:
             self._ack_now = anyio.Event()
             with anyio.move_on_after(_ACK_EVERY):
                 await self._ack_now.wait()
             while self._to_ack:
-                await self._call("xack", self._ack_batch)
+                await self.commands.call("xack", self._ack_batch)
 
     async def _flush_acks(self) -> None:
         """XACK everything settled so far, including a batch the acker is sending right now."""
         while self._to_ack or self._acking:
             if self._to_ack:
-                await self._call("xack", self._ack_batch)
+                await self.commands.call("xack", self._ack_batch)
             else:
                 await anyio.sleep(0.005)
 
@@ -679,7 +598,7 @@ class RedisStreamSource:
         self._to_ack.difference_update(batch)
         self._acking.update(batch)
         try:
-            await self._client.xack(self.options.stream, self.options.group, *batch)
+            await self.commands.client.xack(self.options.stream, self.options.group, *batch)
         except BaseException:
             self._acking.difference_update(batch)
             self._to_ack.update(batch)
@@ -687,292 +606,9 @@ class RedisStreamSource:
         self._acking.difference_update(batch)
         self.stats.acked += len(batch)
 
-    # -- the lease -----------------------------------------------------------
-
-    async def _leaser(self) -> None:
-        """Reset the idle time of what this process holds, so no other worker reclaims it."""
-        interval = self.options.reclaim.min_idle / 3
-        while True:
-            await anyio.sleep(interval)
-            await self._call("xclaim", self._renew)
-
-    async def _renew(self) -> None:
-        held: list[Any] = [*self._in_flight, *self._dead, *self._to_ack, *self._acking]
-        for start in range(0, len(held), _ACK_MAX):
-            await self._client.xclaim(
-                self.options.stream,
-                self.options.group,
-                self.consumer,
-                0,
-                held[start : start + _ACK_MAX],
-                justid=True,
-            )
-
-    # -- Redis calls, outages and the group ----------------------------------
-
-    async def _create_group(self) -> bool:
-        """XGROUP CREATE ... MKSTREAM; ``False`` when it exists already."""
-        start = "0" if self.options.create_group == "oldest" else "$"
-        try:
-            await self._client.xgroup_create(
-                self.options.stream, self.options.group, id=start, mkstream=True
-            )
-        except ResponseError as exc:
-            if str(exc).startswith("BUSYGROUP"):
-                return False
-            raise
-        return True
-
-    async def _call(self, op: str, command: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis command until it succeeds: outages back off, a lost group is recreated.
-
-        Never raises a Redis error: a worker waits out Redis, it does not crash on it.
-        """
-        delays = _backoff()
-        while True:
-            try:
-                result = await command()
-            except ResponseError as exc:
-                error: Exception = exc
-                if _group_missing(exc):
-                    self.stats.redis_errors += 1
-                    await self._recover_group(op, exc)
-                    await anyio.sleep(next(delays))
-                    continue
-            except (RedisError, OSError) as exc:
-                error = exc
-            else:
-                if self._down_since is not None:
-                    self.log.info(
-                        "redis_reconnected",
-                        op=op,
-                        down_for=round(time.monotonic() - self._down_since, 3),
-                    )
-                    self._down_since = None
-                return result
-            self.stats.redis_errors += 1
-            delay = next(delays)
-            if self._down_since is None:
-                self._down_since = time.monotonic()
-                self.log.error("redis_unavailable", op=op, error=_describe(error))
-            self.log.warning("redis_retry", op=op, error=_describe(error), delay=round(delay, 3))
-            await anyio.sleep(delay)
-
-    async def _recover_group(self, op: str, exc: Exception) -> None:
-        """The group (or the whole stream) is gone: Redis restarted empty, or someone deleted it."""
-        assert self._group_lock is not None
-        async with self._group_lock:
-            if self.options.create_group == "no":
-                self.log.error(
-                    "group_missing",
-                    op=op,
-                    error=_describe(exc),
-                    note="create_group is no: create it with XGROUP CREATE; retrying",
-                )
-                return
-            try:
-                created = await self._create_group()
-            except (RedisError, OSError) as create_error:
-                self.log.warning("group_create_failed", error=_describe(create_error))
-                return
-            if created:
-                self.stats.groups_recreated += 1
-                self.log.error(
-                    "group_recreated",
-                    op=op,
-                    error=_describe(exc),
-                    start=self.options.create_group,
-                    note="the consumer group had vanished (Redis restarted empty, or the "
-                    "stream or group was deleted); entries may be delivered again"
-                    + ("" if self.options.create_group == "oldest" else " or skipped"),
-                )
-
-
-# -- pure helpers ------------------------------------------------------------
-
-
-def entry_message(ctx: SourceContext, entry_id: str, fields: dict[bytes, bytes]) -> Message:
-    """The message an entry carries; ``ValueError`` or ``DecodeError`` when it cannot be read.
-
-    A frame goes through the source's codec. An entry of ``kind = "message"``
-    (a message the ingest side had no raw frame for: lifecycle, emitted, replayed)
-    holds a ``jsonl`` record and is rebuilt from it. Either way ``connection``
-    becomes the source's name, ``fields`` gain ``stream_id`` and
-    ``source_connection``, and an entry written as a dead letter (``reason`` ...)
-    keeps its :class:`~wsroute.DeadLetter`.
-    """
-    if fields.get(b"kind") == b"message":
-        record = fields.get(b"frame")
-        if record is None:
-            raise ValueError("the entry has no frame field")
-        message = parse_record(record).replace(connection=ctx.name)
-    else:
-        message = ctx.decode(entry_frame(ctx.name, entry_id, fields))
-    message.fields = {**message.fields, **entry_fields(entry_id, fields)}
-    if message.dead_letter is None and b"reason" in fields:
-        message.dead_letter = entry_dead_letter(fields)
-    return message
-
-
-def unpack_entry(fields: dict[bytes, bytes]) -> list[dict[bytes, bytes]]:
-    """The per-frame fields of a packed entry (``kind = "pack"``); ``ValueError`` if malformed.
-
-    The ``redis`` sink's ``pack`` writes ``frames``: a msgpack array of maps, one
-    per frame, from field name to bytes, holding what an entry of one frame
-    holds (``frame``, ``kind``, ``connection``, ``key``, ``seq``, ``received_at``).
-    """
-    blob = fields.get(b"frames")
-    if blob is None:
-        raise ValueError("a packed entry without a frames field")
-    try:
-        frames = _pack_decoder.decode(blob)
-    except msgspec.MsgspecError as exc:
-        raise ValueError(f"the frames field is not a msgpack array of maps: {exc}") from exc
-    if not frames:
-        raise ValueError("a packed entry without frames")
-    return [{name.encode(): value for name, value in f.items()} for f in frames]
-
-
-def entry_dead_letter(fields: dict[bytes, bytes]) -> DeadLetter:
-    """The dead-letter fields the ``redis`` sink writes when it is a dead-letter handler."""
-
-    def text(name: bytes) -> str | None:
-        value = fields.get(name)
-        return value.decode("utf-8", "replace") if value else None
-
-    attempts = fields.get(b"attempts", b"")
-    return DeadLetter(
-        reason=text(b"reason") or "",
-        handler=text(b"handler"),
-        error=text(b"error"),
-        attempts=int(attempts) if attempts.isdigit() else 0,
-    )
-
-
-def entry_frame(name: str, entry_id: str, fields: dict[bytes, bytes]) -> Frame:
-    """The frame an entry carries, as the ``redis`` sink wrote it; ``ValueError`` if malformed.
-
-    ``seq`` defaults to 0 and ``received_at`` to the entry ID's time when the
-    producer did not write them; ``kind = "text"`` makes the frame a text frame.
-    """
-    raw = fields.get(b"frame")
-    if raw is None:
-        raise ValueError("the entry has no frame field")
-    data: bytes | str = raw
-    if fields.get(b"kind") == b"text":
-        try:
-            data = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"a text frame that is not UTF-8: {exc}") from exc
-    raw_seq = fields.get(b"seq")
-    raw_time = fields.get(b"received_at")
-    try:
-        seq = int(raw_seq) if raw_seq is not None else 0
-        received_at = float(raw_time) if raw_time is not None else id_time(entry_id)
-    except ValueError as exc:
-        raise ValueError(f"seq or received_at is not a number: {exc}") from exc
-    if not math.isfinite(received_at):
-        raise ValueError(f"received_at is not a finite number: {received_at}")
-    return Frame(name, data, seq, received_at)
-
-
-def entry_fields(entry_id: str, fields: dict[bytes, bytes]) -> dict[str, Any]:
-    """What a worker adds to ``Message.fields``: the entry ID, the ingest connection's name."""
-    out: dict[str, Any] = {"stream_id": entry_id}
-    connection = fields.get(b"connection")
-    if connection is not None:
-        out["source_connection"] = connection.decode("utf-8", "replace")
-    return out
-
-
-def raw_message(name: str, entry_id: str, fields: dict[bytes, bytes]) -> Message:
-    """An undecodable entry as a dead letter: body and ``raw`` are the frame field as stored."""
-    data = fields.get(b"frame", b"")
-    seq = fields.get(b"seq", b"")
-    received = fields.get(b"received_at", b"")
-    return Message(
-        name,
-        None,
-        data,
-        fields=entry_fields(entry_id, fields),
-        raw=data,
-        seq=int(seq) if seq.isdigit() else 0,
-        received_at=_float_or(received, id_time(entry_id)),
-    )
-
-
-def id_time(entry_id: str) -> float:
-    """The Unix time in an entry ID (``<milliseconds>-<n>``); 0.0 for other IDs."""
-    millis, _, _ = entry_id.partition("-")
-    return int(millis) / 1000 if millis.isdigit() else 0.0
-
-
-def _float_or(value: bytes, default: float) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        return default
-    return number if math.isfinite(number) else default
-
-
-def _stream_entries(reply: Any) -> list[tuple[str, dict[bytes, bytes] | None]]:
-    """XREADGROUP's reply for one stream as ``[(id, fields)]``; ``fields`` ``None``: trimmed.
-
-    RESP2 replies ``[[stream, entries]]``, RESP3 ``{stream: [entries]}``.
-    """
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        groups = [v[0] if v and isinstance(v[0], list) else v for v in reply.values()]
-    else:
-        groups = [item[1] for item in reply]
-    return [entry for entries in groups for entry in _entries(entries)]
-
-
-def _entries(items: Iterable[Any]) -> Iterator[tuple[str, dict[bytes, bytes] | None]]:
-    for item in items:
-        if item is None:
-            continue
-        entry_id, fields = item[0], item[1]
-        if isinstance(fields, list):  # an unparsed field list
-            fields = dict(zip(fields[::2], fields[1::2], strict=True))
-        yield _id(entry_id), fields or None
-
-
-def _autoclaim_reply(
-    reply: Any,
-) -> tuple[str, list[tuple[str, dict[bytes, bytes] | None]], list[str]]:
-    """XAUTOCLAIM's reply: next cursor, claimed entries, IDs gone from the stream (Redis >= 7)."""
-    cursor = _id(reply[0])
-    claimed = list(_entries(reply[1]))
-    deleted = [_id(i) for i in reply[2]] if len(reply) > 2 and reply[2] else []
-    return cursor, claimed, deleted
-
-
-def _id(value: bytes | str) -> str:
-    return value.decode("ascii") if isinstance(value, bytes) else value
-
-
-def _group_missing(exc: ResponseError) -> bool:
-    # NOGROUP: no such key or group. UNBLOCKED: a blocked XREADGROUP's stream was deleted.
-    text = str(exc)
-    return text.startswith(("NOGROUP", "UNBLOCKED"))
-
 
 def _first(items: set[str], count: int) -> Iterator[str]:
     for n, item in enumerate(items):
         if n >= count:
             return
         yield item
-
-
-def _backoff() -> Iterator[float]:
-    delay = _RETRY_INITIAL
-    while True:
-        yield delay * random.uniform(0.5, 1.0)
-        delay = min(_RETRY_MAX, delay * 2)
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

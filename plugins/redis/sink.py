@@ -4,50 +4,35 @@ Needs the ``redis`` extra (``pip install 'wsroute[redis]'``: redis-py's asyncio
 client).
 
 **Stream entries** (``stream = "{ticks}:in"``) are what a ``redis-stream``
-source of a worker daemon reads back (DESIGN.md, "Scale-out"):
-
-- ``frame``: the raw frame, byte for byte; a text frame as its UTF-8 bytes,
-  with ``kind = "text"``; a binary frame has no ``kind``;
-- ``connection``, ``key`` (JSON), ``seq`` (decimal), ``received_at`` (Unix
-  seconds, decimal);
-- a message that has no raw frame — a ``$connected``/``$disconnected``
-  lifecycle message, one a handler emitted, one replayed from a ``jsonl`` file
-  (or an empty binary frame) — has ``kind = "message"`` and its whole ``jsonl``
-  record (body, fields...) as JSON in ``frame``, so a worker rebuilds it with
-  :func:`wsroute.records.parse_record` instead of a codec;
-- a dead-lettered message adds ``reason``, ``handler``, ``error`` and
-  ``attempts``;
-- with ``pack = N`` several frames share one entry: ``kind = "pack"``,
-  ``count`` (decimal) and ``frames``, a msgpack array holding each frame's
-  fields above as a map of strings to byte strings (:func:`pack_entry`).
+source of a worker daemon reads back (docs/scale-out.md): one entry per frame,
+or with ``pack = N`` up to N frames of one round trip and stream per entry. The
+entry format is :mod:`wsroute.plugins.redis.entry`'s (:func:`encode_entry`,
+:func:`pack_entry`); this module only decides where and how entries are written.
 
 Each ``XADD`` trims the stream to about ``max_len`` entries (``MAXLEN ~``), or
 with ``min_age`` drops entries older than that (``MINID ~``; ``max_len`` then
-caps the length with one ``XTRIM`` per stream and round trip).
-
-``shards = N`` spreads the entries over N streams named by a template
-(``stream = "{ticks.%d}:in"``): a frame goes to shard ``crc32(key JSON) % N``
-(:func:`shard_of`), so the frames of one key stay in order in one stream.
-
-**HA pairs** (``dedupe``): two ingest daemons on the same upstream write one
-copy of each frame. ``"seq"`` gives each entry the ID ``0-<the upstream's
-sequence number>`` and Redis refuses an ID that is not above the stream's top;
-``"hash"`` stores a key per frame content for ``dedupe_window`` and writes the
-entry only when that key was new. Both run as one Lua script per entry, so
-Redis alone decides which daemon's copy is stored.
+caps the length with one ``XTRIM`` per stream and round trip). ``shards = N``
+spreads the entries over N streams (:mod:`.shards`); ``dedupe`` lets an HA pair
+of ingest daemons store one copy of each frame (:mod:`.dedupe`).
 
 **Channel messages** (``channel = "ticks"``) are the message's ``jsonl`` record
 as JSON. Pub/sub keeps nothing: a message no subscriber was listening for is
 gone, though it counts as handled.
 
-``handle()`` returns once Redis answered the command. Under load the workers'
-concurrent calls (``concurrency = N``) share one pipeline round trip: whoever
-gets to send takes up to ``batch`` waiting entries, after waiting at most
-``flush_delay`` for more to arrive, so up to N entries travel together, in the
-order the workers took them. With ``concurrency = 1`` entries are written
-strictly in order, one round trip each. Delivery is at least once (without
-``dedupe``): a batch cut off by a lost connection fails every message in it,
-and some of them may already be in the stream when the daemon retries them.
+Invariants:
+
+- ``handle()`` returns once Redis answered the command for its message (the
+  entry's ID, or ``None`` for a duplicate under ``dedupe``), or raises.
+- Under load the workers' concurrent calls (``concurrency = N``) share one
+  pipeline round trip (:mod:`.batcher`): whoever gets to send takes up to
+  ``batch`` waiting entries, after waiting at most ``flush_delay`` for more to
+  arrive, in the order the workers took them. With ``concurrency = 1`` entries
+  are written strictly in order, one round trip each.
+- Per stream, entries keep the order of the batch (``dedupe = "seq"``: the
+  order of the upstream's sequence numbers).
+- Delivery is at least once (without ``dedupe``): a batch cut off by a lost
+  connection fails every message in it, and some of them may already be in the
+  stream when the daemon retries them.
 """
 
 from __future__ import annotations
@@ -55,15 +40,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-import zlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import anyio
-import anyio.lowlevel
-import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -71,232 +52,14 @@ from redis.exceptions import NoScriptError, RedisError
 
 from wsroute import Duration, HandlerContext, Message
 from wsroute.net import redact_url
-from wsroute.plugins._sinks import entry_fields
 from wsroute.records import encode_record
 
-__all__ = [
-    "Batcher",
-    "DedupeError",
-    "PipelineError",
-    "RedisHandler",
-    "SinkStats",
-    "dedupe_key",
-    "hash_tag",
-    "pack_entry",
-    "shard_of",
-    "shard_stream",
-    "stream_fields",
-    "upstream_seq",
-]
+from .batcher import Batcher
+from .dedupe import SCRIPTS, DedupeError, dedupe_key, upstream_seq
+from .entry import encode_entry, pack_entry
+from .shards import SHARD, hash_tag, shard_of, shard_stream
 
-# The placeholder of a sharded stream name: "{ticks.%d}:in" -> "{ticks.0}:in", ...
-SHARD = "%d"
-
-_pack_encoder = msgspec.msgpack.Encoder()
-
-
-def stream_fields(message: Message) -> dict[str, str | bytes]:
-    """The stream entry written for ``message`` (see the module documentation)."""
-    return entry_fields(message)
-
-
-def pack_entry(frames: Sequence[Mapping[str, str | bytes]]) -> dict[str, str | bytes]:
-    """One entry carrying several frames' fields: ``kind = "pack"``, ``count``, ``frames``.
-
-    ``frames`` is a msgpack array of maps, one per frame, from field name to the
-    field's bytes (text values UTF-8 encoded), in the order given. The
-    ``redis-stream`` source unpacks it into one message per frame.
-    """
-    items = [
-        {name: value.encode() if isinstance(value, str) else value for name, value in f.items()}
-        for f in frames
-    ]
-    return {"kind": "pack", "count": str(len(items)), "frames": _pack_encoder.encode(items)}
-
-
-def hash_tag(key: str) -> str | None:
-    """The part of ``key`` Redis Cluster hashes when it has one: the text in its first ``{...}``."""
-    start = key.find("{")
-    if start < 0:
-        return None
-    end = key.find("}", start + 1)
-    if end <= start + 1:  # no closing brace, or "{}": Cluster hashes the whole key
-        return None
-    return key[start + 1 : end]
-
-
-def shard_stream(template: str, shard: int) -> str:
-    """The name of shard ``shard`` of a sharded stream: ``%d`` replaced by the number."""
-    return template.replace(SHARD, str(shard))
-
-
-def shard_of(key_json: str, shards: int) -> int:
-    """The shard of a route key: CRC-32 of its JSON text (the entry's ``key``) modulo ``shards``.
-
-    Stable across processes and versions, so every ingest daemon (and any other
-    producer) puts one key's frames into the same stream.
-    """
-    return zlib.crc32(key_json.encode()) % shards if shards > 1 else 0
-
-
-def dedupe_key(stream: str, fields: Mapping[str, str | bytes]) -> str:
-    """The key ``dedupe = "hash"`` sets for an entry: its content hash, in the stream's slot.
-
-    The hash covers what both daemons of a pair see alike — the connection's
-    name, the frame kind and the frame — and not ``seq`` or ``received_at``,
-    which differ between them. The key carries the stream's Cluster hash tag
-    (or the stream's name as one), so the script's two keys share a slot.
-    """
-    digest = hashlib.blake2b(digest_size=16)
-    for name in ("connection", "kind", "frame"):
-        value = fields.get(name, b"")
-        digest.update(value.encode() if isinstance(value, str) else value)
-        digest.update(b"\0")
-    prefix = stream if hash_tag(stream) is not None else "{" + stream + "}"
-    return f"{prefix}:dedupe:{digest.hexdigest()}"
-
-
-def upstream_seq(message: Message, name: str) -> int:
-    """The upstream's sequence number of ``message`` for ``dedupe = "seq"``.
-
-    ``name`` is a header field the codec extracted (``message.fields``), or else
-    a dotted path into a JSON body (``"n"``, ``"meta.seq"``). It must be a
-    positive integer (or its decimal text); ``ValueError`` otherwise.
-    """
-    value: Any
-    if name in message.fields:
-        value = message.fields[name]
-    else:
-        value = message.body
-        for part in name.split("."):
-            if not isinstance(value, dict) or part not in value:
-                raise ValueError(f"dedupe_field {name!r}: the message has no such field")
-            value = value[part]
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"dedupe_field {name!r} must be a positive integer, got {value!r}")
-    return value
-
-
-class PipelineError(RuntimeError):
-    """The pipeline round trip a message was part of failed (another message's call saw why)."""
-
-
-class DedupeError(RuntimeError):
-    """``dedupe = "seq"`` cannot store a frame in order: it came after a higher sequence number."""
-
-
-class _Slot:
-    __slots__ = ("at", "done", "error", "item", "result", "sent")
-
-    def __init__(self, item: Any, at: float) -> None:
-        self.item = item
-        self.at = at
-        self.sent = False
-        self.done = False
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
-class Batcher:
-    """Collects concurrent :meth:`submit` calls into one ``flush`` of everything waiting.
-
-    One flush runs at a time. A caller that finds none running sends up to
-    ``max_items`` of the items queued so far, oldest first; before that it waits
-    until the oldest item has waited ``delay`` or ``max_items`` are queued,
-    whichever comes first. The others wait for that flush to end (all woken at
-    once, not handed a lock one by one) and find their item done, or one of them
-    sends the next batch. ``flush(items)`` returns one result per item, an
-    ``Exception`` instance for an item that failed on its own.
-    """
-
-    def __init__(
-        self,
-        flush: Callable[[list[Any]], Awaitable[Sequence[Any]]],
-        *,
-        max_items: int = 0,
-        delay: float = 0.0,
-    ) -> None:
-        self._flush = flush
-        self._max = max_items if max_items > 0 else 1 << 62
-        self._delay = delay
-        self._sending: anyio.Event | None = None  # set when the flush under way ends
-        self._queue: list[_Slot] = []
-        self._full: anyio.Event | None = None
-        self.flushes = 0
-
-    async def submit(self, item: Any) -> Any:
-        """Send ``item`` with whatever else is waiting; its result, or raise its error."""
-        slot = _Slot(item, anyio.current_time() if self._delay > 0 else 0.0)
-        self._queue.append(slot)
-        if self._full is not None and len(self._queue) >= self._max:
-            self._full.set()
-        try:
-            while not slot.done:
-                if self._sending is not None:
-                    await self._sending.wait()
-                    continue
-                self._sending = anyio.Event()
-                try:
-                    await self._fill()
-                    failure = await self._send()
-                finally:
-                    ended, self._sending = self._sending, None
-                    ended.set()
-                if failure is not None and slot.sent:
-                    raise failure
-        except BaseException:
-            if not slot.sent:  # cancelled while waiting: do not send it behind our back
-                self._queue.remove(slot)
-            raise
-        if slot.error is not None:
-            raise slot.error
-        return slot.result
-
-    async def _fill(self) -> None:
-        """Wait until the oldest item has waited ``delay`` or a whole batch is queued."""
-        if len(self._queue) >= self._max:
-            return
-        if self._delay <= 0:
-            # Let the callers the last flush woke take their next item first: they
-            # join this batch instead of waiting for the next.
-            await anyio.lowlevel.checkpoint()
-            return
-        left = self._queue[0].at + self._delay - anyio.current_time()
-        if left <= 0:
-            return
-        self._full = anyio.Event()
-        try:
-            with anyio.move_on_after(left):
-                await self._full.wait()
-        finally:
-            self._full = None
-
-    async def _send(self) -> Exception | None:
-        """Flush the oldest ``max_items``; the flush's own exception if it raised one."""
-        batch, self._queue = self._queue[: self._max], self._queue[self._max :]
-        self.flushes += 1
-        for slot in batch:
-            slot.sent = True
-        try:
-            results = await self._flush([slot.item for slot in batch])
-        except BaseException as exc:
-            for slot in batch:
-                slot.done = True
-                failure = PipelineError(f"{type(exc).__name__}: {exc}")
-                failure.__cause__ = exc
-                slot.error = failure
-            if not isinstance(exc, Exception):
-                raise  # cancelled: the caller goes too
-            return exc
-        for slot, result in zip(batch, results, strict=True):
-            slot.done = True
-            if isinstance(result, Exception):
-                slot.error = result
-            else:
-                slot.result = result
-        return None
+__all__ = ["RedisHandler", "SinkStats"]
 
 
 @dataclass
@@ -320,49 +83,6 @@ class _Entry:
         self.fields = fields
         self.seq = 0  # dedupe = "seq"
         self.content_key = ""  # dedupe = "hash"
-
-
-# dedupe = "seq": XADD with the explicit ID ARGV[1]. {1, id}: stored; {0}: that very
-# ID is in the stream (a duplicate); {2, top}: refused because the stream's top is
-# higher and this ID is not there (late, or a stream with foreign IDs).
-_SEQ_SCRIPT = """
-local args = {'XADD', KEYS[1]}
-if ARGV[2] ~= '' then
-  args[#args + 1] = ARGV[2]; args[#args + 1] = '~'; args[#args + 1] = ARGV[3]
-end
-args[#args + 1] = ARGV[1]
-for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
-local id = redis.pcall(unpack(args))
-if type(id) == 'table' and id.err then
-  if not string.find(id.err, 'equal or smaller', 1, true) then return id end
-  if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) > 0 then return {0} end
-  local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-  if #top > 0 then return {2, top[1][1]} end
-  return {2, ''}
-end
-return {1, id}
-"""
-
-# dedupe = "hash": SET NX PX of the content key KEYS[1], and XADD to KEYS[2] only if
-# the key was new. {1, id}: stored; {0}: the key existed (a duplicate). A failed
-# XADD releases the key, so that a retry is not taken for a duplicate.
-_HASH_SCRIPT = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return {0} end
-local args = {'XADD', KEYS[2]}
-if ARGV[2] ~= '' then
-  args[#args + 1] = ARGV[2]; args[#args + 1] = '~'; args[#args + 1] = ARGV[3]
-end
-args[#args + 1] = '*'
-for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
-local id = redis.pcall(unpack(args))
-if type(id) == 'table' and id.err then
-  redis.call('DEL', KEYS[1])
-  return id
-end
-return {1, id}
-"""
-
-_SCRIPTS = {"seq": _SEQ_SCRIPT, "hash": _HASH_SCRIPT}
 
 
 class RedisHandler:
@@ -532,7 +252,7 @@ class RedisHandler:
         self._streams = (
             [shard_stream(stream, n) for n in range(options.shards)] if stream is not None else []
         )
-        self._script = _SCRIPTS.get(options.dedupe, "")
+        self._script = SCRIPTS.get(options.dedupe, "")
         self._sha = hashlib.sha1(self._script.encode()).hexdigest() if self._script else ""
         self.stats = SinkStats()
 
@@ -586,7 +306,7 @@ class RedisHandler:
         if not self._streams:
             await self._batcher.submit(encode_record(message)[:-1])
             return
-        fields = stream_fields(message)
+        fields = encode_entry(message)
         streams = self._streams
         key = fields["key"]
         assert isinstance(key, str)

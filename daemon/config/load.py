@@ -1,0 +1,273 @@
+"""The loader: TOML text in, a valid :class:`~wsroute.config.schema.Config` out, or every problem.
+
+Invariant: :func:`load` / :func:`loads` either return a fully validated
+config or raise one :class:`~wsroute.exceptions.ConfigError` listing every
+problem at once, each at its dotted key path and, when it can be found, its
+line. The passes: TOML syntax, ``${...}`` interpolation (its secrets
+registered for masking before anything else can log them), top-level keys
+and table names, the type of every value, names that refer to other tables.
+The same text gives equal configs, which is how a reload finds what changed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+from ..exceptions import ConfigError, ConfigIssue
+from ..interpolate import interpolate
+from ..logging import register_secrets
+from ..validate import _show as show_value
+from ..validate import convert, did_you_mean, join_path
+from .issues import finish, without_follow_ups
+from .lint import warnings_of
+from .schema import (
+    DELIVERY_KEYS,
+    NAMED_SECTIONS,
+    SECTIONS,
+    CodecSection,
+    Config,
+    ConnectionSection,
+    DaemonSection,
+    HandlerSection,
+    RouteSection,
+    SourceSection,
+)
+from .secret_values import resolved_secrets
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def load(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; raise :class:`ConfigError` listing every problem.
+
+    ``environ`` is what ``${VAR}`` references read (default: ``os.environ``).
+    Relative ``${file:...}`` paths start from the file's folder.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue("", f"cannot read config file {name}: {exc.strerror or exc}")],
+            source=name,
+        ) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            [ConfigIssue("", f"not UTF-8 text (byte {exc.start})", line=line)], source=name
+        ) from exc
+    return loads(text, path=name, environ=environ)
+
+
+def loads(
+    text: str, *, path: str | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate config text; raise :class:`ConfigError` listing every problem.
+
+    ``path`` is only recorded (``Config.path``, ``ConfigError.source``); its
+    folder is where relative ``${file:...}`` paths start. What is legal but suspicious
+    ends up in ``Config.warnings``. Loading the same text twice gives equal
+    configs (dataclass equality), which is how a reload finds what changed.
+    """
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([_syntax_issue(exc, text)], source=path) from exc
+    base_dir = os.path.dirname(os.path.abspath(path)) if path else None
+    expanded = interpolate(document, os.environ if environ is None else environ, base_dir=base_dir)
+    register_secrets(resolved_secrets(expanded))
+    build_issues: list[ConfigIssue] = []
+    config = _build(expanded.document, build_issues)
+    issues = expanded.issues + without_follow_ups(build_issues, expanded.failed)
+    if issues or config is None:
+        raise ConfigError(finish(issues, text, expanded.expansions), source=path)
+    config.path = path
+    config.warnings = finish(warnings_of(config), text, ())
+    return config
+
+
+def _syntax_issue(exc: tomllib.TOMLDecodeError, text: str) -> ConfigIssue:
+    message = str(exc)
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+    if match:
+        reason = message[: match.start()]
+        return ConfigIssue(
+            "", f"TOML syntax error at column {match.group(2)}: {reason}", line=int(match.group(1))
+        )
+    match = re.search(r"\s*\(at end of document\)$", message)
+    if match:
+        return ConfigIssue(
+            "",
+            f"TOML syntax error at the end of the file: {message[: match.start()]}",
+            line=max(1, len(text.splitlines())),
+        )
+    return ConfigIssue("", f"TOML syntax error: {message}")
+
+
+def _build(document: dict[str, Any], issues: list[ConfigIssue]) -> Config | None:
+    """Types and references; ``None`` when anything is wrong (``issues`` says what)."""
+    for key in document:
+        if key not in SECTIONS:
+            issues.append(
+                ConfigIssue(join_path("", key), f"unknown key{did_you_mean(key, SECTIONS)}")
+            )
+    tables = {section: _named_tables(document, section, issues) for section in NAMED_SECTIONS}
+
+    daemon = convert(DaemonSection, document.get("daemon", {}), "daemon", issues)
+    connections = {
+        name: convert(ConnectionSection, table, join_path("connections", name), issues)
+        for name, table in tables["connections"].items()
+    }
+    codecs = {
+        name: _codec_section(table, join_path("codecs", name), issues)
+        for name, table in tables["codecs"].items()
+    }
+    routes = {
+        name: convert(RouteSection, table, join_path("routes", name), issues)
+        for name, table in tables["routes"].items()
+    }
+    handlers = {
+        name: _handler_section(table, join_path("handlers", name), issues)
+        for name, table in tables["handlers"].items()
+    }
+    sources = {
+        name: _source_section(table, join_path("sources", name), issues)
+        for name, table in tables["sources"].items()
+    }
+    _check_references(document, tables, issues)
+    if issues:
+        return None
+    return Config(
+        daemon=daemon,
+        connections=connections,
+        codecs=codecs,
+        routes=routes,
+        handlers=handlers,
+        sources=sources,
+    )
+
+
+def _named_tables(
+    document: dict[str, Any], section: str, issues: list[ConfigIssue]
+) -> dict[str, dict[str, Any]]:
+    """The ``[section.NAME]`` tables of one section, after checking their names."""
+    raw = document.get(section, {})
+    if not isinstance(raw, dict):
+        issues.append(
+            ConfigIssue(section, f"expected [{section}.NAME] tables, got {show_value(raw)}")
+        )
+        return {}
+    tables: dict[str, dict[str, Any]] = {}
+    for name, value in raw.items():
+        path = join_path(section, name)
+        if name.startswith("$"):
+            issues.append(ConfigIssue(path, 'names starting with "$" are reserved'))
+        elif not _NAME.fullmatch(name):
+            issues.append(ConfigIssue(path, 'invalid name: use only letters, digits, "_" and "-"'))
+        if not isinstance(value, dict):
+            issues.append(
+                ConfigIssue(
+                    path,
+                    f"expected a table, got {show_value(value)} "
+                    f"(each of {section} is a [{section}.NAME] table)",
+                )
+            )
+            continue
+        tables[name] = value
+    return tables
+
+
+def _codec_section(table: dict[str, Any], path: str, issues: list[ConfigIssue]) -> Any:
+    # `type` picks the plugin; the plugin validates the rest when it is loaded.
+    fields: dict[str, Any] = {"options": {k: v for k, v in table.items() if k != "type"}}
+    if "type" in table:
+        fields["type"] = table["type"]
+    return convert(CodecSection, fields, path, issues)
+
+
+def _handler_section(table: dict[str, Any], path: str, issues: list[ConfigIssue]) -> Any:
+    # `plugin` and the delivery keys are the daemon's; the rest is the plugin's,
+    # passed on untouched and validated against its Options when it is loaded.
+    ours = ("plugin", *DELIVERY_KEYS)
+    fields = {k: v for k, v in table.items() if k in ours}
+    fields["options"] = {k: v for k, v in table.items() if k not in ours}
+    return convert(HandlerSection, fields, path, issues)
+
+
+def _source_section(table: dict[str, Any], path: str, issues: list[ConfigIssue]) -> Any:
+    # `type`, `codec` and `dead_letter` are the daemon's; the rest is the plugin's.
+    ours = ("type", "codec", "dead_letter")
+    fields = {k: v for k, v in table.items() if k in ours}
+    fields["options"] = {k: v for k, v in table.items() if k not in ours}
+    return convert(SourceSection, fields, path, issues)
+
+
+def _check_references(
+    document: dict[str, Any],
+    tables: dict[str, dict[str, dict[str, Any]]],
+    issues: list[ConfigIssue],
+) -> None:
+    """Names that must exist. Runs on the raw tables so it reports even where types failed."""
+
+    def names_in(section: str) -> list[str]:
+        # Every name in the file counts, even one whose table is broken (reported already).
+        raw = document.get(section)
+        return list(raw) if isinstance(raw, dict) else []
+
+    handlers = names_in("handlers")
+    # Sources share the connection name space: a route's `connection` may name either.
+    connections = names_in("connections") + names_in("sources")
+    for name in names_in("sources"):
+        if name in names_in("connections"):
+            issues.append(
+                ConfigIssue(
+                    join_path("sources", name),
+                    "a source cannot have the name of a connection (they share routes' names)",
+                )
+            )
+
+    def need_handler(path: str, name: Any) -> None:
+        if isinstance(name, str) and name not in handlers:
+            issues.append(
+                ConfigIssue(
+                    path, f"no handler named {show_value(name)}{did_you_mean(name, handlers)}"
+                )
+            )
+
+    daemon = document.get("daemon")
+    if isinstance(daemon, dict):
+        for key in ("unmatched", "dead_letter"):
+            need_handler(join_path("daemon", key), daemon.get(key))
+    for name, route in tables["routes"].items():
+        path = join_path("routes", name)
+        connection = route.get("connection")
+        if isinstance(connection, str) and connection not in connections:
+            issues.append(
+                ConfigIssue(
+                    join_path(path, "connection"),
+                    f"no connection named {show_value(connection)}"
+                    f"{did_you_mean(connection, connections)}",
+                )
+            )
+        listed = route.get("handlers")
+        if isinstance(listed, list):
+            for i, handler in enumerate(listed):
+                need_handler(join_path(join_path(path, "handlers"), i), handler)
+    for name, source in tables["sources"].items():
+        need_handler(
+            join_path(join_path("sources", name), "dead_letter"), source.get("dead_letter")
+        )
+    for name, handler in tables["handlers"].items():
+        path = join_path(join_path("handlers", name), "dead_letter")
+        target = handler.get("dead_letter")
+        if target == name:
+            issues.append(ConfigIssue(path, "a handler cannot be its own dead letter"))
+        else:
+            need_handler(path, target)

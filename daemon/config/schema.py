@@ -1,0 +1,456 @@
+"""The config schema: the typed sections a config file becomes.
+
+Invariant: these dataclasses (and the constants beside them) are the whole
+shape of a valid config. The rest of the daemon consumes only these objects;
+past the loader there are no ``.get()`` chains. Each class checks its own
+values in ``__post_init__``; the reference (docs/config.md) is generated from
+their types, defaults and ``doc`` metadata, so the docs cannot drift from them.
+
+A ``__post_init__`` that rejects one key starts its message with that key's
+name (``"queue must be at least 1, got 0"``): the loader then reports it at
+the key's own path (``handlers.archive.queue: must be at least 1, got 0``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import struct as _struct
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..exceptions import ConfigIssue
+from ..plugin import Duration, Key, Outgoing, Size
+from ..tls import TlsOptions
+from ..validate import _show as show_value
+
+DELIVERY_KEYS = (
+    "queue",
+    "queue_bytes",
+    "overflow",
+    "concurrency",
+    "timeout",
+    "retries",
+    "dead_letter",
+)
+LIFECYCLE_KEYS = ("$connected", "$disconnected")
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass
+class DaemonSection:
+    """``[daemon]``: process-wide settings."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = _doc(
+        "Lowest log level written.", default="info"
+    )
+    log_format: Literal["auto", "json", "console"] = _doc(
+        "auto: console on a TTY, JSON otherwise (journald).", default="auto"
+    )
+    shutdown_timeout: Duration = _doc(
+        "Drain budget on SIGTERM: handlers drain for up to half of it, the dead-letter "
+        "handlers write what they left in the rest.",
+        default=Duration(10.0),
+    )
+    unmatched: str | None = _doc(
+        "Handler for messages no route matched, frames with a `$` key included (default: "
+        "counted and logged at info, at most once a second).",
+        default=None,
+    )
+    dead_letter: str | None = _doc(
+        "Handler for undecodable frames and for what handlers or shutdown gave up on.",
+        default=None,
+    )
+    plugin_paths: list[str] = _doc(
+        "Extra folders searched for plugin modules (refused if writable by others).",
+        default_factory=list,
+    )
+    event_loop: Literal["asyncio", "uvloop"] = _doc(
+        'The event loop: asyncio, or uvloop (the "uvloop" extra: 20-30% less CPU '
+        "per frame at moderate rates, no gain under a flood). Read at start only: "
+        "a reload that changes it is logged and needs a restart.",
+        default="asyncio",
+    )
+    memory_budget: Size = _doc(
+        "All handler queues together (each message counted per queue it is in, by the "
+        "estimate of queue_bytes): at or above it every reader and source pauses until "
+        "the handlers drain below it. A safety net above the per-handler bounds: it "
+        "never drops.",
+        default=Size(512 * 2**20),
+    )
+
+    def __post_init__(self) -> None:
+        if self.memory_budget < 1:
+            raise ValueError(f"memory_budget must be at least 1B, got {self.memory_budget}B")
+        if self.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError(
+                'event_loop "uvloop" needs the uvloop package: pip install "wsroute[uvloop]"'
+            )
+
+
+#: ``connections.NAME.tls``: the public :class:`~wsroute.tls.TlsOptions`.
+TlsSection = TlsOptions
+
+
+@dataclass
+class ReconnectSection:
+    """``connections.NAME.reconnect``: capped exponential backoff with jitter."""
+
+    initial: Duration = _doc("First delay after a failure.", default=Duration(0.5))
+    max: Duration = _doc("Cap on the delay.", default=Duration(30.0))
+    factor: float = _doc("Growth of the delay per failed attempt.", default=2.0)
+    jitter: float = _doc(
+        "Share of each delay drawn at random: the delay is uniform in "
+        "[d × (1 − jitter), d]; 1.0 is full jitter.",
+        default=0.5,
+    )
+    reset_after: Duration = _doc(
+        "A connection that stayed up this long resets the backoff to `initial`.",
+        default=Duration(10.0),
+    )
+
+    def __post_init__(self) -> None:
+        if self.initial <= 0:
+            raise ValueError("initial must be above 0")
+        if self.max < self.initial:
+            raise ValueError("max must not be below initial")
+        if not (math.isfinite(self.factor) and self.factor >= 1):
+            raise ValueError(f"factor must be a number of at least 1.0, got {self.factor!r}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter must be between 0.0 and 1.0, got {self.jitter!r}")
+
+
+@dataclass
+class StructSection:
+    """``struct = { format = "<i", values = [2] }``: a packed binary header."""
+
+    format: str = _doc("A Python struct format string, e.g. `<i` or `<ib`.")
+    values: list[Any] = _doc("Values packed with the format.", default_factory=list)
+
+    def __post_init__(self) -> None:
+        try:
+            _struct.pack(self.format, *self.values)
+        except _struct.error as exc:
+            raise ValueError(
+                f"cannot pack {self.values!r} with format {show_value(self.format)}: {exc}"
+            ) from exc
+
+
+@dataclass
+class ExpectSection:
+    """``expect = { key = 2, timeout = "5s" }``: wait for a reply with this route key."""
+
+    key: str | int | float | bool = _doc("The route key of the awaited reply.")
+    timeout: Duration = _doc("No such reply in time: reconnect.", default=Duration(5.0))
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError("timeout must be above 0")
+
+
+@dataclass
+class _FrameFields:
+    json: Any = _doc("A JSON value: alone a text frame, after `struct` the body.", default=None)
+    struct: StructSection | None = _doc("A packed binary header.", default=None)
+    text: str | None = _doc("A text frame, sent as is.", default=None)
+    raw: bytes | None = _doc('A binary frame written as hex: "02 00 00 00".', default=None)
+
+    def outgoing(self) -> Outgoing:
+        """The frame this step sends."""
+        return Outgoing.build(
+            json=self.json,
+            struct=(self.struct.format, self.struct.values) if self.struct else None,
+            text=self.text,
+            raw=self.raw,
+        )
+
+    def _frame_kinds(self) -> list[str]:
+        kinds = []
+        if self.json is not None or self.struct is not None:
+            kinds.append("json/struct")
+        if self.text is not None:
+            kinds.append("text")
+        if self.raw is not None:
+            kinds.append("raw")
+        return kinds
+
+
+@dataclass
+class StepSection(_FrameFields):
+    """One ``[[connections.NAME.on_connect]]`` step: a frame, a pause or an expect."""
+
+    pause: Duration | None = _doc("Wait this long before the next step.", default=None)
+    expect: ExpectSection | None = _doc("Wait for a reply before the next step.", default=None)
+
+    def __post_init__(self) -> None:
+        kinds = self._frame_kinds()
+        if self.pause is not None:
+            kinds.append("pause")
+        if self.expect is not None:
+            kinds.append("expect")
+        if len(kinds) != 1:
+            raise ValueError(
+                "a step is exactly one of: json, struct (+ json), text, raw, pause, expect"
+                + (f"; got {' and '.join(kinds)}" if kinds else "")
+            )
+
+    @property
+    def is_frame(self) -> bool:
+        return self.pause is None and self.expect is None
+
+
+@dataclass
+class EverySection(_FrameFields):
+    """One ``[[connections.NAME.every]]``: a frame sent periodically while connected."""
+
+    interval: Duration = _doc("Time between two sends.", default=Duration(30.0))
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0:
+            raise ValueError("interval must be above 0")
+        kinds = self._frame_kinds()
+        if len(kinds) != 1:
+            raise ValueError(
+                "a periodic frame is exactly one of: json, struct (+ json), text, raw"
+                + (f"; got {' and '.join(kinds)}" if kinds else "")
+            )
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+@dataclass
+class ConnectionSection:
+    """``[connections.NAME]``: one upstream WebSocket, kept connected."""
+
+    url: str = _doc("ws:// or wss:// URL of the upstream.")
+    codec: str = _doc("A [codecs.NAME] table or a built-in codec name.", default="json")
+    headers: dict[str, str] = _doc(
+        "Extra HTTP headers of the handshake (values never logged).", default_factory=dict
+    )
+    ping_interval: Duration = _doc("Keepalive ping period; 0 disables.", default=Duration(20.0))
+    ping_timeout: Duration = _doc(
+        "No pong in this long: the connection is dead.", default=Duration(20.0)
+    )
+    idle_timeout: Duration = _doc(
+        "No frame for this long: reconnect. 0 disables.", default=Duration(0.0)
+    )
+    max_frame_size: Size = _doc(
+        "Larger frames close the connection (1009). There is no unlimited: 0 is refused.",
+        default=Size(2**20),
+    )
+    open_timeout: Duration = _doc("TCP + TLS + handshake budget.", default=Duration(10.0))
+    close_timeout: Duration = _doc(
+        "How long to wait for the peer's close frame.", default=Duration(2.0)
+    )
+    subprotocols: list[str] = _doc("Offered subprotocols.", default_factory=list)
+    compression: Literal["deflate", "none"] = _doc("permessage-deflate or none.", default="deflate")
+    proxy: str = _doc(
+        'none (proxy variables ignored) | env (HTTPS_PROXY...) | "http://..." | "socks5://..."',
+        default="none",
+    )
+    redirects: Literal["same-origin", "any", "none"] = _doc(
+        "HTTP redirects of the handshake (10 at most, within open_timeout): same-origin "
+        "(followed only to the same scheme, host and port; others refused) | any (followed "
+        "anywhere, but headers and the URL's user:password are sent only to the url's own "
+        "origin) | none (never followed). wss:// is never redirected to ws://. A refused "
+        "redirect is a failed attempt: logged, then the reconnect backoff.",
+        default="same-origin",
+    )
+    log_query_keys: list[str] = _doc(
+        "Query parameters of url whose values the logs show; every other query value "
+        'is logged as "***".',
+        default_factory=list,
+    )
+    transport: Literal["websockets", "picows"] = _doc(
+        'The WebSocket client library: websockets, or picows (faster; needs the "fast" extra, '
+        'compression = "none").',
+        default="websockets",
+    )
+    tls: TlsSection = _doc("TLS options.", default_factory=TlsSection)
+    reconnect: ReconnectSection = _doc(
+        "Backoff between attempts.", default_factory=ReconnectSection
+    )
+    on_connect: list[StepSection] = _doc(
+        "Steps replayed in order after every (re)connect.", default_factory=list
+    )
+    every: list[EverySection] = _doc("Periodic frames while connected.", default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("ws://", "wss://")):
+            raise ValueError(f"url must start with ws:// or wss://, got {show_value(self.url)}")
+        if self.proxy not in ("none", "env") and not self.proxy.startswith(
+            ("http://", "https://", "socks5://", "socks5h://", "socks4://")
+        ):
+            raise ValueError(
+                f'proxy must be "none", "env" or a proxy URL (http://, socks5://), '
+                f"got {show_value(self.proxy)}"
+            )
+        if self.codec == "":
+            raise ValueError("codec must not be empty")
+        if self.max_frame_size < 1:
+            # 0 would mean "unlimited" to websockets: refused rather than meant silently.
+            raise ValueError("max_frame_size must be at least 1B (there is no unlimited), got 0")
+        if self.transport == "picows":
+            # picows has no permessage-deflate. Refused rather than dropped silently:
+            # the connection would offer something else than the file says.
+            if self.compression != "none":
+                raise ValueError(
+                    'transport "picows" cannot compress (no permessage-deflate): '
+                    'add compression = "none" to this connection'
+                )
+            if importlib.util.find_spec("picows") is None:
+                raise ValueError(
+                    'transport "picows" needs the picows package: pip install "wsroute[fast]"'
+                )
+        for name, value in self.headers.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"headers: {show_value(name)} is not a valid HTTP header name")
+            if "\r" in value or "\n" in value:
+                # The value itself is not shown: it is often a secret.
+                raise ValueError(f"headers: the value of {name} must not contain a line break")
+
+
+@dataclass
+class CodecSection:
+    """``[codecs.NAME]``: a codec plugin and its options."""
+
+    type: str = _doc("The codec plugin: json | struct | text | bytes | an installed codec.")
+    options: dict[str, Any] = field(default_factory=dict, metadata={"doc": "The codec's options."})
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            raise ValueError("type must not be empty")
+
+
+@dataclass
+class RouteSection:
+    """``[routes.NAME]``: which messages go to which handlers."""
+
+    handlers: list[str] = _doc("Handlers that receive the matching messages.")
+    connection: str | None = _doc(
+        "Only messages from this connection (or source); any when left out.", default=None
+    )
+    key: Key | list[Key] = _doc(
+        'One route key or a list; any key (but not "$connected"/"$disconnected") when left out.',
+        default=None,
+    )
+
+    def __post_init__(self) -> None:
+        if not self.handlers:
+            raise ValueError("handlers must name at least one handler")
+        seen: set[str] = set()
+        for name in self.handlers:
+            if name in seen:
+                raise ValueError(f"handlers lists {show_value(name)} twice")
+            seen.add(name)
+        if isinstance(self.key, list) and not self.key:
+            raise ValueError(
+                "key is an empty list, which matches nothing; leave key out for any key"
+            )
+        for key in self.keys or ():
+            if isinstance(key, str) and key.startswith("$") and key not in LIFECYCLE_KEYS:
+                raise ValueError(
+                    f'key {show_value(key)}: keys starting with "$" belong to the daemon '
+                    f"(only {' and '.join(map(show_value, LIFECYCLE_KEYS))} can be routed); "
+                    "an upstream frame with such a key is unmatched"
+                )
+
+    @property
+    def keys(self) -> tuple[Key, ...] | None:
+        """The route keys as a tuple, or ``None`` for any key."""
+        if self.key is None:
+            return None
+        return tuple(self.key) if isinstance(self.key, list) else (self.key,)
+
+
+@dataclass
+class HandlerSection:
+    """``[handlers.NAME]``: a handler plugin, its options and its delivery settings."""
+
+    plugin: str = _doc('An entry-point name, or "package.module:attr".')
+    queue: int = _doc("Bounded queue size.", default=10000)
+    queue_bytes: Size = _doc(
+        "Bound on the bytes queued, estimated per message as 3 × its raw frame "
+        "(the frame, and its decoded body taken as twice the frame). A queue "
+        "takes a message while below both bounds: one message larger than this is "
+        "still queued alone.",
+        default=Size(64 * 2**20),
+    )
+    overflow: Literal["block", "drop-oldest", "drop-newest"] = _doc(
+        "Full queue (queue or queue_bytes reached): block (backpressure to the socket) | "
+        "drop-oldest | drop-newest.",
+        default="block",
+    )
+    concurrency: int = _doc("Worker tasks of this handler.", default=1)
+    timeout: Duration = _doc("Budget per message attempt; 0 disables.", default=Duration(5.0))
+    retries: int = _doc("Attempts after the first, with backoff, before dead-lettering.", default=3)
+    dead_letter: str | None = _doc(
+        "Handler for what this one gives up on (default: [daemon] dead_letter).", default=None
+    )
+    options: dict[str, Any] = field(
+        default_factory=dict, metadata={"doc": "The plugin's own options."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.plugin:
+            raise ValueError("plugin must not be empty")
+        if self.queue < 1:
+            raise ValueError(f"queue must be at least 1, got {self.queue}")
+        if self.queue_bytes < 1:
+            raise ValueError(f"queue_bytes must be at least 1B, got {self.queue_bytes}B")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.retries < 0:
+            raise ValueError(f"retries must not be negative, got {self.retries}")
+
+
+@dataclass
+class SourceSection:
+    """``[sources.NAME]``: a producer of frames other than a WebSocket (a Redis stream).
+
+    Sources share the connection name space: routes name them in ``connection``.
+    """
+
+    type: str = _doc('The source plugin, e.g. "redis-stream".')
+    codec: str = _doc(
+        "A [codecs.NAME] table or a built-in codec name: entries carry raw frames.", default="json"
+    )
+    dead_letter: str | None = _doc(
+        "Handler for what the source itself gives up on (default: [daemon] dead_letter).",
+        default=None,
+    )
+    options: dict[str, Any] = field(
+        default_factory=dict, metadata={"doc": "The source plugin's own options."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            raise ValueError("type must not be empty")
+
+
+@dataclass
+class Config:
+    """A whole, validated config file."""
+
+    daemon: DaemonSection = field(default_factory=DaemonSection)
+    connections: dict[str, ConnectionSection] = field(default_factory=dict)
+    codecs: dict[str, CodecSection] = field(default_factory=dict)
+    routes: dict[str, RouteSection] = field(default_factory=dict)
+    handlers: dict[str, HandlerSection] = field(default_factory=dict)
+    sources: dict[str, SourceSection] = field(default_factory=dict)
+    path: str | None = None
+    #: What is legal but probably a mistake (a handler nothing feeds). Not part of equality.
+    warnings: list[ConfigIssue] = field(default_factory=list, compare=False)
+
+
+#: The top-level tables of a config file.
+SECTIONS = ("daemon", "connections", "sources", "codecs", "routes", "handlers")
+#: The top-level tables whose keys are names the user chooses: ``[connections.NAME]``.
+NAMED_SECTIONS = ("connections", "sources", "codecs", "routes", "handlers")
+#: Codec plugin names a connection may use without a ``[codecs.NAME]`` table.
+BUILTIN_CODECS = ("json", "struct", "text", "bytes")

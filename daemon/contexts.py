@@ -1,0 +1,147 @@
+"""What the daemon gives each plugin: the handler and source contexts.
+
+A :class:`DaemonHandlerContext` is a handler's :class:`~wsroute.HandlerContext`
+(send upstream through a connection's codec, emit, subscribe); a
+:class:`DaemonSourceContext` is a source's :class:`~wsroute.SourceContext`
+(decode, deliver with an acknowledgement, dead-letter). Both look the
+connections and runners up on the :class:`~wsroute.service.Service` at call
+time, so a reload that replaces them is seen at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .ack import Ack
+from .exceptions import SendError
+from .plugin import Codec, DeadLetter, Frame, Message, Outgoing, StructArg
+
+if TYPE_CHECKING:
+    from .service import Service
+
+__all__ = ["DaemonHandlerContext", "DaemonSourceContext", "outgoing"]
+
+
+class DaemonHandlerContext:
+    """The :class:`~wsroute.HandlerContext` the daemon gives each handler."""
+
+    def __init__(self, name: str, service: Service) -> None:
+        self._name = name
+        self._service = service
+        self._log = structlog.get_logger("wsroute.plugin").bind(handler=name)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def log(self) -> Any:
+        return self._log
+
+    async def send(
+        self,
+        connection: str,
+        *,
+        json: Any = None,
+        struct: StructArg | None = None,
+        text: str | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        await self._service.connection(connection).send(
+            outgoing(json=json, struct=struct, text=text, raw=raw)
+        )
+
+    async def emit(self, message: Message) -> None:
+        # emit(), not dispatch(): a worker must not wait for the memory budget.
+        pending = self._service.dispatcher.emit(message)
+        if pending is not None:
+            await pending
+
+    async def subscribe(
+        self,
+        connection: str,
+        name: str,
+        *,
+        json: Any = None,
+        struct: StructArg | None = None,
+        text: str | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        frame = outgoing(json=json, struct=struct, text=text, raw=raw)
+        await self._service.connection(connection).subscribe(name, frame)
+
+    async def unsubscribe(self, connection: str, name: str) -> None:
+        self._service.connection(connection).unsubscribe(name)
+
+
+class DaemonSourceContext:
+    """The :class:`~wsroute.SourceContext` the daemon gives each source."""
+
+    def __init__(self, name: str, service: Service, codec: Codec) -> None:
+        self._name = name
+        self._service = service
+        self._codec = codec
+        self._log = structlog.get_logger("wsroute.source").bind(source=name)
+        self.delivered = 0
+        self.settled = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Delivered and not yet settled by every handler: not acknowledgeable yet."""
+        return self.delivered - self.settled
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def log(self) -> Any:
+        return self._log
+
+    def decode(self, frame: Frame) -> Message:
+        return self._codec.decode(frame)
+
+    async def deliver(self, message: Message, on_settled: Callable[[], None] | None = None) -> None:
+        ack = None
+        if on_settled is not None:
+
+            def settled() -> None:
+                self.settled += 1
+                on_settled()
+
+            ack = Ack(settled, redeliver_on_shutdown=True)
+        else:
+            self.settled += 1  # nothing to wait for
+        self.delivered += 1
+        pending = self._service.dispatcher.dispatch(message, ack)
+        if pending is not None:
+            await pending
+
+    async def dead_letter(
+        self,
+        message: Message,
+        reason: str,
+        *,
+        error: str | None = None,
+        on_settled: Callable[[], None] | None = None,
+    ) -> None:
+        service = self._service
+        section = service.config.sources[self._name]
+        target = service.runners.get(section.dead_letter or service.config.daemon.dead_letter or "")
+        letter = message.replace(dead_letter=DeadLetter(reason=reason, error=error))
+        ack = Ack(on_settled, pending=1) if on_settled is not None else None
+        if target is None or not target.accept_dead_letter(letter, ack):
+            # Not acknowledged: the entry stays pending upstream rather than vanish.
+            self._log.error(
+                "message_lost", reason=reason, error=error, seq=message.seq, dead_letter=None
+            )
+
+
+def outgoing(**kwargs: Any) -> Outgoing:
+    try:
+        return Outgoing.build(**kwargs)
+    except ValueError as exc:
+        raise SendError(str(exc)) from exc

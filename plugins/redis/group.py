@@ -1,0 +1,206 @@
+"""The ``redis-stream`` source's Redis commands: retried through outages, the group kept alive.
+
+:class:`GroupCommands` runs every command a consumer of the group sends
+(``XREADGROUP``, ``XAUTOCLAIM``, ``XPENDING``, ``XACK``, ``XCLAIM``) through
+:meth:`GroupCommands.call`; :func:`stream_entries` and :func:`autoclaim_reply`
+read the replies, in RESP2 or RESP3.
+
+Invariants:
+
+- :meth:`GroupCommands.call` never raises a Redis error or ``OSError``: a
+  worker waits Redis out (capped, jittered exponential backoff, forever) and
+  logs the outage once as an error, each retry as a warning and the
+  reconnection with its duration.
+- A group that vanished (``NOGROUP``: Redis restarted empty, the stream or
+  group was deleted; ``UNBLOCKED``: the stream of a blocked read was deleted)
+  is recreated with ``XGROUP CREATE ... MKSTREAM`` at ``create_group``'s start,
+  loudly, by one caller at a time; with ``create_group = "no"`` it is waited
+  for instead. Every such failure counts in ``stats.redis_errors``.
+- A trimmed pending entry comes back with ``None`` fields, never dropped here:
+  the source decides what losing it means.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+from structlog.typing import FilteringBoundLogger
+
+if TYPE_CHECKING:
+    from .source import StreamStats
+
+__all__ = ["Entries", "GroupCommands", "autoclaim_reply", "describe", "stream_entries"]
+
+T = TypeVar("T")
+
+#: Entries as read from Redis: ``(id, fields)``; ``fields`` is ``None`` for an
+#: entry trimmed out of the stream while it was pending.
+Entries = list[tuple[str, dict[bytes, bytes] | None]]
+
+# Reconnect backoff: from _RETRY_INITIAL doubling up to _RETRY_MAX, each delay
+# jittered down by up to half so that workers restarted together spread out.
+_RETRY_INITIAL = 0.2
+_RETRY_MAX = 10.0
+
+
+class GroupCommands:
+    """One consumer group's commands on one stream, retried until they succeed."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        stream: str,
+        group: str,
+        create_group: str,
+        stats: StreamStats,
+        log: FilteringBoundLogger,
+    ) -> None:
+        self.client = client
+        self.stream = stream
+        self.group = group
+        self.create_group_at = create_group  # "oldest", "newest" or "no"
+        self.stats = stats
+        self.log = log
+        self._group_lock: anyio.Lock | None = None
+        self._down_since: float | None = None  # first failed command of an outage
+
+    async def create_group(self) -> bool:
+        """XGROUP CREATE ... MKSTREAM; ``False`` when it exists already."""
+        start = "0" if self.create_group_at == "oldest" else "$"
+        try:
+            await self.client.xgroup_create(self.stream, self.group, id=start, mkstream=True)
+        except ResponseError as exc:
+            if str(exc).startswith("BUSYGROUP"):
+                return False
+            raise
+        return True
+
+    async def call(self, op: str, command: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis command until it succeeds: outages back off, a lost group is recreated.
+
+        Never raises a Redis error: a worker waits out Redis, it does not crash on it.
+        """
+        delays = _backoff()
+        while True:
+            try:
+                result = await command()
+            except ResponseError as exc:
+                error: Exception = exc
+                if _group_missing(exc):
+                    self.stats.redis_errors += 1
+                    await self._recover_group(op, exc)
+                    await anyio.sleep(next(delays))
+                    continue
+            except (RedisError, OSError) as exc:
+                error = exc
+            else:
+                if self._down_since is not None:
+                    self.log.info(
+                        "redis_reconnected",
+                        op=op,
+                        down_for=round(time.monotonic() - self._down_since, 3),
+                    )
+                    self._down_since = None
+                return result
+            self.stats.redis_errors += 1
+            delay = next(delays)
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                self.log.error("redis_unavailable", op=op, error=describe(error))
+            self.log.warning("redis_retry", op=op, error=describe(error), delay=round(delay, 3))
+            await anyio.sleep(delay)
+
+    async def _recover_group(self, op: str, exc: Exception) -> None:
+        """The group (or the whole stream) is gone: Redis restarted empty, or someone deleted it."""
+        if self._group_lock is None:
+            self._group_lock = anyio.Lock()
+        async with self._group_lock:
+            if self.create_group_at == "no":
+                self.log.error(
+                    "group_missing",
+                    op=op,
+                    error=describe(exc),
+                    note="create_group is no: create it with XGROUP CREATE; retrying",
+                )
+                return
+            try:
+                created = await self.create_group()
+            except (RedisError, OSError) as create_error:
+                self.log.warning("group_create_failed", error=describe(create_error))
+                return
+            if created:
+                self.stats.groups_recreated += 1
+                self.log.error(
+                    "group_recreated",
+                    op=op,
+                    error=describe(exc),
+                    start=self.create_group_at,
+                    note="the consumer group had vanished (Redis restarted empty, or the "
+                    "stream or group was deleted); entries may be delivered again"
+                    + ("" if self.create_group_at == "oldest" else " or skipped"),
+                )
+
+
+# -- replies -----------------------------------------------------------------
+
+
+def stream_entries(reply: Any) -> Entries:
+    """XREADGROUP's reply for one stream as ``[(id, fields)]``; ``fields`` ``None``: trimmed.
+
+    RESP2 replies ``[[stream, entries]]``, RESP3 ``{stream: [entries]}``.
+    """
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        groups = [v[0] if v and isinstance(v[0], list) else v for v in reply.values()]
+    else:
+        groups = [item[1] for item in reply]
+    return [entry for entries in groups for entry in _entries(entries)]
+
+
+def autoclaim_reply(reply: Any) -> tuple[str, Entries, list[str]]:
+    """XAUTOCLAIM's reply: next cursor, claimed entries, IDs gone from the stream (Redis >= 7)."""
+    cursor = _id(reply[0])
+    claimed = list(_entries(reply[1]))
+    deleted = [_id(i) for i in reply[2]] if len(reply) > 2 and reply[2] else []
+    return cursor, claimed, deleted
+
+
+def describe(error: BaseException) -> str:
+    """An error for the logs: its type, and its text when it has one."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _entries(items: Iterable[Any]) -> Iterator[tuple[str, dict[bytes, bytes] | None]]:
+    for item in items:
+        if item is None:
+            continue
+        entry_id, fields = item[0], item[1]
+        if isinstance(fields, list):  # an unparsed field list
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
+        yield _id(entry_id), fields or None
+
+
+def _id(value: bytes | str) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else value
+
+
+def _group_missing(exc: ResponseError) -> bool:
+    # NOGROUP: no such key or group. UNBLOCKED: a blocked XREADGROUP's stream was deleted.
+    text = str(exc)
+    return text.startswith(("NOGROUP", "UNBLOCKED"))
+
+
+def _backoff() -> Iterator[float]:
+    delay = _RETRY_INITIAL
+    while True:
+        yield delay * random.uniform(0.5, 1.0)
+        delay = min(_RETRY_MAX, delay * 2)
