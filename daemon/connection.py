@@ -100,6 +100,9 @@ class ConnectionStats:
     failed_attempts: int = 0
     last_frame_at: float = 0.0  # Unix time
     connected_since: float = 0.0  # Unix time, 0 when not connected
+    disconnected_at: float = 0.0  # Unix time of the last disconnect, 0 while never
+    last_error: str | None = None  # why the last attempt or session ended
+    last_close_code: int | None = None
 
 
 class Backoff:
@@ -271,6 +274,9 @@ class Connection:
         self.stats.decode_errors = old.decode_errors
         self.stats.failed_attempts = old.failed_attempts
         self.stats.last_frame_at = old.last_frame_at
+        self.stats.disconnected_at = old.disconnected_at
+        self.stats.last_error = old.last_error
+        self.stats.last_close_code = old.last_close_code
         self._disconnected_at = previous._disconnected_at
 
     def stop(self, cause: str = "stopped") -> None:
@@ -320,6 +326,7 @@ class Connection:
             wait = retry_after(exc.headers) if status in (429, 503) else None
             delay = backoff.next()
             level = "error" if status in (401, 403) else "warning"
+            self.stats.last_error = f"handshake_rejected status={status}"
             getattr(self.log, level)(
                 "handshake_rejected",
                 status=status,
@@ -329,19 +336,23 @@ class Connection:
             return max(delay, wait) if wait is not None else delay
         except ssl.SSLCertVerificationError as exc:
             self.stats.failed_attempts += 1
+            self.stats.last_error = f"tls_error: {exc.verify_message or exc}"
             self.log.error("tls_error", error=exc.verify_message or str(exc), url=self.url_for_logs)
             return backoff.next()
         except ssl.SSLError as exc:
             self.stats.failed_attempts += 1
+            self.stats.last_error = f"tls_error: {exc}"
             self.log.error("tls_error", error=str(exc), url=self.url_for_logs)
             return backoff.next()
         except BadURL as exc:
             self.stats.failed_attempts += 1
             error = str(exc).replace(self.section.url, self.url_for_logs)  # it may quote the URL
+            self.stats.last_error = f"connect_failed: {error}"
             self.log.error("connect_failed", error=error, url=self.url_for_logs)
             return backoff.next()
         except (OSError, TimeoutError, HandshakeFailed, EOFError) as exc:
             self.stats.failed_attempts += 1
+            self.stats.last_error = f"connect_failed: {_short(exc)}"
             self.log.warning("connect_failed", error=_short(exc), url=self.url_for_logs)
             return backoff.next()
 
@@ -369,10 +380,14 @@ class Connection:
         self._ws = None
         self.stats.connected_since = 0.0
         self._disconnected_at = time.monotonic()
+        self.stats.disconnected_at = time.time()
         up_for = self._disconnected_at - connected_at
         code, reason = ws.close_details()
         stopping = bool(cause)
         cause = self._close_cause or cause
+        self.stats.last_close_code = code
+        event = "connection_closed" if stopping else "connection_lost"
+        self.stats.last_error = f"{event} code={code}" + (f" cause={cause}" if cause else "")
         getattr(self.log, "info" if stopping else "warning")(
             "connection_closed" if stopping else "connection_lost",
             code=code,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import structlog
@@ -42,6 +42,9 @@ class Dispatcher:
     ) -> None:
         self.router = router
         self.dead_letter = dead_letter
+        #: Called with each routed message and its targets while someone taps the
+        #: daemon (the API's /tap); ``None`` otherwise: one attribute check per message.
+        self.tap: Callable[[Message, tuple[HandlerRunner, ...]], None] | None = None
         #: The daemon-wide memory budget; the runners must count in the same one.
         self.budget = MemoryBudget() if budget is None else budget
         self.unmatched: Counter[str] = Counter()
@@ -59,6 +62,8 @@ class Dispatcher:
         """
         # _offer(), inlined for a matched message: this runs once per frame.
         targets = self.router.lookup(message.connection, message.key)
+        if self.tap is not None:
+            self.tap(message, targets)
         blocked: list[HandlerRunner] | None = None
         if targets:
             if ack is not None:

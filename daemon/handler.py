@@ -71,6 +71,7 @@ class HandlerStats:
     dead_lettered: int = 0
     dropped: int = 0
     failures: int = 0  # failed attempts, retried or not
+    retries: int = 0  # failed attempts followed by another attempt
     timeouts: int = 0
     lost: int = 0  # dead letters no dead-letter handler could take (logged)
     released: int = 0  # source messages left unacknowledged at shutdown, redelivered later
@@ -97,6 +98,8 @@ class HandlerRunner:
         self.instance = instance
         self.plugin = plugin
         self.stats = HandlerStats()
+        #: The plugin started (``start()``, and ``run()`` reported started): it takes messages.
+        self.started = False
         self.dead_letter: HandlerRunner | None = None
         self.log = log.bind(handler=name)
         self._queue: deque[Message] = deque()
@@ -171,6 +174,7 @@ class HandlerRunner:
             "dropped": s.dropped,
             "in_flight": self.in_flight,
             "failures": s.failures,
+            "retries": s.retries,
             "timeouts": s.timeouts,
             "lost": s.lost,
             "released": s.released,
@@ -324,6 +328,7 @@ class HandlerRunner:
                             tg.start_soon(self._worker, index)
                         if self.section.timeout > 0:
                             tg.start_soon(self._watchdog)
+                        self.started = True
                         task_status.started()
         finally:
             self._workers_done.set()
@@ -467,6 +472,7 @@ class HandlerRunner:
             attempt=attempt,
             delay=_retry_delay(attempt),
         )
+        self.stats.retries += 1
         return True
 
     def _backlog(self) -> HandlerRunner | None:

@@ -12,6 +12,7 @@ changed connections and sources, and retire removed or changed handlers
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ import structlog
 from .config import Config, unchanged_connections, unchanged_sources
 from .connection import Connection
 from .exceptions import ConfigError, PluginError
-from .handler import HandlerRunner
+from .handler import HandlerRunner, HandlerStats
 from .plan import Plan
 from .shutdown import drain_all, log_handler_totals
 from .sources import SourceSupervisor
@@ -29,7 +30,7 @@ from .sources import SourceSupervisor
 if TYPE_CHECKING:
     from .service import Service
 
-__all__ = ["apply", "dead_letter_targets"]
+__all__ = ["add_stats", "apply", "dead_letter_targets"]
 
 log = structlog.get_logger("wsroute.service")
 
@@ -134,13 +135,20 @@ async def apply(service: Service, new_plan: Plan) -> list[str]:
     for name, source in new_sources.items():
         service.sources[name] = source
         await tg.start(source.run)
-    # 4. retired handlers drain what they hold; the rest is dead-lettered
+    # 4. retired handlers drain what they hold; the rest is dead-lettered. Meanwhile
+    # and afterwards their counts stay in the API's figures for names still configured.
+    service.retiring.extend(retired)
     deadline = time.monotonic() + new.daemon.shutdown_timeout
     await drain_all(retired, deadline, "removed")
     for runner in retired:
         await runner.stop_workers("removed")
         # Its final account, as at shutdown: the operator can reconcile every message.
         log_handler_totals(runner)
+        service.retiring.remove(runner)
+        if runner.name in new.handlers:
+            service.retired[runner.name] = add_stats(service.retired.get(runner.name), runner.stats)
+    for name in [n for n in service.retired if n not in new.handlers]:
+        del service.retired[name]
     log.info(
         "reload_applied",
         connections_kept=sorted(keep),
@@ -154,6 +162,15 @@ async def apply(service: Service, new_plan: Plan) -> list[str]:
         routes=len(new.routes),
     )
     return []
+
+
+def add_stats(total: HandlerStats | None, more: HandlerStats) -> HandlerStats:
+    """``total`` plus ``more``, counter by counter (a new object)."""
+    if total is None:
+        return dataclasses.replace(more)
+    return HandlerStats(
+        **{f.name: getattr(total, f.name) + getattr(more, f.name) for f in dataclasses.fields(more)}
+    )
 
 
 def dead_letter_targets(

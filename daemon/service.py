@@ -23,6 +23,7 @@ import asyncio
 import gc
 import random
 import signal
+import time
 from collections.abc import Callable
 
 import anyio
@@ -35,7 +36,7 @@ from .connection import Connection, ConnectionState
 from .contexts import DaemonHandlerContext, DaemonSourceContext
 from .dispatch import Dispatcher
 from .exceptions import ConfigError, ConfigIssue, PluginError, SendError
-from .handler import HandlerRunner
+from .handler import HandlerRunner, HandlerStats
 from .notify import Notifier, watchdog_loop
 from .plan import HandlerPlan, Plan, SourcePlan, plan
 from .registry import create_handler, create_source
@@ -80,6 +81,16 @@ class Service:
         self._reload_lock = anyio.Lock()  # held by a running reload; shutdown waits for it
         self.task_group: anyio.abc.TaskGroup | None = None
         self._reload_failed = False  # shown in STATUS= until a reload succeeds
+        #: Reloads by result, for the API: "success", "failure".
+        self.reloads = {"success": 0, "failure": 0}
+        #: When the daemon started and when its running config was loaded (Unix time).
+        self.started_at = time.time()
+        self.config_loaded_at = self.started_at
+        #: Handlers a reload replaced or removed that still drain (their counts go on
+        #: in the API's figures), and the final counts of those that finished, by
+        #: name, for names the running config still has: counters stay monotonic.
+        self.retiring: list[HandlerRunner] = []
+        self.retired: dict[str, HandlerStats] = {}
         self._status = ""
         self.stopped_cleanly = False
 
@@ -262,6 +273,8 @@ class Service:
 
             configure(new_daemon.log_level, new_daemon.log_format)
         self._reload_failed = False
+        self.reloads["success"] += 1
+        self.config_loaded_at = time.time()
         self.notifier.ready(status=self.status_line())
         return True
 
@@ -270,7 +283,13 @@ class Service:
             log.error("reload_invalid", error=problem)
         log.error("reload_failed", errors=len(problems), keeping="old config")
         self._reload_failed = True
+        self.reloads["failure"] += 1
         self.notifier.ready(status=self.status_line())
+
+    @property
+    def reload_failed(self) -> bool:
+        """The last reload failed: the running config is older than the file."""
+        return self._reload_failed
 
     async def _status_loop(self) -> None:
         while True:
@@ -285,7 +304,9 @@ class Service:
         up = states.get(ConnectionState.CONNECTED.value, 0)
         frames = sum(c.seq for c in self.connections.values())
         handled = sum(r.stats.handled for r in self.runners.values())
+        # Undecodable frames are dead-lettered by the dispatcher, not by a handler.
         dead = sum(r.stats.dead_lettered for r in self.runners.values())
+        dead += sum(self.dispatcher.decode_errors.values())
         dropped = sum(r.stats.dropped for r in self.runners.values())
         queued = sum(r.queued for r in self.runners.values())
         return ("reload failed; " if self._reload_failed else "") + (

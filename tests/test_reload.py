@@ -331,3 +331,33 @@ async def test_every_connected_gets_its_disconnected_at_reload_and_shutdown(
     assert b_connects[1]["outage"] is not None
     totals = {e["connection"]: e for e in logs if e["event"] == "connection_totals"}
     assert totals["b"]["reconnects"] == 1  # the restart by the reload counts
+
+
+async def test_counters_stay_monotonic_when_a_reload_replaces_a_handler(tmp_path: Path) -> None:
+    from wsroute.snapshot import handler_counts, status
+
+    path = tmp_path / "wsroute.toml"
+    async with two_upstreams() as (up_a, up_b):
+        write(path, up_a.url, up_b.url)
+        async with daemon(path) as service:
+            await wait_until(lambda: handler_counts(service, "first")["handled"] >= 20)
+            before = handler_counts(service, "first")
+            # "first" changes: a new runner replaces it, starting from zero itself
+            path.write_text(
+                path.read_text().replace(
+                    '[handlers.first]\nplugin = "collectors:Collect"\n',
+                    '[handlers.first]\nplugin = "collectors:Collect"\nqueue = 5000\n',
+                )
+            )
+            assert await service.reload() is True
+            assert service.runners["first"].stats.received < before["received"]
+            after = handler_counts(service, "first")
+            for counter in ("received", "handled"):
+                assert after[counter] >= before[counter], counter
+            await wait_until(lambda: handler_counts(service, "first")["handled"] >= 40)
+            snap = status(service)
+            first = snap["handlers"]["first"]
+            settled = first["handled"] + first["dead_lettered"] + first["dropped"]
+            assert first["received"] == settled + first["released"] + first["in_flight"]
+            assert snap["reloads"] == {"success": 1, "failure": 0}
+            assert snap["connections"]["a"]["state"] == "connected"

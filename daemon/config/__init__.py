@@ -29,6 +29,7 @@ from .schema import (
     LIFECYCLE_KEYS,
     NAMED_SECTIONS,
     SECTIONS,
+    ApiSection,
     CodecSection,
     Config,
     ConnectionSection,
@@ -42,6 +43,7 @@ from .schema import (
     StepSection,
     StructSection,
     TlsSection,
+    parse_listen,
 )
 from .secret_values import resolved_secrets
 
@@ -51,6 +53,7 @@ __all__ = [
     "LIFECYCLE_KEYS",
     "NAMED_SECTIONS",
     "SECTIONS",
+    "ApiSection",
     "CodecSection",
     "Config",
     "ConfigError",
@@ -69,6 +72,7 @@ __all__ = [
     "line_of",
     "load",
     "loads",
+    "parse_listen",
     "reference_markdown",
     "resolved_secrets",
     "split_path",

@@ -16,6 +16,7 @@ from importlib import resources
 from ..validate import FieldDoc, field_docs
 from .schema import (
     BUILTIN_CODECS,
+    ApiSection,
     CodecSection,
     ConnectionSection,
     DaemonSection,
@@ -36,6 +37,7 @@ TEMPLATE = "reference.md"
 #: The sections a ``{{keys NAME}}`` placeholder may name; each must be documented once.
 SECTIONS: dict[str, type] = {
     "DaemonSection": DaemonSection,
+    "ApiSection": ApiSection,
     "ConnectionSection": ConnectionSection,
     "TlsSection": TlsSection,
     "ReconnectSection": ReconnectSection,

@@ -42,6 +42,62 @@ def _doc(text: str, **kw: Any) -> Any:
 
 
 @dataclass
+class ApiSection:
+    """``[daemon.api]``: the operator's API — metrics, health, status, tap. Off unless
+    ``listen`` names an address."""
+
+    listen: list[str] = _doc(
+        'Where to serve it: "HOST:PORT" (TCP; "[::1]:PORT" for IPv6) and/or '
+        '"unix:PATH" (a Unix socket, e.g. "unix:/run/wsroute/api.sock"). Empty: no API.',
+        default_factory=list,
+    )
+    socket_mode: str = _doc('Permissions of the Unix sockets, in octal: "0660".', default="0660")
+    tap_over_tcp: bool = _doc(
+        "Also serve /status and /tap, which show message contents, on TCP addresses "
+        "(by default only on Unix sockets, which file permissions protect).",
+        default=False,
+    )
+
+    def __post_init__(self) -> None:
+        for address in self.listen:
+            parse_listen(address)  # raises ValueError naming the problem
+        try:
+            mode = int(self.socket_mode, 8)
+        except ValueError:
+            raise ValueError(
+                f'socket_mode: expected octal like "0660", got "{self.socket_mode}"'
+            ) from None
+        if not 0 <= mode <= 0o777:
+            raise ValueError(f'socket_mode: expected octal 0000-0777, got "{self.socket_mode}"')
+
+    @property
+    def mode(self) -> int:
+        """``socket_mode`` as a number."""
+        return int(self.socket_mode, 8)
+
+
+def parse_listen(address: str) -> tuple[str, str | int]:
+    """``("unix", PATH)`` or ``(HOST, PORT)`` for one ``[daemon.api] listen`` entry.
+
+    Raises ``ValueError`` with what is wrong: a Unix path must be absolute, a TCP
+    address needs a host and a port from 1 to 65535.
+    """
+    if address.startswith("unix:"):
+        path = address[len("unix:") :]
+        if not path.startswith("/"):
+            raise ValueError(f'listen: "{address}": a Unix socket path must be absolute')
+        return "unix", path
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f'listen: "{address}": expected "HOST:PORT" or "unix:PATH"')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f'listen: "{address}": the port must be 1-65535')
+    return host, int(port)
+
+
+@dataclass
 class DaemonSection:
     """``[daemon]``: process-wide settings."""
 
@@ -82,6 +138,7 @@ class DaemonSection:
         "never drops.",
         default=Size(512 * 2**20),
     )
+    api: ApiSection = _doc("The operator's API: [daemon.api] below.", default_factory=ApiSection)
 
     def __post_init__(self) -> None:
         if self.memory_budget < 1:

@@ -1,0 +1,137 @@
+"""What a running daemon looks like right now: the figures behind /status, /metrics, /ready.
+
+Read at request time from the counters the delivery layer keeps anyway —
+nothing here runs per frame. Invariants: counters are monotonic over the
+daemon's life (a handler a reload replaced adds its counts to its
+successor's: :attr:`Service.retiring` while it drains, :attr:`Service.retired`
+after), and per handler ``received = handled + dead_lettered + dropped +
+released + in_flight`` at every read, since each runner's own identity holds.
+Error texts pass the log's secret masking: they can quote what an upstream
+echoed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .connection import ConnectionState
+from .handler import HandlerRunner, HandlerStats
+from .logging import mask_secrets
+
+if TYPE_CHECKING:
+    from .service import Service
+
+__all__ = ["handler_counts", "readiness", "status"]
+
+_COUNTERS = [f.name for f in dataclasses.fields(HandlerStats)]
+
+
+def status(service: Service) -> dict[str, Any]:
+    """The ``/status`` document (docs/observability.md has its shape)."""
+    now = time.time()
+    unmatched = service.dispatcher.unmatched
+    connections: dict[str, Any] = {}
+    for name, conn in service.connections.items():
+        stats = conn.stats
+        up = conn.state is ConnectionState.CONNECTED
+        outage = None
+        if not up and stats.disconnected_at:
+            outage = round(now - stats.disconnected_at, 3)
+        connections[name] = {
+            "state": conn.state.value,
+            "url": conn.url_for_logs,
+            "connected_since": stats.connected_since or None,
+            "last_frame_at": stats.last_frame_at or None,
+            "frames": conn.seq,
+            "decode_errors": stats.decode_errors,
+            "unmatched": unmatched[name],
+            "reconnects": stats.reconnects,
+            "failed_attempts": stats.failed_attempts,
+            "last_error": mask_secrets(stats.last_error) if stats.last_error else None,
+            "last_close_code": stats.last_close_code,
+            "outage_seconds": outage,
+        }
+    handlers: dict[str, Any] = {}
+    for name, runner in service.runners.items():
+        counts = handler_counts(service, name)
+        handlers[name] = {
+            "plugin": runner.plugin,
+            "started": runner.started,
+            "queue_depth": runner.queued,
+            "queue_capacity": runner.section.queue,
+            "queued_bytes": runner.queued_bytes,
+            "queue_bytes_capacity": runner.section.queue_bytes,
+            **counts,
+        }
+    sources: dict[str, Any] = {}
+    for name, source in service.sources.items():
+        ctx = source.ctx
+        sources[name] = {
+            "delivered": ctx.delivered,
+            "settled": ctx.settled,
+            "in_flight": ctx.in_flight,
+            "decode_errors": service.dispatcher.decode_errors[name],
+            "unmatched": unmatched[name],
+        }
+    budget = service.budget
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "started_at": service.started_at,
+        "config": service.config.path,
+        "config_loaded_at": service.config_loaded_at,
+        "reload_failed": service.reload_failed,
+        "reloads": dict(service.reloads),
+        "connections": connections,
+        "handlers": handlers,
+        "sources": sources,
+        "memory": {
+            "queued_bytes": budget.total,
+            "budget": budget.limit,
+            "pauses": budget.pauses,
+        },
+    }
+
+
+def handler_counts(service: Service, name: str) -> dict[str, int]:
+    """One handler's counters over the daemon's life, ``in_flight`` included.
+
+    The running runner's, plus those of runners a reload replaced under the same
+    name (still draining, or finished).
+    """
+    runners: list[HandlerRunner] = [r for r in service.retiring if r.name == name]
+    current = service.runners.get(name)
+    if current is not None:
+        runners.append(current)
+    counts = dict.fromkeys(_COUNTERS, 0)
+    retired = service.retired.get(name)
+    if retired is not None:
+        for counter in _COUNTERS:
+            counts[counter] += getattr(retired, counter)
+    in_flight = 0
+    for runner in runners:
+        for counter in _COUNTERS:
+            counts[counter] += getattr(runner.stats, counter)
+        in_flight += runner.in_flight
+    counts["in_flight"] = in_flight
+    return counts
+
+
+def readiness(service: Service) -> tuple[bool, dict[str, Any]]:
+    """``/ready``: every connection connected and every handler started."""
+    down = sorted(
+        name
+        for name, conn in service.connections.items()
+        if conn.state is not ConnectionState.CONNECTED
+    )
+    not_started = sorted(name for name, runner in service.runners.items() if not runner.started)
+    ready = not down and not not_started
+    body: dict[str, Any] = {"ready": ready}
+    if not ready:
+        body["connections_down"] = down
+        body["handlers_not_started"] = not_started
+    return ready, body
