@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -142,6 +144,7 @@ class Settings:
     uvloop: bool = False
     experiments: tuple[str, ...] = ()
     probe: bool = False  # run wsroute through bench/probe.py
+    api: bool = False  # [daemon.api] on a free loopback port; nobody scrapes or taps
 
     def environ(self) -> dict[str, str]:
         """The client's environment: no systemd socket, experiments switched on."""
@@ -153,8 +156,10 @@ class Settings:
         return env
 
 
-def wsroute_config(scenario: Scenario, port: int, settings: Settings) -> str:
-    """The TOML config ``wsroute run`` gets for one scenario."""
+def wsroute_config(
+    scenario: Scenario, port: int, settings: Settings, api_port: int | None = None
+) -> str:
+    """The TOML config ``wsroute run`` gets for one scenario (``api_port``: ``[daemon.api]``)."""
     url = f"ws://127.0.0.1:{port}/"
     codec = "events" if scenario.kind == "json" else "exchange"
     lines = [
@@ -165,6 +170,9 @@ def wsroute_config(scenario: Scenario, port: int, settings: Settings) -> str:
         f'event_loop = "{"uvloop" if settings.uvloop else "asyncio"}"',
         "",
     ]
+    if api_port is not None:
+        # The operator's API listening, idle: what merely having it on costs.
+        lines += ["[daemon.api]", f'listen = ["127.0.0.1:{api_port}"]', ""]
     for i in range(scenario.connections):
         name = "up" if scenario.connections == 1 else f"up{i}"
         lines += [f"[connections.{name}]", f'url = "{url}"', f'codec = "{codec}"']
@@ -205,6 +213,34 @@ def wsroute_config(scenario: Scenario, port: int, settings: Settings) -> str:
             lines += [f"delay = {scenario.delay}", "every = 20"]
         lines.append("")
     return "\n".join(lines)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def check_api(port: int, timeout: float = 5.0) -> None:
+    """One ``GET /health`` before "go": the API is really on (and then left alone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            conn.request("GET", "/health")
+            status = conn.getresponse().status
+            if status == 200:
+                return
+            problem = f"answered {status}"
+        except OSError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        finally:
+            conn.close()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"--api: GET http://127.0.0.1:{port}/health {problem}")
+        time.sleep(0.1)
 
 
 def client_argv(client: str, scenario: Scenario, port: int, config: Path, s: Settings) -> list[str]:
@@ -410,7 +446,8 @@ def run_once(
         stack.callback(upstream.send, "stop")
         port = upstream.expect("listening", 30)["port"]
         config = workdir / f"{scenario.name}.toml"
-        config.write_text(wsroute_config(scenario, port, settings))
+        api_port = free_port() if settings.api and client == "wsroute" else None
+        config.write_text(wsroute_config(scenario, port, settings, api_port))
         if argv is None:
             argv = client_argv(client, scenario, port, config, settings)
         else:
@@ -419,6 +456,8 @@ def run_once(
         stack.callback(proc.finish, signal.SIGKILL)
         upstream.expect("connected", 60)
         time.sleep(0.3)  # let the client finish its handshake and settle
+        if api_port is not None:
+            check_api(api_port)
         result = Run(client=client, source=source_digest())
         result.rss_connected_mib = proc.rss_mib()
         cpu0 = proc.cpu_seconds()

@@ -11,6 +11,8 @@ Diagnostics, not part of the table:
 
 - ``--experiment a,b``: patch candidate changes into wsroute (bench/experiment.py);
 - ``--uvloop``: both clients on uvloop (wsroute through ``[daemon] event_loop = "uvloop"``);
+- ``--api``: wsroute with ``[daemon.api]`` listening on a loopback port, nobody scraping
+  or tapping (compare with the same run without it);
 - ``--profile py-spy|cprofile``: one profiled wsroute run of a scenario, summarized;
 - ``--probe``: one wsroute run with counters around the hot path (bench/probe.py).
 """
@@ -163,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help=f"comma-separated scenarios: {', '.join(BY_NAME)}")
     p.add_argument("--experiment", default="", help=f"candidate changes to wsroute: {every}")
     p.add_argument("--uvloop", action="store_true", help="run both clients on uvloop")
+    p.add_argument(
+        "--api", action="store_true", help="wsroute with [daemon.api] on, idle (TCP loopback)"
+    )
     p.add_argument("--profile", choices=["py-spy", "cprofile"], help="profile one wsroute run")
     p.add_argument("--probe", action="store_true", help="one wsroute run with hot-path counters")
     p.add_argument("--keep", action="store_true", help="keep the work folder (configs, stderr)")
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             import uvloop  # noqa: F401
         except ImportError:
             p.error("--uvloop: uvloop is not installed (.venv/bin/pip install uvloop)")
-    settings = Settings(quick=opts.quick, uvloop=opts.uvloop, experiments=experiments)
+    settings = Settings(quick=opts.quick, uvloop=opts.uvloop, experiments=experiments, api=opts.api)
     os.chmod(PLUGINS, 0o755)  # wsroute refuses group/other-writable plugin folders
     scenarios = [BY_NAME[n] for n in names] if names else SCENARIOS
     if opts.profile:
@@ -197,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     if settings.experiments:
         print(f"experiments patched into wsroute: {', '.join(settings.experiments)}\n")
+    if settings.api:
+        print("wsroute ran with [daemon.api] listening on 127.0.0.1 (idle)\n")
     print(table(results))
     print(f"\n{len(scenarios)} scenarios x {runs} runs in {time.monotonic() - started:.0f} s")
     print(jitter_line(info).removeprefix("- "))

@@ -1,8 +1,9 @@
-"""The ``wsroute`` command: run, check, plugins, replay, demo.
+"""The ``wsroute`` command: run, check, plugins, replay, demo; status, tap, top.
 
 Exit codes: 0 clean stop; 78 (EX_CONFIG) bad config or plugin load failure;
-1 unexpected crash. Domain errors become one line per problem on stderr,
-never a traceback.
+1 unexpected crash. status, tap and top (a running daemon's API, in
+:mod:`wsroute.observe`) add 69 when the daemon is not running or went away.
+Domain errors become one line per problem on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -75,7 +76,66 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="an embedded upstream plus the daemon on the demo config")
     demo.add_argument("--duration", type=float, default=0.0, help="stop after N seconds")
     demo.add_argument("-c", "--config", default=None, help="demo config (default: built in)")
+    _observe_verbs(sub)
     return parser
+
+
+def _observe_verbs(sub: Any) -> None:
+    """status, tap, top: a running daemon seen through its [daemon.api]."""
+    guide = "docs/observability.md has the /status and /tap formats."
+    exits = (
+        "Exit status: 69 when the daemon is not running (or went away), 77 when it "
+        "refuses (/status and /tap over TCP without tap_over_tcp), 78 when the config "
+        "has no [daemon.api] listen."
+    )
+
+    def with_api(p: argparse.ArgumentParser) -> None:
+        where = p.add_mutually_exclusive_group()
+        where.add_argument(
+            "-c",
+            "--config",
+            default=None,
+            help=f"find the API in this config's [daemon.api] listen, preferring its Unix "
+            f"socket (default {DEFAULT_CONFIG})",
+        )
+        where.add_argument(
+            "--api", metavar="ADDR", help="the API's address: unix:/path or host:port"
+        )
+
+    status = sub.add_parser(
+        "status",
+        help="a running daemon's connections and handlers, problems highlighted",
+        description=f"One line per connection and per handler from GET /status. {exits} {guide}",
+    )
+    with_api(status)
+    status.add_argument("--json", action="store_true", help="print /status as received")
+    tap = sub.add_parser(
+        "tap",
+        help="live decoded messages, one JSON record a line",
+        description="Print the records of /tap, one JSON document a line (for jq); filters "
+        "may be repeated, any value matches. Ends after --limit records or Ctrl-C (exit 0), "
+        f"or when the daemon goes away (exit 69). {exits} {guide}",
+    )
+    with_api(tap)
+    for name, what in (
+        ("connection", "only messages from connection C"),
+        ("key", "only messages with route key K (compared as text)"),
+        ("handler", "only messages routed to handler H"),
+        ("route", "only messages that route R matched"),
+    ):
+        tap.add_argument(
+            f"--{name}", action="append", metavar=name[0].upper(), help=f"{what}; repeatable"
+        )
+    tap.add_argument("--limit", type=int, metavar="N", help="stop after N records")
+    top = sub.add_parser(
+        "top",
+        help="a live view of connections and handlers with rates",
+        description=f"A live view refreshed from /status; q or Ctrl-C leaves. {exits} {guide}",
+    )
+    with_api(top)
+    top.add_argument(
+        "--interval", type=float, default=1.0, metavar="S", help="seconds between reads (1)"
+    )
 
 
 def _fail(error: WsrouteError, path: str | None = None) -> int:
@@ -129,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(duration=args.duration, config_path=args.config)
+        if args.command in ("status", "tap", "top"):
+            from .observe import run as observe
+
+            return observe(args, DEFAULT_CONFIG)
     except (ConfigError, PluginError) as exc:
         return _fail(exc, getattr(args, "config", None))
     except KeyboardInterrupt:

@@ -99,6 +99,12 @@ async def apply(service: Service, new_plan: Plan) -> list[str]:
         for runner in reversed(running):  # nothing was routed to them yet
             await runner.stop_workers("removed")
         return problems
+    # the API's new listen addresses are opened next to the old ones
+    api_problems = await service.api.prepare(new.daemon.api)
+    if api_problems:
+        for runner in reversed(running):  # nothing was routed to them yet
+            await runner.stop_workers("removed")
+        return api_problems
     # 2. commit: from here on nothing can fail for want of a resource
     retired = [r for name, r in service.runners.items() if name not in kept_handlers]
     service.runners = runners
@@ -107,6 +113,7 @@ async def apply(service: Service, new_plan: Plan) -> list[str]:
     service.dispatcher.router = service.build_router(new)
     service.budget.set_limit(new.daemon.memory_budget)
     service.plan, service.config = new_plan, new
+    await service.api.commit()
     # 3. connections: keep the unchanged ones open, restart the changed ones
     stopped = [name for name in service.connections if name not in keep]
     for name in stopped:

@@ -30,6 +30,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from .api import ApiServer
 from .budget import MemoryBudget
 from .config import Config
 from .connection import Connection, ConnectionState
@@ -91,6 +92,8 @@ class Service:
         #: name, for names the running config still has: counters stay monotonic.
         self.retiring: list[HandlerRunner] = []
         self.retired: dict[str, HandlerStats] = {}
+        #: [daemon.api]: its listeners, opened by run() once everything is up.
+        self.api = ApiServer(self)
         self._status = ""
         self.stopped_cleanly = False
 
@@ -170,6 +173,11 @@ class Service:
                     await tg.start(conn.run)
                 for name in self.plan.sources:
                     await self.start_source(self.plan, name)
+            try:
+                await self.api.start(self.config.daemon.api)
+            except ConfigError:  # an address that cannot be opened: exit 78, cleanly
+                await stop_all(self)
+                raise
             tg.start_soon(self._signals)
             tg.start_soon(self._reload_loop)
             tg.start_soon(watchdog_loop, self.notifier)
@@ -192,6 +200,7 @@ class Service:
             # reloads asked for but not begun are dropped.
             async with self._reload_lock:
                 await stop_all(self)
+                await self.api.stop()  # after the drain: /metrics shows it to the end
             tg.cancel_scope.cancel()
         self.stopped_cleanly = True
 

@@ -196,6 +196,35 @@ def test_unit_hardening(name: str) -> None:
     assert _one(text, "LoadCredential").startswith("exchange-token:/etc/wsroute/credentials/")
 
 
+@pytest.mark.parametrize("name", UNITS)
+def test_runtime_directory_holds_the_api_socket(name: str) -> None:
+    """``[daemon.api]``'s Unix socket lives in the runtime directory the unit creates.
+
+    The socket is 0660 (``socket_mode``); the directory lets the daemon's group
+    in and nobody else, so the socket is reachable exactly by whom its mode says.
+    """
+    text = (SYSTEMD_DIR / name).read_text()
+    runtime = _one(text, "RuntimeDirectory")
+    assert runtime == ("wsroute-%i" if "@" in name else "wsroute")
+    mode = int(_one(text, "RuntimeDirectoryMode"), 8)
+    assert mode & 0o750 == 0o750, oct(mode)  # the owner writes, the group enters
+    assert mode & 0o007 == 0, oct(mode)  # others cannot reach the socket
+
+
+def test_documented_socket_paths_are_in_a_runtime_directory() -> None:
+    """Every ``unix:/run/...`` the docs show is where a unit lets the daemon create it."""
+    single = "/run/" + _one((SYSTEMD_DIR / "wsroute.service").read_text(), "RuntimeDirectory")
+    template = _one((SYSTEMD_DIR / "wsroute@.service").read_text(), "RuntimeDirectory")
+    instance = re.escape("/run/" + template).replace("%i", "[a-z0-9]+")
+    root = SYSTEMD_DIR.parent
+    for doc in (root / "docs" / "observability.md", SYSTEMD_DIR / "README.md"):
+        paths = set(re.findall(r"unix:(/run/[\w./-]+)", doc.read_text()))
+        assert paths, doc
+        for path in paths:
+            folder = os.path.dirname(path)
+            assert folder == single or re.fullmatch(instance, folder), (doc.name, path)
+
+
 def test_template_instances_are_separate() -> None:
     text = (SYSTEMD_DIR / "wsroute@.service").read_text()
     assert _one(text, "ExecStart").endswith(" -c /etc/wsroute/%i.toml")

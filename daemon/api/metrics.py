@@ -1,0 +1,189 @@
+"""``GET /metrics``: the Prometheus text format, read from the status snapshot at scrape time.
+
+Invariant: nothing here runs per frame. :class:`StatusCollector` builds every
+metric family from :func:`wsroute.snapshot.status` when a scrape asks for it,
+so the counters are the ones ``/status`` shows (monotonic over the daemon's
+life, across reloads), and the names are exactly :data:`METRIC_NAMES` — the
+list docs/observability.md documents, which the tests and the dashboard check
+against. Each :class:`Metrics` has its own ``CollectorRegistry`` (never the
+global one) with the standard ``process_*`` metrics beside ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from ..snapshot import status
+
+if TYPE_CHECKING:
+    from ..service import Service
+
+__all__ = ["CONTENT_TYPE", "HANDLER_OUTCOMES", "METRIC_NAMES", "Metrics", "StatusCollector"]
+
+#: The Content-Type of a ``/metrics`` answer.
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: The ``outcome`` label values of ``wsroute_handler_messages_total``.
+HANDLER_OUTCOMES = ("handled", "dead_lettered", "dropped", "released", "lost")
+
+#: Every metric wsroute exports besides ``process_*``, as exposed (counters with ``_total``).
+METRIC_NAMES: tuple[str, ...] = (
+    "wsroute_build_info",
+    "wsroute_connection_up",
+    "wsroute_connection_frames_total",
+    "wsroute_connection_decode_errors_total",
+    "wsroute_connection_reconnects_total",
+    "wsroute_connection_last_frame_timestamp_seconds",
+    "wsroute_unmatched_total",
+    "wsroute_handler_received_total",
+    "wsroute_handler_messages_total",
+    "wsroute_handler_queue_depth",
+    "wsroute_handler_queue_capacity",
+    "wsroute_handler_queued_bytes",
+    "wsroute_handler_in_flight",
+    "wsroute_handler_retries_total",
+    "wsroute_handler_timeouts_total",
+    "wsroute_source_delivered_total",
+    "wsroute_source_settled_total",
+    "wsroute_memory_queued_bytes",
+    "wsroute_memory_budget_bytes",
+    "wsroute_config_reloads_total",
+)
+
+# (metric, status field, help) per connection, per handler and per source.
+_CONNECTION_COUNTERS = (
+    ("wsroute_connection_frames_total", "frames", "Frames read from the upstream."),
+    ("wsroute_connection_decode_errors_total", "decode_errors", "Frames the codec refused."),
+    ("wsroute_connection_reconnects_total", "reconnects", "Reconnects after a lost session."),
+    ("wsroute_unmatched_total", "unmatched", "Messages no route matched."),
+)
+_HANDLER_COUNTERS = (
+    ("wsroute_handler_received_total", "received", "Messages offered to the handler."),
+    ("wsroute_handler_retries_total", "retries", "Attempts retried after a failure."),
+    ("wsroute_handler_timeouts_total", "timeouts", "Attempts that timed out."),
+)
+_HANDLER_GAUGES = (
+    ("wsroute_handler_queue_depth", "queue_depth", "Messages queued now."),
+    ("wsroute_handler_queue_capacity", "queue_capacity", "The queue's bound in messages."),
+    ("wsroute_handler_queued_bytes", "queued_bytes", "Bytes queued now (estimated)."),
+    ("wsroute_handler_in_flight", "in_flight", "Messages received and not settled yet."),
+)
+_SOURCE_COUNTERS = (
+    ("wsroute_source_delivered_total", "delivered", "Messages the source delivered."),
+    ("wsroute_source_settled_total", "settled", "Delivered messages settled by every handler."),
+)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+class StatusCollector(Collector):
+    """Yields wsroute's metric families from one status snapshot per scrape."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def describe(self) -> list[Metric]:
+        # Nothing up front: the families are built from the running daemon at scrape time.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(status(self.service))
+
+
+def families(snap: dict[str, Any]) -> Iterator[Metric]:
+    """The metric families of one ``/status`` document, in :data:`METRIC_NAMES` order."""
+    info = GaugeMetricFamily("wsroute_build_info", "wsroute's version.", labels=["version"])
+    info.add_metric([str(snap.get("version", ""))], 1.0)
+    yield info
+
+    connections: dict[str, dict[str, Any]] = snap.get("connections") or {}
+    up = GaugeMetricFamily(
+        "wsroute_connection_up", "1 while the upstream is connected.", labels=["connection"]
+    )
+    for name, conn in connections.items():
+        up.add_metric([name], 1.0 if conn.get("state") == "connected" else 0.0)
+    yield up
+    yield from _per(connections, "connection", _CONNECTION_COUNTERS[:3], CounterMetricFamily)
+    last = GaugeMetricFamily(
+        "wsroute_connection_last_frame_timestamp_seconds",
+        "When the last frame was read (Unix time).",
+        labels=["connection"],
+    )
+    for name, conn in connections.items():
+        if conn.get("last_frame_at") is not None:
+            last.add_metric([name], _number(conn["last_frame_at"]))
+    yield last
+    # Sources share the connection name space: their unmatched messages are here too.
+    unmatched = dict(connections)
+    for name, source in (snap.get("sources") or {}).items():
+        unmatched.setdefault(name, source)
+    yield from _per(unmatched, "connection", _CONNECTION_COUNTERS[3:], CounterMetricFamily)
+
+    handlers: dict[str, dict[str, Any]] = snap.get("handlers") or {}
+    yield from _per(handlers, "handler", _HANDLER_COUNTERS[:1], CounterMetricFamily)
+    outcomes = CounterMetricFamily(
+        "wsroute_handler_messages_total",
+        "Messages settled, by outcome.",
+        labels=["handler", "outcome"],
+    )
+    for name, counts in handlers.items():
+        for outcome in HANDLER_OUTCOMES:
+            outcomes.add_metric([name, outcome], _number(counts.get(outcome)))
+    yield outcomes
+    yield from _per(handlers, "handler", _HANDLER_GAUGES, GaugeMetricFamily)
+    yield from _per(handlers, "handler", _HANDLER_COUNTERS[1:], CounterMetricFamily)
+
+    yield from _per(snap.get("sources") or {}, "source", _SOURCE_COUNTERS, CounterMetricFamily)
+
+    memory: dict[str, Any] = snap.get("memory") or {}
+    yield GaugeMetricFamily(
+        "wsroute_memory_queued_bytes",
+        "Bytes queued in all handlers (estimated).",
+        value=_number(memory.get("queued_bytes")),
+    )
+    yield GaugeMetricFamily(
+        "wsroute_memory_budget_bytes",
+        "The daemon-wide memory_budget.",
+        value=_number(memory.get("budget")),
+    )
+    reloads = CounterMetricFamily(
+        "wsroute_config_reloads_total", "Config reloads, by result.", labels=["result"]
+    )
+    counts = snap.get("reloads") or {}
+    for result in ("success", "failure"):
+        reloads.add_metric([result], _number(counts.get(result)))
+    yield reloads
+
+
+def _per(
+    items: dict[str, dict[str, Any]],
+    label: str,
+    specs: tuple[tuple[str, str, str], ...],
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+) -> Iterator[Metric]:
+    for metric, field, text in specs:
+        family = kind(metric, text, labels=[label])
+        for name, values in items.items():
+            family.add_metric([name], _number(values.get(field)))
+        yield family
+
+
+class Metrics:
+    """A private registry: wsroute's families plus ``process_*``; :meth:`render` per scrape."""
+
+    def __init__(self, service: Service) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(StatusCollector(service))
+        ProcessCollector(registry=self.registry)
+
+    def render(self) -> bytes:
+        """The Prometheus text format of every metric, read now."""
+        return generate_latest(self.registry)

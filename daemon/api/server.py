@@ -1,0 +1,329 @@
+"""The API's listeners: one websockets server per ``[daemon.api] listen`` address.
+
+Each answers plain HTTP ``GET /health``, ``/ready``, ``/metrics`` and
+``/status`` from ``process_request`` and lets only ``/tap`` upgrade to a
+WebSocket; any other path is 404.
+
+Invariants: ``/status`` and ``/tap`` (message contents) are 403 on TCP
+unless ``tap_over_tcp``. A Unix socket gets ``socket_mode`` before it
+accepts anyone (bound, chmod-ed, then listening); a socket file already at
+the path is removed only when nothing listens on it, and ours is removed at
+stop. A change of ``listen`` opens the new addresses before it closes the old
+ones, and an address that cannot be opened changes nothing: at start that is
+exit 78 naming ``daemon.api.listen``, at a reload a failed reload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import http
+import logging
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve, unix_serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from ..config import ApiSection, parse_listen
+from ..exceptions import ConfigError, ConfigIssue
+from ..snapshot import readiness, status
+from .metrics import CONTENT_TYPE, Metrics
+from .tap import TapFilter, TapHub
+
+if TYPE_CHECKING:
+    from ..service import Service
+
+__all__ = ["ENDPOINTS", "ApiServer", "Listener"]
+
+log = structlog.get_logger("wsroute.api")
+
+#: The paths served; ``/tap`` is the WebSocket, the others plain GETs.
+ENDPOINTS = ("/health", "/ready", "/metrics", "/status", "/tap")
+#: Served on TCP only with ``tap_over_tcp``: they show message contents.
+PRIVATE = frozenset({"/status", "/tap"})
+
+_KEY = "daemon.api.listen"
+# websockets logs every non-upgrade answer ("connection rejected") at INFO: one per scrape.
+_http_logger = logging.getLogger("wsroute.api.http")
+_http_logger.setLevel(logging.WARNING)
+_json = msgspec.json.Encoder(enc_hook=str)
+
+
+@dataclass
+class Listener:
+    """One open address: the server, and for a Unix socket its path and inode."""
+
+    address: str
+    server: Server
+    path: str | None = None
+    inode: int = 0
+
+    @property
+    def unix(self) -> bool:
+        return self.path is not None
+
+    def where(self) -> str:
+        """Where it listens, as an address (a TCP port 0 shows the port it got)."""
+        if self.path is not None:
+            return f"unix:{self.path}"
+        names = [sock.getsockname() for sock in self.server.sockets]
+        return ", ".join(f"[{n[0]}]:{n[1]}" if ":" in n[0] else f"{n[0]}:{n[1]}" for n in names)
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+        if self.path is not None:
+            _remove_ours(self.path, self.inode)
+        log.info("api_closed", address=self.address)
+
+
+class ApiServer:
+    """``[daemon.api]``: every listener, the metrics registry and the tap hub.
+
+    :meth:`start` at start, :meth:`stop` at shutdown; a reload calls
+    :meth:`prepare` (opens what the new config adds, changes nothing else) and
+    then :meth:`commit` (closes what it no longer lists) or, if the reload
+    fails later on, :meth:`rollback` (closes what :meth:`prepare` opened).
+    """
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.section = ApiSection()
+        self.metrics = Metrics(service)
+        self.hub = TapHub(service)
+        self.listeners: dict[str, Listener] = {}
+        self._pending: dict[str, Listener] = {}
+        self._pending_section: ApiSection | None = None
+
+    # -- life ----------------------------------------------------------------
+
+    async def start(self, section: ApiSection) -> None:
+        """Open every address; ``ConfigError`` on ``daemon.api.listen`` if one cannot be."""
+        problems = await self.prepare(section)
+        if problems:
+            raise ConfigError([ConfigIssue(_KEY, problem) for problem in problems])
+        await self.commit()
+
+    async def prepare(self, section: ApiSection) -> list[str]:
+        """Open the addresses ``section`` lists that are not open yet; nothing is closed.
+
+        Returns the problems (each starting with ``daemon.api.listen``), after
+        closing what it opened: the running listeners are untouched either way.
+        """
+        await self.rollback()
+        opened: dict[str, Listener] = {}
+        for address in dict.fromkeys(section.listen):
+            if address in self.listeners:
+                continue
+            try:
+                opened[address] = await self._open(address, section.mode)
+            except (OSError, ValueError) as exc:
+                for listener in opened.values():
+                    await listener.close()
+                return [f"{_KEY}: cannot listen on {address}: {_reason(exc)}"]
+        self._pending, self._pending_section = opened, section
+        return []
+
+    async def commit(self) -> None:
+        """Apply what :meth:`prepare` prepared: close the addresses no longer listed."""
+        section = self._pending_section
+        if section is None:
+            return
+        opened, self._pending, self._pending_section = self._pending, {}, None
+        gone = [a for a in self.listeners if a not in section.listen]
+        self.section = section
+        for address, listener in self.listeners.items():
+            if listener.path is not None and address not in gone:
+                with contextlib.suppress(OSError):
+                    os.chmod(listener.path, section.mode)  # socket_mode may have changed
+        self.listeners.update(opened)
+        for address in gone:
+            await self.listeners.pop(address).close()
+        for listener in opened.values():
+            log.info("api_listening", address=listener.address, listening=listener.where())
+
+    async def rollback(self) -> None:
+        """Close what :meth:`prepare` opened (a reload that failed after it)."""
+        opened, self._pending, self._pending_section = self._pending, {}, None
+        for listener in opened.values():
+            await listener.close()
+
+    async def stop(self) -> None:
+        """Close every listener (and every tap), remove the Unix sockets."""
+        await self.rollback()
+        listeners, self.listeners = self.listeners, {}
+        for listener in listeners.values():
+            await listener.close()
+
+    @property
+    def addresses(self) -> list[str]:
+        """The addresses open now, in the order they were opened."""
+        return list(self.listeners)
+
+    # -- opening -------------------------------------------------------------
+
+    async def _open(self, address: str, mode: int) -> Listener:
+        kind, where = parse_listen(address)
+        options: dict[str, Any] = {
+            "compression": None,
+            "max_size": 2**16,  # a tap client has nothing to say
+            "logger": _http_logger,
+        }
+        if kind == "unix":
+            assert isinstance(where, str)
+            sock, inode = _bind_unix(where, mode)
+            try:
+                server = await unix_serve(
+                    self._tap,
+                    sock=sock,
+                    process_request=functools.partial(self._answer, unix=True),
+                    **options,
+                )
+            except BaseException:
+                sock.close()
+                _remove_ours(where, inode)
+                raise
+            return Listener(address, server, where, inode)
+        server = await serve(
+            self._tap,
+            kind,
+            int(where),
+            process_request=functools.partial(self._answer, unix=False),
+            **options,
+        )
+        return Listener(address, server)
+
+    # -- answering -----------------------------------------------------------
+
+    def _answer(self, ws: ServerConnection, request: Request, *, unix: bool) -> Response | None:
+        """``process_request``: answer a plain GET, or ``None`` to let ``/tap`` upgrade."""
+        url = urlsplit(request.path)
+        path = url.path.rstrip("/") or "/"
+        if path not in ENDPOINTS:
+            return _text(http.HTTPStatus.NOT_FOUND, f"not found: {path}\n")
+        if path in PRIVATE and not unix and not self.section.tap_over_tcp:
+            return _text(
+                http.HTTPStatus.FORBIDDEN,
+                f"{path} is served on the Unix socket only "
+                "([daemon.api] tap_over_tcp = true allows it on TCP)\n",
+            )
+        if path == "/health":
+            return _json_response(http.HTTPStatus.OK, {"status": "ok"})
+        if path == "/ready":
+            ready, body = readiness(self.service)
+            code = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
+            return _json_response(code, body)
+        if path == "/metrics":
+            return _response(http.HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE)
+        if path == "/status":
+            return _json_response(http.HTTPStatus.OK, status(self.service))
+        try:  # /tap: a bad filter is refused before the upgrade
+            _tap_filter(request.path, self.service)
+        except ValueError as exc:
+            return _text(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        return None
+
+    async def _tap(self, ws: ServerConnection) -> None:
+        """The one WebSocket endpoint: ``/tap``, already checked by :meth:`_answer`."""
+        assert ws.request is not None
+        try:
+            match = _tap_filter(ws.request.path, self.service)
+        except ValueError as exc:  # the routes changed since the handshake
+            await ws.close(1008, str(exc)[:120])
+            return
+        await self.hub.serve(ws, match)
+
+
+def _tap_filter(target: str, service: Service) -> TapFilter:
+    query = parse_qs(urlsplit(target).query, keep_blank_values=True)
+    return TapFilter.parse(query, service.config.routes)
+
+
+def _response(code: http.HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers(
+        [
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-store"),
+        ]
+    )
+    return Response(code.value, code.phrase, headers, body)
+
+
+def _text(code: http.HTTPStatus, text: str) -> Response:
+    return _response(code, text.encode(), "text/plain; charset=utf-8")
+
+
+def _json_response(code: http.HTTPStatus, body: Any) -> Response:
+    return _response(code, _json.encode(body) + b"\n", "application/json")
+
+
+# -- Unix sockets ---------------------------------------------------------------
+
+
+def _bind_unix(path: str, mode: int) -> tuple[socket.socket, int]:
+    """A Unix socket bound at ``path`` with ``mode``, not listening yet (asyncio does
+    that), and the inode of its file."""
+    _clear_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        inode = os.lstat(path).st_ino
+        try:
+            os.chmod(path, mode)  # before listen(): nobody connects with the umask's mode
+        except OSError:
+            _remove_ours(path, inode)
+            raise
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, inode
+
+
+def _clear_stale(path: str) -> None:
+    """Remove a socket file nothing listens on; refuse a live one or any other file."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise OSError(errno.EEXIST, "a file that is not a socket is in the way")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # stale: left by a process that is gone
+    except TimeoutError:
+        raise OSError(errno.EADDRINUSE, "another process listens there") from None
+    else:
+        raise OSError(errno.EADDRINUSE, "another process listens there")
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    log.info("api_stale_socket_removed", path=path)
+
+
+def _remove_ours(path: str, inode: int) -> None:
+    """Remove the socket file at ``path`` if it is still the one we bound."""
+    with contextlib.suppress(OSError):
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
