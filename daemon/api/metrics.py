@@ -20,6 +20,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from ..snapshot import status
+from .names import HANDLER_OUTCOMES, METRIC_NAMES
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -30,33 +31,6 @@ __all__ = ["CONTENT_TYPE", "HANDLER_OUTCOMES", "METRIC_NAMES", "Metrics", "Statu
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 #: The ``outcome`` label values of ``wsroute_handler_messages_total``.
-HANDLER_OUTCOMES = ("handled", "dead_lettered", "dropped", "released", "lost")
-
-#: Every metric wsroute exports besides ``process_*``, as exposed (counters with ``_total``).
-METRIC_NAMES: tuple[str, ...] = (
-    "wsroute_build_info",
-    "wsroute_connection_up",
-    "wsroute_connection_frames_total",
-    "wsroute_connection_decode_errors_total",
-    "wsroute_connection_reconnects_total",
-    "wsroute_connection_last_frame_timestamp_seconds",
-    "wsroute_unmatched_total",
-    "wsroute_handler_received_total",
-    "wsroute_handler_messages_total",
-    "wsroute_handler_queue_depth",
-    "wsroute_handler_queue_capacity",
-    "wsroute_handler_queued_bytes",
-    "wsroute_handler_in_flight",
-    "wsroute_handler_retries_total",
-    "wsroute_handler_timeouts_total",
-    "wsroute_source_delivered_total",
-    "wsroute_source_settled_total",
-    "wsroute_memory_queued_bytes",
-    "wsroute_memory_budget_bytes",
-    "wsroute_config_reloads_total",
-)
-
-# (metric, status field, help) per connection, per handler and per source.
 _CONNECTION_COUNTERS = (
     ("wsroute_connection_frames_total", "frames", "Frames read from the upstream."),
     ("wsroute_connection_decode_errors_total", "decode_errors", "Frames the codec refused."),
@@ -178,6 +152,9 @@ def _per(
 
 class Metrics:
     """A private registry: wsroute's families plus ``process_*``; :meth:`render` per scrape."""
+
+    #: The Content-Type of :meth:`render`'s text.
+    content_type = CONTENT_TYPE
 
     def __init__(self, service: Service) -> None:
         self.registry = CollectorRegistry()

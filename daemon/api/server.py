@@ -36,11 +36,11 @@ from websockets.http11 import Request, Response
 from ..config import ApiSection, parse_listen
 from ..exceptions import ConfigError, ConfigIssue
 from ..snapshot import readiness, status
-from .metrics import CONTENT_TYPE, Metrics
 from .tap import TapFilter, TapHub
 
 if TYPE_CHECKING:
     from ..service import Service
+    from .metrics import Metrics
 
 __all__ = ["ENDPOINTS", "ApiServer", "Listener"]
 
@@ -95,10 +95,17 @@ class ApiServer:
     fails later on, :meth:`rollback` (closes what :meth:`prepare` opened).
     """
 
+    @functools.cached_property
+    def metrics(self) -> Metrics:
+        """The Prometheus registry, built at the first scrape: a daemon without an API
+        (or never scraped) does not import prometheus_client."""
+        from .metrics import Metrics
+
+        return Metrics(self.service)
+
     def __init__(self, service: Service) -> None:
         self.service = service
         self.section = ApiSection()
-        self.metrics = Metrics(service)
         self.hub = TapHub(service)
         self.listeners: dict[str, Listener] = {}
         self._pending: dict[str, Listener] = {}
@@ -223,7 +230,8 @@ class ApiServer:
             code = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
             return _json_response(code, body)
         if path == "/metrics":
-            return _response(http.HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE)
+            metrics = self.metrics
+            return _response(http.HTTPStatus.OK, metrics.render(), metrics.content_type)
         if path == "/status":
             return _json_response(http.HTTPStatus.OK, status(self.service))
         try:  # /tap: a bad filter is refused before the upgrade
