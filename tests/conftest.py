@@ -9,11 +9,12 @@ is run) they fail instead, so a missing server can never pass unnoticed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,7 +26,7 @@ from wsroute.config import loads
 from wsroute.service import Service, plan
 from wsroute.transport import picows_available
 
-__all__ = ["REPO", "need", "running", "tool_path", "unavailable"]
+__all__ = ["REPO", "need", "running", "tcp_server", "tool_path", "unavailable"]
 
 # The atheris target is run by hand (tests/fuzz/README.md), not collected.
 collect_ignore_glob = ["fuzz/*"]
@@ -145,3 +146,32 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterat
                 for (tool, why), count in sorted(_SKIPPED.items())
             ]
             terminalreporter.write_line("skipped: " + "; ".join(parts), yellow=True, bold=True)
+
+
+@contextlib.asynccontextmanager
+async def tcp_server(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A raw TCP server on 127.0.0.1 for hostile peers written by hand; yields its port.
+
+    Each connection runs ``handle(reader, writer)`` in a task of its own; at exit
+    the server closes and every such task is cancelled and awaited.
+    """
+    tasks: set[asyncio.Task[None]] = set()
+
+    def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(handle(reader, writer))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    server = await asyncio.start_server(connected, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        for task in list(tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await server.wait_closed()

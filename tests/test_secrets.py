@@ -35,7 +35,7 @@ from wsroute import logging as wslogging
 from wsroute.config import loads
 from wsroute.logging import mask_secrets, redact_values, register_secrets
 
-from conftest import need
+from conftest import need, tcp_server
 
 pytestmark = pytest.mark.anyio
 
@@ -122,25 +122,9 @@ class Echoer:
 
     @contextlib.asynccontextmanager
     async def serve(self) -> AsyncIterator[Echoer]:
-        tasks: set[asyncio.Task[None]] = set()
-
-        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.create_task(self._serve(reader, writer))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-        server = await asyncio.start_server(connected, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        try:
+        async with tcp_server(self._serve) as port:
+            self.port = port
             yield self
-        finally:
-            server.close()
-            for task in list(tasks):
-                task.cancel()
-            for task in list(tasks):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            await server.wait_closed()
 
 
 CONFIG = """

@@ -26,7 +26,7 @@ from wsroute.testing import wait_until
 from wsroute.transport import MAX_REDIRECTS
 
 from collectors import Collect
-from conftest import need, running
+from conftest import need, running, tcp_server
 from peers import OP_TEXT, accept_key, events, frame
 
 pytestmark = pytest.mark.anyio
@@ -125,25 +125,9 @@ class Upstream:
 
     @contextlib.asynccontextmanager
     async def serve(self) -> AsyncIterator[Upstream]:
-        tasks: set[asyncio.Task[None]] = set()
-
-        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.create_task(self._serve(reader, writer))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-        server = await asyncio.start_server(connected, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        try:
+        async with tcp_server(self._serve) as port:
+            self.port = port
             yield self
-        finally:
-            server.close()
-            for task in list(tasks):
-                task.cancel()
-            for task in list(tasks):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            await server.wait_closed()
 
 
 CONFIG = """
