@@ -290,10 +290,15 @@ def _plugins(path: str | None, *, as_json: bool) -> int:
 
 
 def describe(infos: Iterable[PluginInfo]) -> list[dict[str, Any]]:
-    """Plain data for ``wsroute plugins --json``: one dict per plugin, options included."""
+    """Plain data for ``wsroute plugins --json``: one dict per plugin, options included.
+
+    A built-in plugin whose client library is not installed has ``error`` ``None``
+    and ``missing_extra`` set to the extra that installs it (``"redis"``);
+    ``missing_extra`` is ``None`` for every other plugin.
+    """
     result = []
     for info in infos:
-        error = info.error
+        error = None if info.missing_extra else info.error
         options: list[dict[str, Any]] = []
         if info.options is not None:
             try:
@@ -311,13 +316,20 @@ def describe(infos: Iterable[PluginInfo]) -> list[dict[str, Any]]:
                 "doc": info.doc,
                 "options": options,
                 "error": error,
+                "missing_extra": info.missing_extra,
             }
         )
     return result
 
 
 def format_plugins(infos: Iterable[PluginInfo]) -> str:
-    """The human listing of ``wsroute plugins``: handlers, codecs, sources, with their options."""
+    """The human listing of ``wsroute plugins``: handlers, codecs, sources, with their options.
+
+    A built-in whose client library is missing gets one line, ``not installed (pip
+    install 'wsroute[EXTRA]')``; a plugin that fails to load otherwise, an ``ERROR:`` line.
+    """
+    from .registry.extras import install_command
+
     described = describe(infos)
     lines: list[str] = []
     kinds = (
@@ -337,6 +349,9 @@ def format_plugins(infos: Iterable[PluginInfo]) -> str:
         for plugin in group:
             lines.append("")
             lines.append(f"  {plugin['name']}  ({plugin['origin']}: {plugin['target']})")
+            if plugin["missing_extra"]:
+                lines.append(f"      not installed ({install_command(plugin['missing_extra'])})")
+                continue
             if plugin["error"]:
                 lines.append(f"      ERROR: {plugin['error']}")
                 continue

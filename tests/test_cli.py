@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -127,6 +128,49 @@ def test_plugins_lists_builtins_with_origin_and_options() -> None:
     jsonl = next(p for p in listing if p["name"] == "jsonl")
     assert jsonl["origin"] == "built-in"
     assert any(o["name"] == "path" for o in jsonl["options"])
+
+
+def test_plugins_says_a_builtin_without_its_extra_is_not_installed() -> None:
+    # A fresh install: the sinks' client libraries hidden from a real `wsroute plugins`.
+    code = (
+        "import sys\n"
+        "for module in ('redis', 'nats', 'httpx'):\n"
+        "    sys.modules[module] = None\n"
+        "from wsroute.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+
+    def plugins(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code, "plugins", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    result = plugins()
+    assert result.returncode == 0, result.stderr
+    assert "ERROR" not in result.stdout
+    lines = result.stdout.splitlines()
+    expected = {
+        "nats  (built-in: wsroute.plugins.nats:NatsHandler)": "nats",
+        "redis  (built-in: wsroute.plugins.redis.sink:RedisHandler)": "redis",
+        "webhook  (built-in: wsroute.plugins.webhook:WebhookHandler)": "webhook",
+        "redis-stream  (built-in: wsroute.plugins.redis.source:RedisStreamSource)": "redis",
+    }
+    for heading, extra in expected.items():
+        at = lines.index(f"  {heading}")
+        assert lines[at + 1] == f"      not installed (pip install 'wsroute[{extra}]')"
+    assert result.stdout.count("not installed") == len(expected)  # once per plugin
+
+    listing = {(p["kind"], p["name"]): p for p in json.loads(plugins("--json").stdout)}
+    assert listing["handler", "redis"]["missing_extra"] == "redis"
+    assert listing["handler", "redis"]["error"] is None
+    assert listing["source", "redis-stream"]["missing_extra"] == "redis"
+    assert listing["handler", "webhook"]["missing_extra"] == "webhook"
+    assert listing["handler", "jsonl"]["missing_extra"] is None
+    assert listing["handler", "jsonl"]["error"] is None
 
 
 @pytest.fixture
@@ -258,9 +302,26 @@ def test_replay_feeds_dead_letters_back_to_their_handler(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_demo_shows_decoding_routing_and_a_reconnect() -> None:
-    result = run("demo", "--duration", "5", timeout=40)
+def test_demo_shows_decoding_routing_and_a_reconnect(tmp_path: Path) -> None:
+    result = run("demo", "--duration", "5", env={"TMPDIR": str(tmp_path)}, timeout=40)
     assert result.returncode == 0, result.stderr
+    # The demo keeps its dead letters and config, and prints how to replay them.
+    (kept,) = tmp_path.glob("wsroute-demo-*")
+    assert f"kept in {kept}" in result.stdout
+    assert (kept / "dead-letter.jsonl").exists()
+    (command,) = [
+        line.strip() for line in result.stdout.splitlines() if line.strip().startswith("wsroute ")
+    ]
+    argv = shlex.split(command)
+    assert argv[:3] == ["wsroute", "replay", "-c"]
+    assert Path(argv[3]).exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSROUTE_DEMO_")}
+    replayed = subprocess.run(
+        [WSROUTE, *argv[1:]], capture_output=True, text=True, timeout=30, env=env, check=False
+    )
+    # The malformed frame is still malformed: dead-lettered again, the documented status 1.
+    assert replayed.returncode == 1, replayed.stderr
+    assert "1 read, 0 handled, 1 dead-lettered again, 0 failed" in replayed.stderr
     out = result.stderr
     assert "demo_started" in out
     assert "key=1" in out

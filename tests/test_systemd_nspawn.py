@@ -316,7 +316,7 @@ def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
             "${STATE_DIRECTORY}",
             connection_extra=CREDENTIAL_HEADER,
             daemon_extra='shutdown_timeout = "3s"',
-        )
+        ).replace('log_format = "json"', 'log_format = "auto"')  # journal, under systemd
         box.write("/etc/wsroute/wsroute.toml", config)
         (box.root / "etc/wsroute/credentials").mkdir(mode=0o700)
         box.write("/etc/wsroute/credentials/exchange-token", "token-for-the-test\n", 0o600)
@@ -330,6 +330,21 @@ def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
         archive = box.root / STATE.lstrip("/") / "archive.jsonl"
         wait_for(lambda: _lines(archive) >= 5, 20, "ticks archived by the sandboxed daemon")
         assert upstream_connections() == 1
+
+        # Under journald `log_format = "auto"` writes native entries: each key a field.
+        entries = [
+            json.loads(line)
+            for line in box.run(
+                "journalctl", "--unit", UNIT, "--output=json", "--no-pager", "CONNECTION=up"
+            ).stdout.splitlines()
+            if line.strip()
+        ]
+        connected = [e for e in entries if e.get("EVENT") == "connected"]
+        assert connected, entries
+        assert connected[0]["MESSAGE"].startswith("connected connection=up "), connected[0]
+        assert connected[0]["PRIORITY"] == "6"
+        assert connected[0]["SYSLOG_IDENTIFIER"] == "wsroute"
+        assert connected[0]["CONNECTION"] == "up"
 
         # Reload (SIGHUP): RELOADING=1 ... READY=1, the same process, the same connection.
         box.run("systemctl", "reload", UNIT)

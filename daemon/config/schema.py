@@ -104,8 +104,14 @@ class DaemonSection:
     log_level: Literal["debug", "info", "warning", "error"] = _doc(
         "Lowest log level written.", default="info"
     )
-    log_format: Literal["auto", "json", "console"] = _doc(
-        "auto: console on a TTY, JSON otherwise (journald).", default="auto"
+    log_format: Literal["auto", "json", "console", "journal"] = _doc(
+        "auto: journal under journald (JOURNAL_STREAM set and journald's socket "
+        "/run/systemd/journal/socket there), else console on a TTY, JSON otherwise. "
+        "journal: native journal entries — MESSAGE the readable line (event first, "
+        "then key=value), PRIORITY from the level, each event key its own upper-case "
+        "field (CONNECTION=exchange), tracebacks in TRACEBACK; an event the socket "
+        "refuses goes to stderr as a JSON line.",
+        default="auto",
     )
     shutdown_timeout: Duration = _doc(
         "Drain budget on SIGTERM: handlers drain for up to half of it, the dead-letter "

@@ -28,7 +28,7 @@ import structlog
 from ..exceptions import PluginError
 from ..validate import did_you_mean
 from .contracts import first_paragraph, looks_like, verify
-from .extras import import_failure
+from .extras import MissingExtra, import_failure
 from .imports import PluginImporter
 from .info import GROUPS, Kind, PluginInfo
 from .metadata import dist_of, entry_points, ep_origin, package_of
@@ -179,7 +179,8 @@ class Registry:
         Entry points first (handlers, then codecs), then the classes of each
         ``plugin_paths`` module that fit the handler or codec contract, named
         ``module:Class``. A plugin that fails to load is returned with ``error``
-        set instead of raising.
+        set instead of raising; a built-in whose client library is missing also
+        has ``missing_extra``, the extra that installs it.
         """
         infos: list[PluginInfo] = []
         for kind in GROUPS:
@@ -189,15 +190,24 @@ class Registry:
                 except PluginError as exc:
                     ep = self._eps[kind][name][0]
                     dist, version = dist_of(ep)
+                    origin = ep_origin(ep)
+                    # A built-in whose optional client library is missing is not installed,
+                    # not broken: the listing says which extra installs it.
+                    missing = (
+                        exc.extra
+                        if isinstance(exc, MissingExtra) and origin == "built-in"
+                        else None
+                    )
                     infos.append(
                         PluginInfo(
                             name=name,
                             kind=kind,
-                            origin=ep_origin(ep),
+                            origin=origin,
                             target=f"{ep.module}:{ep.attr}",
                             error=str(exc),
                             package=dist,
                             version=version,
+                            missing_extra=missing,
                         )
                     )
         for modname, file in self._importer.path_modules():

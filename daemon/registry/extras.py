@@ -19,7 +19,7 @@ from functools import cache
 from ..exceptions import PluginError
 from .metadata import SELF_DIST, normalise
 
-__all__ = ["extra_for", "import_failure"]
+__all__ = ["MissingExtra", "extra_for", "import_failure", "install_command"]
 
 _NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _EXTRA = re.compile(r"""\bextra\s*==\s*(["'])(?P<extra>[^"']+)\1""")
@@ -81,14 +81,43 @@ def extra_for(module: str) -> str | None:
     return _extras().get(module.partition(".")[0])
 
 
+class MissingExtra(PluginError):
+    """A plugin's import failed on a module that an extra of ``wsroute`` installs.
+
+    ``module`` is the missing module and ``extra`` the extra that installs it:
+    ``wsroute plugins`` shows a built-in plugin in this state as not installed
+    (information), not as an error.
+    """
+
+    def __init__(self, message: str, *, module: str, extra: str) -> None:
+        super().__init__(message)
+        self.module = module
+        self.extra = extra
+
+    @property
+    def install(self) -> str:
+        """The command that installs the extra: ``pip install 'wsroute[redis]'``."""
+        return install_command(self.extra)
+
+
+def install_command(extra: str) -> str:
+    """``pip install 'wsroute[EXTRA]'``."""
+    return f"pip install '{SELF_DIST}[{extra}]'"
+
+
 def import_failure(where: str, exc: BaseException) -> PluginError:
-    """The error for a plugin (``where``) whose import raised ``exc``."""
+    """The error for a plugin (``where``) whose import raised ``exc``.
+
+    A missing module that an extra installs gives a :class:`MissingExtra`.
+    """
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         extra = extra_for(exc.name)
         if extra is not None:
-            return PluginError(
+            return MissingExtra(
                 f'{where} needs the module "{exc.name}", which is not installed: '
-                f"install the extra with pip install '{SELF_DIST}[{extra}]'"
+                f"install the extra with {install_command(extra)}",
+                module=exc.name,
+                extra=extra,
             )
         return PluginError(
             f'{where} cannot be imported: it needs the module "{exc.name}", which is not installed'

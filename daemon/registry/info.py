@@ -3,6 +3,8 @@
 Invariant: a :class:`PluginInfo` is immutable, and either holds a loaded object that
 passed the contract check (``obj`` set, ``error`` ``None``) or the reason it could
 not be loaded (``obj`` ``None``, ``error`` set; only :meth:`Registry.all` returns those).
+``missing_extra`` is set only with ``error``, for a built-in plugin whose client
+library is not installed.
 """
 
 from __future__ import annotations
@@ -45,3 +47,6 @@ class PluginInfo:
     package: str | None = None
     """The distribution (or module) that provides the plugin, for the load log line."""
     version: str | None = None
+    missing_extra: str | None = None
+    """For a built-in plugin that is not installed: the extra of ``wsroute`` that installs
+    its client library (``"redis"``); ``error`` then holds the full import error."""
