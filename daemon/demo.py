@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -188,14 +189,19 @@ def run_demo(duration: float = 0.0, config_path: str | None = None) -> int:
     last lines on stdout name them and the ``wsroute replay`` command to try.
     """
     from .config import loads
+    from .exceptions import ConfigError
     from .logging import configure
     from .service import Service, plan
 
     configure("info", "console")
     logging.getLogger("websockets.server").setLevel(logging.WARNING)
-    text = (
-        demo_config_text() if config_path is None else open(config_path, encoding="utf-8").read()  # noqa: SIM115
-    )
+    if config_path is None:
+        text = demo_config_text()
+    else:
+        try:
+            text = Path(config_path).read_text(encoding="utf-8")
+        except OSError as exc:  # one line and exit 78, as for any config
+            raise ConfigError(f"cannot read it: {exc.strerror or exc}") from exc
     folder = tempfile.mkdtemp(prefix="wsroute-demo-")
     kept_config = os.path.join(folder, "demo.toml")
     dead_letters = os.path.join(folder, "dead-letter.jsonl")

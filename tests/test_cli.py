@@ -302,6 +302,13 @@ def test_replay_feeds_dead_letters_back_to_their_handler(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+def test_demo_with_a_missing_config_is_one_line_and_78(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    result = run("demo", "-c", str(missing), "--duration", "1")
+    assert result.returncode == 78
+    assert result.stderr.strip() == f"wsroute: {missing}: cannot read it: No such file or directory"
+
+
 def test_demo_shows_decoding_routing_and_a_reconnect(tmp_path: Path) -> None:
     result = run("demo", "--duration", "5", env={"TMPDIR": str(tmp_path)}, timeout=40)
     assert result.returncode == 0, result.stderr
