@@ -75,7 +75,7 @@ class Dispatcher:
                     else:
                         blocked.append(runner)
         else:
-            blocked = self._offer(message, ack)  # unmatched: the slow path
+            blocked = self._offer(message, targets, ack)  # unmatched: the slow path
         if blocked is not None:
             return self._wait(message, blocked)
         budget = self.budget
@@ -90,14 +90,19 @@ class Dispatcher:
         may be in its own queue. (It still waits for room in a full ``block``
         queue, as before.)
         """
-        blocked = self._offer(message)
+        targets = self.router.lookup(message.connection, message.key)
+        if self.tap is not None:
+            self.tap(message, targets)
+        blocked = self._offer(message, targets)
         if blocked is None:
             return None
         return self._put(message, blocked)
 
-    def _offer(self, message: Message, ack: Ack | None = None) -> list[HandlerRunner] | None:
-        """Offer to every target; the ``block`` runners that had no room, if any."""
-        targets = self.router.lookup(message.connection, message.key)
+    def _offer(
+        self, message: Message, targets: tuple[HandlerRunner, ...], ack: Ack | None = None
+    ) -> list[HandlerRunner] | None:
+        """Offer to ``targets`` (the router's answer), or to ``unmatched`` when there are
+        none; the ``block`` runners that had no room, if any."""
         if not targets:
             # Includes a frame whose key begins with `$`: never routed, it is unmatched.
             self.unmatched[message.connection] += 1
@@ -109,14 +114,7 @@ class Dispatcher:
                 return None
         if ack is not None:
             _track(message, ack, targets)
-        blocked: list[HandlerRunner] | None = None
-        for runner in targets:
-            if not runner.offer(message):
-                if blocked is None:
-                    blocked = [runner]
-                else:
-                    blocked.append(runner)
-        return blocked
+        return _offer_each(message, targets)
 
     def dispatch_lifecycle(self, message: Message) -> Awaitable[None] | None:
         """Offer a ``$connected``/``$disconnected`` message to the routes that name its key.
@@ -125,10 +123,8 @@ class Dispatcher:
         through :meth:`dispatch` and is unmatched. Nothing is counted as
         unmatched when no route wants a lifecycle message.
         """
-        blocked: list[HandlerRunner] | None = None
-        for runner in self.router.lookup_lifecycle(message.connection, str(message.key)):
-            if not runner.offer(message):
-                blocked = [*(blocked or []), runner]
+        targets = self.router.lookup_lifecycle(message.connection, str(message.key))
+        blocked = _offer_each(message, targets)
         return None if blocked is None else self._wait(message, blocked)
 
     async def _wait(self, message: Message, blocked: list[HandlerRunner]) -> None:
@@ -198,6 +194,21 @@ class Dispatcher:
                 unmatched_total=self.unmatched[message.connection],
                 reserved=is_reserved_key(message.key) or None,
             )
+
+
+def _offer_each(message: Message, targets: tuple[HandlerRunner, ...]) -> list[HandlerRunner] | None:
+    """Offer to every target; the ``block`` runners that had no room, if any.
+
+    (:meth:`Dispatcher.dispatch` has this loop inlined: it runs once per frame.)
+    """
+    blocked: list[HandlerRunner] | None = None
+    for runner in targets:
+        if not runner.offer(message):
+            if blocked is None:
+                blocked = [runner]
+            else:
+                blocked.append(runner)
+    return blocked
 
 
 def _track(message: Message, ack: Ack, targets: tuple[HandlerRunner, ...]) -> None:
