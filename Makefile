@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit venv clean
+.PHONY: demo test lint typecheck unit venv clean wheelhouse install-service
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,5 +37,18 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# The service's install path (systemd/README.md): wsroute and every dependency
+# as wheels, built where there is network access ...
+WHEELHOUSE := dist/wheelhouse
+wheelhouse: $(STAMP)
+	rm -rf $(WHEELHOUSE)
+	$(BIN)/pip wheel --quiet --wheel-dir $(WHEELHOUSE) '.[all,fast,uvloop]'
+	rm -rf build
+	@echo "$(WHEELHOUSE): $$(ls $(WHEELHOUSE) | wc -l) wheels; install with: sudo make install-service"
+
+# ... and installed from them on the server (as root; no network, no .venv needed).
+install-service:
+	systemd/install-service $(WHEELHOUSE)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

@@ -2,13 +2,14 @@
 
 The container sees the host's ``/usr`` (read-only), a writable overlay of
 ``/etc`` and a fresh tmpfs for the rest (``--volatile=yes``); its network is
-its own loopback. The units are copied unchanged into ``/etc/systemd/system``.
-The daemon runs from ``/opt/wsroute``, the path the units expect: a venv of
-the distribution's ``/usr/bin/python3`` holding a copy of the ``wsroute``
-package under test, its dependencies bind-mounted read-only from the test's
-own environment. (The host's interpreter may live under ``/root``, and a
-checkout under ``/root`` or ``/home``; ``ProtectHome=yes`` hides both from the
-service, so neither is used in place.)
+its own loopback, so nothing can be downloaded in it. wsroute is installed
+the way systemd/README.md says, by ``systemd/install-service`` from a
+wheelhouse (``tests/wheelhouse.py`` makes the one ``make wheelhouse`` would,
+without network access): a venv of the distribution's ``/usr/bin/python3`` at
+``/opt/wsroute-VERSION``, ``/opt/wsroute`` pointing at it, the example config
+and the units in ``/etc``. Then the documented steps: edit the config, check
+it, ``systemctl enable --now``, reload, add a credential with the shipped
+drop-in, stop.
 
 Runs as root only (CI: ``.ci/run``); skips with the reason elsewhere, and
 fails instead under CI (``need``/``unavailable`` in tests/conftest.py).
@@ -19,33 +20,33 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-import wsroute
-import wsroute.plugins
-
 from conftest import need, unavailable
 from systemd_helpers import PROBES, UPSTREAM_CODE, reference_config, wait_for
+from wheelhouse import build_wheelhouse
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 
-SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEMD_DIR = ROOT / "systemd"
 NSPAWN = shutil.which("systemd-nspawn")
 NSENTER = shutil.which("nsenter")
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 PROPAGATE = Path("/run/systemd/nspawn/propagate")  # on the host, one folder per container
 # Inside the container.
 OPT = "/opt/wsroute"
-DEPS = "/opt/wsroute-deps"
+SOURCE = "/srv/wsroute"  # what the operator copied to the server: the checkout's
+# systemd/ and config/ folders, and dist/wheelhouse
 UNIT = "wsroute.service"
 STATE = "/var/lib/private/wsroute"  # StateDirectory= of a DynamicUser= unit
 # sd-messages.h: "Main process exited, code=..., status=...", "Deactivated
@@ -90,29 +91,15 @@ def _why_not() -> str | None:
     return None
 
 
-def build_runtime(folder: Path) -> tuple[Path, Path]:
-    """A venv for ``/opt/wsroute`` and the folder to mount at ``/opt/wsroute-deps``."""
-    venv = folder / "opt-wsroute"
-    subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--without-pip", venv], check=True, timeout=60)
-    site = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
-    skip = shutil.ignore_patterns("__pycache__")
-    # The package under test, wherever this checkout is (the editable install maps
-    # wsroute to daemon/ and wsroute.plugins to plugins/).
-    shutil.copytree(Path(wsroute.__file__).parent, site / "wsroute", ignore=skip)
-    shutil.copytree(
-        Path(wsroute.plugins.__file__).parent, site / "wsroute" / "plugins", ignore=skip
-    )
-    # Dependencies (and wsroute's entry points) from the test's environment.
-    # Our copy comes first on sys.path, ahead of the editable install's finder.
-    (site / "wsroute-deps.pth").write_text(f'import site; site.addsitedir("{DEPS}")\n')
-    script = venv / "bin" / "wsroute"
-    script.write_text(
-        f"#!{OPT}/bin/python3\nimport sys\n\nfrom wsroute.cli import main\n\nsys.exit(main())\n"
-    )
-    script.chmod(0o755)
-    deps = Path(sysconfig.get_paths()["purelib"])
-    assert deps == Path(sysconfig.get_paths()["platlib"]), "split site-packages not supported"
-    return venv, deps
+def build_source(folder: Path) -> Path:
+    """What the operator brings to the server: ``systemd/``, ``config/`` and
+    ``dist/wheelhouse`` of the checkout (mounted read-only at ``SOURCE``)."""
+    source = folder / "source"
+    for name in ("systemd", "config"):
+        shutil.copytree(ROOT / name, source / name)
+    (source / "dist").mkdir()
+    shutil.move(build_wheelhouse(folder), source / "dist" / "wheelhouse")
+    return source
 
 
 class Container:
@@ -288,8 +275,19 @@ def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
     reason = _why_not()
     if reason:
         unavailable("systemd-nspawn", reason)
-    venv, deps = build_runtime(tmp_path)
-    with container(tmp_path, [(venv, OPT), (deps, DEPS)]) as box:
+    source = build_source(tmp_path)
+    with container(tmp_path, [(source, SOURCE)]) as box:
+        # The documented install, in the container, which has no network.
+        installed = box.run(f"{SOURCE}/systemd/install-service", timeout=240)
+        assert "installed wsroute " in installed.stdout, installed.stdout
+        version = installed.stdout.split("installed wsroute ", 1)[1].split(";")[0]
+        assert box.run("readlink", OPT).stdout.strip() == f"/opt/wsroute-{version}"
+        for name in ("wsroute.service", "wsroute@.service"):
+            shipped = (SYSTEMD_DIR / name).read_text()
+            assert (box.root / "etc/systemd/system" / name).read_text() == shipped
+        example = (box.root / "etc/wsroute/wsroute.toml").read_text()
+        assert example == (ROOT / "config/wsroute.example.toml").read_text()
+
         # The upstream runs in the container too: its network is its own loopback.
         box.run(
             "systemd-run",
@@ -301,7 +299,7 @@ def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
             "0.05",
             "/run/upstream.url",
             "/run/upstream.count",
-            "120",
+            "150",
         )
         url_file, count_file = box.root / "run/upstream.url", box.root / "run/upstream.count"
         url = wait_for(lambda: url_file.exists() and url_file.read_text(), 20, "the upstream")
@@ -309,21 +307,15 @@ def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
         def upstream_connections() -> int:
             return int(count_file.read_text())
 
-        for name in ("wsroute.service", "wsroute@.service"):
-            box.write(f"/etc/systemd/system/{name}", (SYSTEMD_DIR / name).read_text())
-        config = reference_config(
-            url,
-            "${STATE_DIRECTORY}",
-            connection_extra=CREDENTIAL_HEADER,
-            daemon_extra='shutdown_timeout = "3s"',
-        ).replace('log_format = "json"', 'log_format = "auto"')  # journal, under systemd
+        # The operator points the example config at the upstream, checks it, and
+        # starts the unit: no secret is needed for that.
+        config, found = re.subn(
+            r'^url = "wss://ws\.example\.com[^"]*"', f'url = "{url}"', example, count=1, flags=re.M
+        )
+        assert found == 1
         box.write("/etc/wsroute/wsroute.toml", config)
-        (box.root / "etc/wsroute/credentials").mkdir(mode=0o700)
-        box.write("/etc/wsroute/credentials/exchange-token", "token-for-the-test\n", 0o600)
-        box.run("systemctl", "daemon-reload")
-
-        # Start: Type=notify returns once READY=1 came, with the daemon's status line.
-        box.run("systemctl", "start", UNIT)
+        box.run(f"{OPT}/bin/wsroute", "check", "-c", "/etc/wsroute/wsroute.toml")
+        box.run("systemctl", "enable", "--now", UNIT)
         started = box.show(UNIT, "ActiveState", "SubState", "StatusText", "MainPID")
         assert started["ActiveState"] == "active", started
         assert "connected" in started["StatusText"], started
@@ -335,16 +327,16 @@ def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
         entries = [
             json.loads(line)
             for line in box.run(
-                "journalctl", "--unit", UNIT, "--output=json", "--no-pager", "CONNECTION=up"
+                "journalctl", "--unit", UNIT, "--output=json", "--no-pager", "CONNECTION=exchange"
             ).stdout.splitlines()
             if line.strip()
         ]
         connected = [e for e in entries if e.get("EVENT") == "connected"]
         assert connected, entries
-        assert connected[0]["MESSAGE"].startswith("connected connection=up "), connected[0]
+        assert connected[0]["MESSAGE"].startswith("connected connection=exchange "), connected[0]
         assert connected[0]["PRIORITY"] == "6"
         assert connected[0]["SYSLOG_IDENTIFIER"] == "wsroute"
-        assert connected[0]["CONNECTION"] == "up"
+        assert connected[0]["CONNECTION"] == "exchange"
 
         # Reload (SIGHUP): RELOADING=1 ... READY=1, the same process, the same connection.
         box.run("systemctl", "reload", UNIT)
@@ -367,10 +359,35 @@ def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
         wait_for(lambda: _lines(archive) > archived, 20, "ticks archived after the failed reload")
         assert upstream_connections() == 1
 
+        # A token, as systemd/README.md says: the shipped drop-in, the credential
+        # file, and the config's header line uncommented; then a restart.
+        box.run(
+            "install",
+            "-D",
+            "-m",
+            "644",
+            f"{SOURCE}/systemd/credentials.conf",
+            f"/etc/systemd/system/{UNIT}.d/credentials.conf",
+        )
+        box.run("install", "-d", "-m", "700", "/etc/wsroute/credentials")
+        box.write("/etc/wsroute/credentials/exchange-token", "token-for-the-test\n", 0o600)
+        header = '# headers = { Authorization = "Bearer ${credential:exchange-token}" }'
+        assert config.count(header) == 1
+        config = config.replace(header, header.removeprefix("# "))
+        box.write("/etc/wsroute/wsroute.toml", config)
+        box.run("systemctl", "daemon-reload")
+        box.run("systemctl", "restart", UNIT, timeout=40)
+        restarted = box.show(UNIT, "ActiveState", "MainPID")
+        assert restarted["ActiveState"] == "active", restarted
+        assert restarted["MainPID"] != started["MainPID"]
+        wait_for(lambda: upstream_connections() == 2, 20, "the reconnect with the token")
+        assert "token-for-the-test" not in box.journal(UNIT)
+
         # Stop: SIGTERM, drain, exit 0; systemd records a clean result. A unit that
         # stopped cleanly is unloaded at once (its `systemctl show` is all defaults),
         # so systemd's own journal records are the evidence: the exit status is
         # logged at debug level when it is a success.
+        successes_before = len(box.manager_records(UNIT, MESSAGE_UNIT_SUCCESS))
         box.run("systemctl", "log-level", "debug")
         box.run("systemctl", "stop", UNIT, timeout=40)
         box.run("systemctl", "log-level", "info")
@@ -378,13 +395,15 @@ def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
         exits = box.manager_records(UNIT, MESSAGE_PROCESS_EXIT)
         main_exit = [r for r in exits if r.get("COMMAND") == "ExecStart"]
         assert [(r["EXIT_CODE"], r["EXIT_STATUS"]) for r in main_exit] == [("exited", "0")]
-        assert len(box.manager_records(UNIT, MESSAGE_UNIT_SUCCESS)) == 1  # Result=success
+        successes = len(box.manager_records(UNIT, MESSAGE_UNIT_SUCCESS))
+        assert successes == successes_before + 1  # Result=success
         assert box.manager_records(UNIT, MESSAGE_UNIT_RESULT) == []  # no "Failed with result"
         journal = box.journal(UNIT)
         assert "shutdown_complete" in journal
         assert "delivery_unbalanced" not in journal
 
         # A bad config: exit 78 before READY=1, the start fails, no restart loop.
+        box.write("/etc/wsroute/wsroute.toml", config.replace('plugin = "jsonl"', "plugin = 7", 1))
         start = box.run("systemctl", "start", UNIT, check=False)
         assert start.returncode != 0
         failed = box.show(UNIT, "ActiveState", "Result", "ExecMainStatus", "RestartUSec")
@@ -427,7 +446,15 @@ once_file = "${STATE_DIRECTORY}/blocked-once"
                 handlers_extra=blocker,
             ),
         )
-        (box.root / "etc/wsroute/credentials/wd").mkdir(mode=0o700)
+        box.run(
+            "install",
+            "-D",
+            "-m",
+            "644",
+            f"{SOURCE}/systemd/credentials@.conf",
+            "/etc/systemd/system/wsroute@.service.d/credentials.conf",
+        )
+        box.run("install", "-d", "-m", "700", "/etc/wsroute/credentials/wd")
         box.write("/etc/wsroute/credentials/wd/exchange-token", "token-for-wd\n", 0o600)
         box.run("systemctl", "daemon-reload")
         box.run("systemctl", "start", instance)

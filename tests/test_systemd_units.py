@@ -193,7 +193,45 @@ def test_unit_hardening(name: str) -> None:
     for key, value in expected.items():
         assert _one(text, key) == value, key
     assert _values(text, "SystemCallFilter")[0] == "@system-service"
-    assert _one(text, "LoadCredential").startswith("exchange-token:/etc/wsroute/credentials/")
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_the_first_start_needs_no_secret(name: str) -> None:
+    """A credential the unit loads must exist, or the start fails (243/CREDENTIALS):
+    the shipped units load none; a drop-in adds the token (next tests)."""
+    text = (SYSTEMD_DIR / name).read_text()
+    assert _values(text, "LoadCredential") == []
+    assert _values(text, "LoadCredentialEncrypted") == []
+
+
+#: The drop-in for each unit, and where systemd/README.md installs it.
+CREDENTIAL_DROP_INS = {
+    "wsroute.service": ("credentials.conf", "/etc/wsroute/credentials/exchange-token"),
+    "wsroute@.service": ("credentials@.conf", "/etc/wsroute/credentials/%i/exchange-token"),
+}
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_credential_drop_in(name: str) -> None:
+    drop_in, path = CREDENTIAL_DROP_INS[name]
+    text = (SYSTEMD_DIR / drop_in).read_text()
+    assert _settings(text) == [("Service", "LoadCredential", f"exchange-token:{path}")]
+    # The command in its header comment is the one the docs show.
+    command = f"install -D -m 644 systemd/{drop_in} /etc/systemd/system/{name}.d/credentials.conf"
+    assert command in text
+    assert command in (SYSTEMD_DIR / "README.md").read_text()
+
+
+@needs_analyze
+@pytest.mark.parametrize("name", UNITS)
+def test_credential_drop_in_verifies(unit_dir: Path, name: str) -> None:
+    unit = UNITS[name]
+    drop_in_dir = unit_dir / f"{unit}.d"
+    drop_in_dir.mkdir()
+    shutil.copy(SYSTEMD_DIR / CREDENTIAL_DROP_INS[name][0], drop_in_dir / "credentials.conf")
+    result = _analyze("verify", "--man=no", str(unit_dir / unit))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
 
 
 @pytest.mark.parametrize("name", UNITS)
@@ -233,14 +271,13 @@ def test_template_instances_are_separate() -> None:
     assert _one(text, "WorkingDirectory") == "%S/wsroute-%i"
     assert _one(text, "SyslogIdentifier") == "wsroute-%i"
     assert _one(text, "User") == "wsroute-%i"
-    assert "%i" in _one(text, "LoadCredential")
 
 
 def test_template_differs_only_where_instances_differ() -> None:
     """Hardening or timeouts changed in one unit must change in the other too."""
     single = _settings((SYSTEMD_DIR / "wsroute.service").read_text())
     template = _settings((SYSTEMD_DIR / "wsroute@.service").read_text())
-    per_instance = {"Description", "ExecStart", "SyslogIdentifier", "LoadCredential"} | {
+    per_instance = {"Description", "ExecStart", "SyslogIdentifier"} | {
         "StateDirectory",
         "RuntimeDirectory",
         "WorkingDirectory",
@@ -256,3 +293,41 @@ def test_template_differs_only_where_instances_differ() -> None:
         s for s in template if s[1] not in per_instance
     ]
     assert [s[:2] for s in single] == [s[:2] for s in template]
+
+
+def _first_sh_block(text: str, heading: str) -> str:
+    section = text.split(f"\n{heading}\n", 1)[1]
+    return section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_quickstart_and_systemd_readme_agree_line_by_line() -> None:
+    """One install path: the README's Quickstart is systemd/README.md's Install."""
+    root = SYSTEMD_DIR.parent
+    quickstart = _first_sh_block((root / "README.md").read_text(), "## Quickstart")
+    install = _first_sh_block((SYSTEMD_DIR / "README.md").read_text(), "## Install")
+    assert quickstart == install
+    # What the lines name exists: the make target, the script, the example config.
+    assert "\nwheelhouse:" in (root / "Makefile").read_text()
+    script = SYSTEMD_DIR / "install-service"
+    assert os.access(script, os.X_OK)
+    assert '"$root/config/wsroute.example.toml" /etc/wsroute/wsroute.toml' in script.read_text()
+
+
+def test_install_script_refuses_what_it_cannot_use(tmp_path: Path) -> None:
+    """Checked before anything is written: no wheelhouse, a wheelhouse without wsroute."""
+    script = str(SYSTEMD_DIR / "install-service")
+    if os.geteuid() != 0:
+        result = subprocess.run([script], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 64
+        assert "run it as root" in result.stderr
+        return
+    missing = subprocess.run(
+        [script, str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=30
+    )
+    assert missing.returncode == 69
+    assert "make wheelhouse" in missing.stderr
+    empty = subprocess.run([script, str(tmp_path)], capture_output=True, text=True, timeout=30)
+    assert empty.returncode == 69
+    assert "no wsroute-*.whl" in empty.stderr
+    usage = subprocess.run([script, "a", "b"], capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 64
