@@ -8,6 +8,17 @@ waits for the stream's acknowledgement instead — the message is stored — and
 carries a ``Nats-Msg-Id`` made of the connection, ``seq`` and ``received_at``,
 so the stream drops the copy a retry sends inside its duplicate window.
 
+HA pairs (``dedupe``): two ingest daemons on the same feed publish the same
+frames, each numbering ``seq`` from its own start, so that ID cannot tell their
+copies apart. ``dedupe = "seq"`` makes the ID of the connection's name and the
+upstream's own sequence number (``dedupe_field``: a header field the codec
+extracted, or a dotted path into the JSON body); ``dedupe = "hash"`` of the
+connection's name and a hash of the frame (:func:`msg_id`). JetStream stores the
+first copy and acknowledges the second as a duplicate, within the stream's
+duplicate window: the sink raises a shorter window to ``dedupe_window`` when it
+connects. With ``"hash"``, two frames that are legitimately identical (a
+heartbeat) inside the window are stored once.
+
 The payload is the message's ``jsonl`` record as JSON (``payload = "record"``),
 or the raw frame (``payload = "frame"``) with the fields of a Redis stream entry
 as headers: ``connection``, ``key`` (JSON), ``seq``, ``received_at``, and
@@ -22,21 +33,24 @@ sent later behind the daemon's back.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import anyio
 import anyio.abc
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from wsroute import Duration, HandlerContext, Message
-from wsroute.net import redact_url
+from wsroute.plugins.jetstream.connection import check_servers, connect_kwargs, servers_for_logs
+from wsroute.plugins.redis.dedupe import content_digest, upstream_seq
 from wsroute.plugins.redis.entry import encode_entry
-from wsroute.plugins.sinks import TlsSection, ssl_context
+from wsroute.plugins.sinks import TlsSection
 from wsroute.records import encode_record
 
-__all__ = ["NatsHandler", "payload_and_headers"]
+__all__ = ["NatsHandler", "PublishStats", "msg_id", "payload_and_headers"]
 
 
 def payload_and_headers(message: Message, payload: str) -> tuple[bytes, dict[str, str] | None]:
@@ -47,6 +61,29 @@ def payload_and_headers(message: Message, payload: str) -> tuple[bytes, dict[str
     frame = fields.pop("frame")
     assert isinstance(frame, bytes)
     return frame, {name: str(value) for name, value in fields.items()}
+
+
+def msg_id(message: Message, dedupe: str, dedupe_field: str = "") -> str:
+    """The ``Nats-Msg-Id`` of ``message`` under ``dedupe`` (``none``, ``seq``, ``hash``).
+
+    ``none``: the connection, this daemon's ``seq`` and ``received_at`` (a retry's
+    copy is dropped, another daemon's is not); ``seq``: the connection and the
+    upstream's sequence number (``ValueError`` when the message has none);
+    ``hash``: the connection and the hash of the frame's kind and bytes.
+    """
+    if dedupe == "seq":
+        return f"{message.connection}:s:{upstream_seq(message, dedupe_field)}"
+    if dedupe == "hash":
+        return f"{message.connection}:h:{content_digest(encode_entry(message))}"
+    return f"{message.connection}:{message.seq}:{float(message.received_at)!r}"
+
+
+@dataclass
+class PublishStats:
+    """The sink's counters (JetStream), logged as ``sink_totals`` when it stops."""
+
+    stored: int = 0  # acknowledged as new by the stream
+    duplicates: int = 0  # acknowledged as a duplicate of a stored Nats-Msg-Id
 
 
 class NatsHandler:
@@ -96,21 +133,43 @@ class NatsHandler:
         reconnect_wait: Duration = field(
             default=Duration(1.0), metadata={"doc": "Pause between reconnect attempts."}
         )
+        dedupe: Literal["none", "seq", "hash"] = field(
+            default="none",
+            metadata={
+                "doc": "HA pairs (jetstream): store one copy of frames published by two "
+                "ingest daemons, by the upstream's sequence number (seq) or by content "
+                "(hash), as the Nats-Msg-Id."
+            },
+        )
+        dedupe_field: str = field(
+            default="",
+            metadata={
+                "doc": "dedupe = seq: the header field, or dotted path into the JSON body, "
+                "holding the upstream's sequence number."
+            },
+        )
+        dedupe_window: Duration = field(
+            default=Duration(120.0),
+            metadata={
+                "doc": "dedupe: the stream's duplicate window is raised to this when shorter "
+                "(how long a Nats-Msg-Id is remembered)."
+            },
+        )
 
         def __post_init__(self) -> None:
             if not self.subject or any(c.isspace() for c in self.subject):
                 raise ValueError(f"subject must be a NATS subject without spaces: {self.subject!r}")
-            servers = self.servers
-            if not servers:
-                raise ValueError("url must name at least one server")
-            for server in servers:
-                if not server.startswith(("nats://", "tls://", "ws://", "wss://")):
-                    raise ValueError(
-                        f"url must start with nats://, tls://, ws:// or wss://, "
-                        f"got {redact_url(server)!r}"
-                    )
+            check_servers(self.url)
             if self.ack_timeout <= 0 or self.connect_timeout <= 0:
                 raise ValueError("ack_timeout and connect_timeout must be above 0")
+            if self.dedupe != "none" and not self.jetstream:
+                raise ValueError("dedupe needs jetstream = true: only a stream drops duplicates")
+            if self.dedupe == "seq" and not self.dedupe_field:
+                raise ValueError('dedupe = "seq" needs dedupe_field (e.g. "seq")')
+            if self.dedupe != "seq" and self.dedupe_field:
+                raise ValueError('dedupe_field is for dedupe = "seq"')
+            if self.dedupe_window < 0.001:
+                raise ValueError("dedupe_window must be at least 1ms")
 
         @property
         def servers(self) -> list[str]:
@@ -120,7 +179,8 @@ class NatsHandler:
     def __init__(self, options: Options, ctx: HandlerContext) -> None:
         self.options = options
         self._ctx = ctx
-        self._servers_for_logs = [redact_url(s) for s in options.servers]
+        self._servers_for_logs = servers_for_logs(options.url)
+        self.stats = PublishStats()
         self._client = Client()
         self._js: JetStreamContext | None = None
         self._connected = anyio.Event()
@@ -144,37 +204,56 @@ class NatsHandler:
 
     async def _connect(self) -> None:
         options = self.options
-        tls = None
-        if any(s.startswith(("tls://", "wss://")) for s in options.servers):
-            tls = ssl_context(options.tls, self._ctx.log, f"handlers.{self._ctx.name}.tls")
-        kwargs: dict[str, Any] = {}
-        if options.creds_file:
-            kwargs["user_credentials"] = options.creds_file
         try:
-            await self._client.connect(
-                servers=options.servers,
+            kwargs = connect_kwargs(
+                options,
                 name=f"wsroute {self._ctx.name}",
+                log=self._ctx.log,
+                where=f"handlers.{self._ctx.name}",
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,  # forever, the first connect included
-                reconnect_time_wait=cast(int, options.reconnect_wait),  # seconds; floats work
-                connect_timeout=cast(int, options.connect_timeout),
-                tls=tls,
-                user=options.user,
-                password=options.password,
-                token=options.token,
-                **kwargs,
             )
+            await self._client.connect(**kwargs)
         except Exception as exc:  # a bad creds file, for one: nothing to retry
             self._ctx.log.error("nats_connect_failed", error=f"{type(exc).__name__}: {exc}")
             return
         if options.jetstream:
             self._js = self._client.jetstream(timeout=options.ack_timeout)
+            if options.dedupe != "none":
+                await self._cover_dedupe_window(self._js)
         self._quiet = False
         self._ctx.log.info("nats_connected", servers=self._servers_for_logs)
         self._connected.set()
+
+    async def _cover_dedupe_window(self, js: JetStreamContext) -> None:
+        """Raise the stream's duplicate window to ``dedupe_window`` if it is shorter.
+
+        Logged as an error when the stream cannot be found or changed (no stream
+        stores the subject yet, or no permission): duplicates older than the
+        stream's window are then stored twice.
+        """
+        options = self.options
+        log = self._ctx.log
+        try:
+            stream = await js.find_stream_name_by_subject(options.subject)
+            info = await js.stream_info(stream)
+            config = info.config
+            window = float(config.duplicate_window or 0)
+            if window >= options.dedupe_window:
+                return
+            config.duplicate_window = float(options.dedupe_window)
+            await js.update_stream(config)
+            log.info(
+                "duplicate_window_raised", stream=stream, was=window, now=options.dedupe_window
+            )
+        except (nats.errors.Error, OSError) as exc:
+            log.error(
+                "duplicate_window_unchecked",
+                subject=options.subject,
+                error=f"{type(exc).__name__}: {exc}",
+                note="the stream's duplicate window may be shorter than dedupe_window",
+            )
 
     async def _on_error(self, exc: Exception) -> None:
         # Every failed reconnect attempt reports here: one warning per outage is enough.
@@ -200,6 +279,8 @@ class NatsHandler:
         if not client.is_closed:
             with anyio.move_on_after(self.options.ack_timeout + 1.0, shield=True):
                 await client.close()
+        if self.options.jetstream:
+            self._ctx.log.info("sink_totals", **dataclasses.asdict(self.stats))
 
     async def handle(self, message: Message) -> None:
         """Publish; return once flushed (core NATS) or acknowledged (JetStream)."""
@@ -212,12 +293,14 @@ class NatsHandler:
                 await self._connected.wait()
         if self._js is not None:
             headers = dict(headers or {})
-            headers["Nats-Msg-Id"] = (
-                f"{message.connection}:{message.seq}:{float(message.received_at)!r}"
-            )
-            await self._js.publish(
+            headers["Nats-Msg-Id"] = msg_id(message, options.dedupe, options.dedupe_field)
+            ack = await self._js.publish(
                 options.subject, data, timeout=options.ack_timeout, headers=headers
             )
+            if ack.duplicate:
+                self.stats.duplicates += 1
+            else:
+                self.stats.stored += 1
             return
         await self._client.publish(options.subject, data, headers=headers)
         await self._client.flush(timeout=cast(int, options.ack_timeout))  # seconds; floats work

@@ -156,6 +156,7 @@ def test_plugins_says_a_builtin_without_its_extra_is_not_installed() -> None:
         "redis  (built-in: wsroute.plugins.redis.sink:RedisHandler)": "redis",
         "webhook  (built-in: wsroute.plugins.webhook:WebhookHandler)": "webhook",
         "redis-stream  (built-in: wsroute.plugins.redis.source:RedisStreamSource)": "redis",
+        "jetstream  (built-in: wsroute.plugins.jetstream.source:JetStreamSource)": "nats",
     }
     for heading, extra in expected.items():
         at = lines.index(f"  {heading}")

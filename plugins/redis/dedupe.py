@@ -24,7 +24,7 @@ from wsroute import Message
 
 from .shards import hash_tag
 
-__all__ = ["SCRIPTS", "DedupeError", "dedupe_key", "upstream_seq"]
+__all__ = ["SCRIPTS", "DedupeError", "content_digest", "dedupe_key", "upstream_seq"]
 
 
 class DedupeError(RuntimeError):
@@ -39,13 +39,22 @@ def dedupe_key(stream: str, fields: Mapping[str, str | bytes]) -> str:
     which differ between them. The key carries the stream's Cluster hash tag
     (or the stream's name as one), so the script's two keys share a slot.
     """
+    prefix = stream if hash_tag(stream) is not None else "{" + stream + "}"
+    return f"{prefix}:dedupe:{content_digest(fields)}"
+
+
+def content_digest(fields: Mapping[str, str | bytes]) -> str:
+    """The hex content hash of an entry's ``connection``, ``kind`` and ``frame``.
+
+    What both daemons of an HA pair see alike; shared with the ``nats`` sink's
+    ``dedupe = "hash"``, which makes a ``Nats-Msg-Id`` of it.
+    """
     digest = hashlib.blake2b(digest_size=16)
     for name in ("connection", "kind", "frame"):
         value = fields.get(name, b"")
         digest.update(value.encode() if isinstance(value, str) else value)
         digest.update(b"\0")
-    prefix = stream if hash_tag(stream) is not None else "{" + stream + "}"
-    return f"{prefix}:dedupe:{digest.hexdigest()}"
+    return digest.hexdigest()
 
 
 def upstream_seq(message: Message, name: str) -> int:
