@@ -62,6 +62,9 @@ class Scenario:
     duration: float = 0.0  # time-bounded scenarios: seconds after "go"
     quick_duration: float = 0.0
     idle: bool = False  # no frames at all
+    read_body: bool = False  # the handler reads message.body (builds a lazy body)
+    validate: bool = True  # the codec's validate option
+    transport: str = ""  # "picows": the connection's transport (default: websockets)
 
     def per_connection(self, quick: bool) -> int:
         return self.quick_count if quick else self.count
@@ -84,7 +87,42 @@ SCENARIOS: list[Scenario] = [
     ),
     Scenario("json", "JSON text frames, 1 handler", kind="json", count=300_000, quick_count=60_000),
     Scenario(
-        "large", "4 KiB binary frames, 1 handler", kind="large", count=60_000, quick_count=10_000
+        "large",
+        "4 KiB frames, handler does not read the body",
+        kind="large",
+        count=60_000,
+        quick_count=10_000,
+    ),
+    Scenario(
+        "large-trusted",
+        "4 KiB frames, body not read, validate = false",
+        kind="large",
+        count=60_000,
+        quick_count=10_000,
+        validate=False,
+    ),
+    Scenario(
+        "large-read",
+        "4 KiB frames, handler reads the body",
+        kind="large",
+        count=60_000,
+        quick_count=10_000,
+        read_body=True,
+    ),
+    Scenario(
+        "picows-small",
+        "small binary frames, picows transport",
+        count=300_000,
+        quick_count=60_000,
+        transport="picows",
+    ),
+    Scenario(
+        "picows-json",
+        "JSON text frames, picows transport",
+        kind="json",
+        count=300_000,
+        quick_count=60_000,
+        transport="picows",
     ),
     Scenario(
         "conn100",
@@ -177,7 +215,7 @@ def wsroute_config(
         name = "up" if scenario.connections == 1 else f"up{i}"
         lines += [f"[connections.{name}]", f'url = "{url}"', f'codec = "{codec}"']
         lines.append('compression = "none"')
-        if "picows" in settings.experiments:
+        if "picows" in settings.experiments or scenario.transport == "picows":
             lines.append('transport = "picows"')
         lines.append("")
     lines += [
@@ -187,10 +225,12 @@ def wsroute_config(
         'fields = ["opcode"]',
         'body = "json"',
         'key = "opcode"',
+        *([] if scenario.validate else ["validate = false"]),
         "",
         "[codecs.events]",
         'type = "json"',
         'key = "type"',
+        *([] if scenario.validate else ["validate = false"]),
         "",
     ]
     if scenario.handlers == 1:
@@ -209,6 +249,8 @@ def wsroute_config(
             lines.append("queue = 1000")
         if scenario.latency:
             lines.append("latency = true")
+        if scenario.read_body:
+            lines.append("read = true")
         if scenario.delay:
             lines += [f"delay = {scenario.delay}", "every = 20"]
         lines.append("")

@@ -28,6 +28,7 @@ from .plugin import (
     Issue,
     Key,
     Message,
+    OptionError,
     Outgoing,
     Size,
     Source,
@@ -39,6 +40,7 @@ from .plugin import (
 from .preflight import check_output_file
 
 if TYPE_CHECKING:
+    from .client import Client, ClientOptions, connect
     from .codec import BytesCodec, JsonCodec, StructCodec, TextCodec, encode_outgoing
     from .config import ConnectionSection as ConnectionOptions
     from .connection import Connection, ConnectionState
@@ -56,6 +58,9 @@ _LAZY = {
     "ConnectionOptions": ("config", "ConnectionSection"),
     "Connection": ("connection", "Connection"),
     "ConnectionState": ("connection", "ConnectionState"),
+    "Client": ("client", "Client"),
+    "ClientOptions": ("client", "ClientOptions"),
+    "connect": ("client", "connect"),
 }
 
 
@@ -71,6 +76,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BytesCodec",
+    "Client",
+    "ClientOptions",
     "Codec",
     "CodecError",
     "ConfigError",
@@ -88,6 +95,7 @@ __all__ = [
     "JsonCodec",
     "Key",
     "Message",
+    "OptionError",
     "Outgoing",
     "PluginError",
     "SendError",
@@ -101,6 +109,7 @@ __all__ = [
     "WsrouteError",
     "__version__",
     "check_output_file",
+    "connect",
     "encode_outgoing",
     "make_message",
 ]

@@ -58,7 +58,7 @@ class MemoryBudget:
     being woken: the workers' per-message path stays two integer subtractions.
     """
 
-    __slots__ = ("_logged_at", "pauses", "raw", "raw_limit")
+    __slots__ = ("_logged_at", "overflowed", "pauses", "raw", "raw_limit")
 
     def __init__(self, limit: int | None = None) -> None:
         #: Raw frame bytes queued now, in all runners sharing this budget (the
@@ -68,6 +68,10 @@ class MemoryBudget:
         self.raw_limit = sys.maxsize
         #: How many times a reader had to wait for the budget.
         self.pauses = 0
+        #: A ``drop-oldest``/``drop-newest`` queue dropped a message since the
+        #: dispatcher last looked: the reader then gives way to the handlers once
+        #: (fairness under a flood), and clears it.
+        self.overflowed = False
         self._logged_at = 0.0
         if limit is not None:
             self.set_limit(limit)

@@ -1,4 +1,4 @@
-"""The ``wsroute`` command: run, check, plugins, replay, demo; status, tap, top.
+"""The ``wsroute`` command: run, check, test, schema, plugins, replay, demo; status, tap, top.
 
 Exit codes: 0 clean stop; 78 (EX_CONFIG) bad config or plugin load failure;
 1 unexpected crash. status, tap and top (a running daemon's API, in
@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
+import signal
 import sys
+import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,7 +53,34 @@ def _parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("run", help="run the daemon"))
     check = sub.add_parser("check", help="validate the config, load plugins, print the routes")
     with_config(check)
-    plugins = sub.add_parser("plugins", help="list handler and codec plugins with their options")
+    test = sub.add_parser(
+        "test",
+        help="run config unit tests: frames through the codecs and routes, no network",
+        description="Run the [[tests]] of each TESTS file against the config: each frame "
+        "is decoded by its connection's codec and looked up in the routes, as the daemon "
+        "would; no connection is opened and no handler started. One line per test, what "
+        "differs for a failed one, a summary. Exit status: 0 when every test passed, 1 "
+        "when any failed, 78 for a bad config or tests file. docs/config.md, "
+        '"Testing a config", has the format.',
+    )
+    with_config(test)
+    test.add_argument("tests", nargs="+", metavar="TESTS.toml", help="a tests file")
+    schema = sub.add_parser(
+        "schema",
+        help="print the config's JSON Schema (for editors), plugin options included",
+        description="Print a JSON Schema (draft 2020-12) of the config file, with the "
+        "options of every installed plugin: editors that read a #:schema line (Taplo, "
+        "Even Better TOML) then complete and check the file as it is typed.",
+    )
+    schema.add_argument(
+        "--builtins-only",
+        action="store_true",
+        help="only the built-in plugins (the schema shipped as config/wsroute.schema.json)",
+    )
+    schema.add_argument("-c", "--config", help="also include this config's plugin_paths plugins")
+    plugins = sub.add_parser(
+        "plugins", help="list handler, codec and source plugins with their options"
+    )
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.add_argument("-c", "--config", help="also search this config's plugin_paths")
     replay = sub.add_parser(
@@ -164,7 +195,31 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[WsrouteError]:
 def _load(path: str) -> Config:
     if not Path(path).exists():
         raise ConfigError(f"config file not found: {path}")
-    return load(path)
+    try:
+        return load(path)
+    except ConfigError as error:
+        raise _with_plugin_issues(error, path) from None
+
+
+def _with_plugin_issues(error: ConfigError, path: str) -> ConfigError:
+    """Every problem at once across phases: the plugin phase's errors in the tables
+    that passed the loader (a type error in one handler hides no other's options)."""
+    from .config import load_partial
+    from .logging import configure
+    from .plan import plugin_issues
+
+    try:
+        partial, _ = load_partial(path)
+        if partial is None:
+            return error
+        configure("warning", "console")  # the process ends here: no plugin_loaded lines
+        extra = plugin_issues(partial)
+    except WsrouteError:  # plugin_paths refused, say: the loader's errors are enough
+        return error
+    known = {(issue.path, issue.message) for issue in error.issues}
+    issues = [*error.issues, *(i for i in extra if (i.path, i.message) not in known)]
+    issues.sort(key=lambda issue: math.inf if issue.line is None else issue.line)
+    return ConfigError(issues, source=error.source)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,6 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args.config)
         if args.command == "plugins":
             return _plugins(args.config, as_json=args.json)
+        if args.command == "test":
+            return _test(args.config, args.tests)
+        if args.command == "schema":
+            return _schema(args.config, builtins_only=args.builtins_only)
         if args.command == "replay":
             from .replay import replay
 
@@ -197,6 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, getattr(args, "config", None))
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        # Whoever read the output stopped (`wsroute schema | head`): no traceback, and
+        # no second error when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     raise AssertionError(args.command)  # pragma: no cover
 
 
@@ -277,6 +341,32 @@ def _check(path: str) -> int:
     return 0
 
 
+def _test(path: str, tests: Sequence[str]) -> int:
+    from .configtest import run_tests
+    from .logging import configure
+    from .service import plan
+
+    config = _load(path)
+    configure("warning", "console")
+    the_plan = plan(config)
+    try:
+        return run_tests(the_plan, tests, sys.stdout)
+    except ConfigError as exc:  # a bad tests file: named instead of the config
+        return _fail(exc, exc.source)
+
+
+def _schema(path: str | None, *, builtins_only: bool) -> int:
+    from .config.json_schema import config_schema
+    from .registry import Registry
+
+    paths = _load(path).daemon.plugin_paths if path else []
+    infos = Registry.discover(paths).all()
+    if builtins_only:
+        infos = [info for info in infos if info.origin == "built-in"]
+    print(json.dumps(config_schema(infos), indent=2, ensure_ascii=False))
+    return 0
+
+
 def _plugins(path: str | None, *, as_json: bool) -> int:
     from .registry import Registry
 
@@ -292,9 +382,13 @@ def _plugins(path: str | None, *, as_json: bool) -> int:
 def describe(infos: Iterable[PluginInfo]) -> list[dict[str, Any]]:
     """Plain data for ``wsroute plugins --json``: one dict per plugin, options included.
 
-    A built-in plugin whose client library is not installed has ``error`` ``None``
-    and ``missing_extra`` set to the extra that installs it (``"redis"``);
-    ``missing_extra`` is ``None`` for every other plugin.
+    Each option: ``name``, ``type`` (as the docs write it), ``required``,
+    ``default`` as a typed JSON value written the way TOML writes it
+    (``false``, ``10``, ``"5s"`` for a duration, ``"1MiB"`` for a size,
+    ``null`` for none), ``doc``, and for a nested table its ``fields``, the same
+    way. A built-in plugin whose client library is not installed has ``error``
+    ``None`` and ``missing_extra`` set to the extra that installs it
+    (``"redis"``); ``missing_extra`` is ``None`` for every other plugin.
     """
     result = []
     for info in infos:
@@ -302,7 +396,7 @@ def describe(infos: Iterable[PluginInfo]) -> list[dict[str, Any]]:
         options: list[dict[str, Any]] = []
         if info.options is not None:
             try:
-                options = [dataclasses.asdict(doc) for doc in field_docs(info.options)]
+                options = _option_docs(info.options)
             except TypeError as exc:
                 error = error or str(exc)
         result.append(
@@ -320,6 +414,41 @@ def describe(infos: Iterable[PluginInfo]) -> list[dict[str, Any]]:
             }
         )
     return result
+
+
+def _option_docs(cls: type) -> list[dict[str, Any]]:
+    from .config.json_schema import toml_default
+
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    found = []
+    for doc in field_docs(cls):
+        f = fields[doc.name]
+        tp = hints[doc.name]
+        value: Any = None
+        if f.default is not dataclasses.MISSING:
+            value = toml_default(tp, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            value = toml_default(tp, f.default_factory())
+        entry: dict[str, Any] = {
+            "name": doc.name,
+            "type": doc.type,
+            "default": value,
+            "doc": doc.doc,
+            "required": doc.required,
+        }
+        nested = _table_type(tp)
+        if nested is not None:
+            entry["fields"] = _option_docs(nested)
+        found.append(entry)
+    return found
+
+
+def _table_type(tp: Any) -> type | None:
+    """The dataclass of an option that is a table (``X`` or ``X | None``), else ``None``."""
+    arms = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    tables = [a for a in arms if isinstance(a, type) and dataclasses.is_dataclass(a)]
+    return tables[0] if len(arms) == 1 and tables else None
 
 
 def format_plugins(infos: Iterable[PluginInfo]) -> str:
@@ -363,12 +492,27 @@ def format_plugins(infos: Iterable[PluginInfo]) -> str:
                 spec = f"{option['name']}: {option['type']}"
                 if option["required"]:
                     spec += ", required"
-                elif option["default"] is not None:
-                    spec += f" = {option['default']}"
+                elif "fields" in option:
+                    spec += " = (table)"
+                else:
+                    spec += f" = {_toml_text(option['default'])}"
                 lines.append(f"      {spec}")
                 if option["doc"]:
                     lines.append(f"          {option['doc']}")
     return "\n".join(lines)
+
+
+def _toml_text(value: Any) -> str:
+    """A typed default as the listing writes it: TOML-like, ``(none)`` for none."""
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, separators=(", ", " = "))
+    return repr(value)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,6 +19,17 @@ Built-ins, registered as entry points in the ``wsroute.codecs`` group:
   by a body (JSON, text or bytes); the route key is one header field.
 - ``text`` (:class:`TextCodec`) and ``bytes`` (:class:`BytesCodec`): the frame
   as it is, no route key.
+
+Lazy bodies: routing needs the key, not the body. For a frame of
+:data:`LAZY_FROM` bytes or more, ``json`` and ``struct`` read the key (``json``
+through a msgspec ``Struct`` that has only the key's field, which parses and so
+checks the whole frame without building it; ``struct`` from the header) and
+leave the body to be built on the first read of ``message.body``. With
+``validate = true`` (the default) the JSON body is still checked here, so an
+invalid one is a ``DecodeError`` as before; ``validate = false`` skips the
+check (a trusted upstream), and a body that then fails to build fails the
+handler that reads it. Smaller frames are decoded at once: deferring costs
+more than building a small body.
 """
 
 from __future__ import annotations
@@ -30,10 +41,11 @@ from typing import Any, Literal, cast
 import msgspec
 
 from .exceptions import DecodeError, EncodeError
-from .plugin import Frame, Key, Message, Outgoing, make_message
+from .plugin import Frame, Key, Message, Outgoing, make_lazy_message, make_message
 from .validate import did_you_mean
 
 __all__ = [
+    "LAZY_FROM",
     "BytesCodec",
     "JsonCodec",
     "StructCodec",
@@ -46,6 +58,18 @@ __all__ = [
 # Bound methods looked up once: each frame saves two attribute lookups.
 _json_decode = msgspec.json.Decoder().decode
 _json_encode = msgspec.json.Encoder().encode
+# Parses (and so checks the syntax of) a JSON value without building it.
+_json_check = msgspec.json.Decoder(msgspec.Raw).decode
+
+#: Frames (or struct bodies) of this many bytes or more get a lazy body.
+LAZY_FROM = 1024
+
+_VALIDATE_DOC = (
+    "Check a JSON body when the frame is decoded (an invalid one is a decode_error). "
+    "false, for a trusted upstream: a large body is not checked until a handler reads it, "
+    "and a body that fails then fails that handler (retries, then a handler_error "
+    "dead letter with the raw frame)."
+)
 
 # What msgspec.json.decode raises on bad input: DecodeError (malformed, truncated,
 # number out of range), UnicodeDecodeError (bad UTF-8 inside a string),
@@ -98,6 +122,49 @@ def _json_problem(exc: BaseException) -> str:
 
 def _json_error(exc: BaseException, what: str = "invalid JSON") -> DecodeError:
     return DecodeError(f"{what}: {_json_problem(exc)}")
+
+
+def _check_utf8(data: bytes | str, what: str) -> None:
+    """msgspec skips strings it does not build without checking their UTF-8: check it."""
+    if type(data) is bytes and not data.isascii():
+        try:
+            data.decode()
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"{what}: invalid UTF-8 in a string") from exc
+
+
+class _KeyReader:
+    """Reads the value at a dotted path of a JSON object without building the rest.
+
+    A msgspec ``Struct`` per level with only the path's field: decoding into it
+    parses the whole frame (so its syntax is checked) and builds only the key.
+    """
+
+    __slots__ = ("_decode", "_depth")
+
+    def __init__(self, parts: tuple[str, ...]) -> None:
+        inner: Any = Any
+        for depth, part in enumerate(reversed(parts)):
+            inner = msgspec.defstruct(
+                f"_Key{depth}", [("k", inner | None if depth else Any, None)], rename={"k": part}
+            )
+        self._decode = msgspec.json.Decoder(inner).decode
+        self._depth = len(parts)
+
+    def read(self, data: bytes | str) -> tuple[bool, Key]:
+        """``(True, key)``, or ``(False, None)`` when the shape is not objects down the path
+        (then decode it whole); :class:`~wsroute.DecodeError` for invalid JSON."""
+        try:
+            found: Any = self._decode(data)
+        except msgspec.ValidationError:
+            return False, None
+        except _JSON_ERRORS as exc:
+            raise _json_error(exc) from exc
+        for _ in range(self._depth):
+            if found is None:
+                return True, None
+            found = found.k
+        return True, found if isinstance(found, _SCALARS) else None
 
 
 def encode_outgoing(outgoing: Outgoing) -> bytes | str:
@@ -153,6 +220,7 @@ class JsonCodec:
                 "doc": 'Dotted path of the route key in the JSON object: "type", "data.channel".'
             },
         )
+        validate: bool = field(default=True, metadata={"doc": _VALIDATE_DOC})
 
         def __post_init__(self) -> None:
             try:
@@ -160,18 +228,37 @@ class JsonCodec:
             except ValueError as exc:
                 raise ValueError(f"key: {exc}") from None
 
-    __slots__ = ("_first", "_parts", "options")
+    __slots__ = ("_build", "_first", "_keys", "_parts", "_validate", "options")
 
     def __init__(self, options: JsonCodec.Options | None = None) -> None:
         self.options = JsonCodec.Options() if options is None else options
         self._parts = dotted_path(self.options.key)
         # The common case, a top-level key, skips the generic loop.
         self._first = self._parts[0] if len(self._parts) == 1 else None
+        self._keys = _KeyReader(self._parts)
+        self._validate = self.options.validate
+        self._build = _build_json
 
     def decode(self, frame: Frame) -> Message:
         """Decode one frame; :class:`~wsroute.DecodeError` if it is not JSON."""
+        data = frame.data
+        if len(data) >= LAZY_FROM:
+            shaped, key = self._keys.read(data)
+            if shaped:
+                if self._validate:
+                    _check_utf8(data, "invalid JSON")
+                return make_lazy_message(
+                    frame.connection,
+                    key,
+                    self._build,
+                    data if self._validate else None,
+                    {},
+                    data,
+                    frame.seq,
+                    frame.received_at,
+                )
         try:
-            body = _json_decode(frame.data)
+            body = _json_decode(data)
         except _JSON_ERRORS as exc:
             raise _json_error(exc) from exc
         first = self._first
@@ -183,19 +270,21 @@ class JsonCodec:
                 key = None
         else:
             key = None
-        return make_message(
-            frame.connection,
-            key,
-            body,
-            {},
-            frame.data,
-            frame.seq,
-            frame.received_at,
-        )
+        message = make_message(frame.connection, key, body, {}, data, frame.seq, frame.received_at)
+        message.body_json = data
+        return message
 
     def encode(self, outgoing: Outgoing) -> bytes | str:
         """See :func:`encode_outgoing`."""
         return encode_outgoing(outgoing)
+
+
+def _build_json(message: Message) -> Any:
+    """A ``json`` codec's lazy body: the whole frame."""
+    try:
+        return _json_decode(message.raw)
+    except _JSON_ERRORS as exc:
+        raise _json_error(exc) from exc
 
 
 class _Layout:
@@ -289,6 +378,7 @@ class StructCodec:
             default="type",
             metadata={"doc": "Dotted path of the route key in a JSON text frame."},
         )
+        validate: bool = field(default=True, metadata={"doc": _VALIDATE_DOC})
 
         def __post_init__(self) -> None:
             _Layout(self)
@@ -296,6 +386,8 @@ class StructCodec:
     __slots__ = (
         "_body_json",
         "_body_text",
+        "_build_bytes",
+        "_build_json",
         "_key_as_text",
         "_key_index",
         "_key_type",
@@ -305,6 +397,7 @@ class StructCodec:
         "_text_json",
         "_text_parts",
         "_unpack_from",
+        "_validate",
         "options",
     )
 
@@ -322,6 +415,10 @@ class StructCodec:
         self._body_text = options.body == "text"
         self._text_json = options.text == "json"
         self._text_parts = layout.text_parts
+        self._validate = options.validate
+        # Bound once: a lazy message holds one of these, not a closure per frame.
+        self._build_json = self._json_body
+        self._build_bytes = self._bytes_body
 
     def check_key(self, key: Key) -> str | None:
         """Why a route's ``key`` can never be a binary frame's key; ``None`` if it can.
@@ -378,19 +475,39 @@ class StructCodec:
             key = self._text_key_of(cast(bytes, values[index]))
         else:
             key = values[index]
+        rest_size = len(data) - size
         if self._body_json:
-            if len(data) == size:
+            if rest_size == 0:
                 body = None
+            elif rest_size >= LAZY_FROM:
+                return self._lazy_json(frame, data, key, fields)
             else:
+                rest = data[size:]
                 try:
-                    body = _json_decode(data[size:])
+                    body = _json_decode(rest)
                 except _JSON_ERRORS as exc:
                     raise _json_error(exc, "invalid JSON body") from exc
+                message = make_message(
+                    frame.connection, key, body, fields, data, frame.seq, frame.received_at
+                )
+                message.body_json = rest
+                return message
         elif self._body_text:
             try:
                 body = data[size:].decode()
             except UnicodeDecodeError as exc:
                 raise DecodeError(f"invalid UTF-8 in text body at byte {size + exc.start}") from exc
+        elif rest_size >= LAZY_FROM:
+            return make_lazy_message(
+                frame.connection,
+                key,
+                self._build_bytes,
+                None,
+                fields,
+                data,
+                frame.seq,
+                frame.received_at,
+            )
         else:
             body = data[size:]
         return make_message(
@@ -402,6 +519,38 @@ class StructCodec:
             frame.seq,
             frame.received_at,
         )
+
+    def _lazy_json(self, frame: Frame, data: bytes, key: Key, fields: dict[str, Any]) -> Message:
+        body_json: bytes | None = None
+        if self._validate:
+            body_json = data[self._size :]
+            try:
+                _json_check(body_json)
+            except _JSON_ERRORS as exc:
+                raise _json_error(exc, "invalid JSON body") from exc
+            _check_utf8(body_json, "invalid JSON body")
+        return make_lazy_message(
+            frame.connection,
+            key,
+            self._build_json,
+            body_json,
+            fields,
+            data,
+            frame.seq,
+            frame.received_at,
+        )
+
+    def _json_body(self, message: Message) -> Any:
+        data = message.body_json
+        if data is None:
+            data = message.raw[self._size :]
+        try:
+            return _json_decode(data)
+        except _JSON_ERRORS as exc:
+            raise _json_error(exc, "invalid JSON body") from exc
+
+    def _bytes_body(self, message: Message) -> Any:
+        return message.raw[self._size :]
 
     def _text_key_of(self, value: bytes) -> str:
         try:

@@ -1,4 +1,5 @@
-"""One upstream WebSocket, kept connected: retry loop, keepalive, on_connect, periodic frames.
+"""One upstream WebSocket, kept connected: retry loop, keepalive, on_connect, periodic frames,
+on_close.
 
 This module and :mod:`wsroute.transport` (the WebSocket libraries behind a
 connection: websockets or picows) are the only ones that talk to the network.
@@ -6,7 +7,8 @@ It does not know about routes or handlers: it decodes each frame with its
 codec and hands the message to a callback, which returns ``None`` when the
 message was queued, or an awaitable when some handler's queue is full under
 ``overflow = "block"`` — the reader then awaits it, which is how backpressure
-reaches the socket.
+reaches the socket. The daemon's callback is its dispatcher; a program's
+(:func:`wsroute.connect`, :mod:`wsroute.client`) is a bounded buffer.
 
 The daemon owns its retry loop (``websockets``' own ``async for ... in
 connect()`` resets its backoff after every handshake and gives up on 401/403):
@@ -175,6 +177,7 @@ class Connection:
             (step, step.outgoing() if step.is_frame else None) for step in section.on_connect
         ]
         self._every = [(spec.interval, spec.outgoing()) for spec in section.every]
+        self._on_close = [frame.outgoing() for frame in section.on_close]
         self._ssl = make_ssl_context(section, f"connections.{name}.tls")
         self._seq = 0
         # The open socket, whichever library speaks it.
@@ -280,13 +283,23 @@ class Connection:
         self._disconnected_at = previous._disconnected_at
 
     def stop(self, cause: str = "stopped") -> None:
-        """Stop reading, close with a close frame, and make :meth:`run` return.
+        """Stop reading, send the ``on_close`` frames and a close frame, make :meth:`run` return.
 
         ``cause`` is what the ``$disconnected`` message of an open session says
         (``shutdown``, ``reload``): handlers see every ``$connected`` paired.
+        Cancelling :meth:`run` closes the same way. The ``on_close`` frames
+        are sent only on a socket still open (never while waiting to
+        reconnect), within ``close_timeout``; the close handshake then gets its
+        own ``close_timeout``: a stop takes ``2 × close_timeout`` at most.
         """
         self._stop_cause = cause
         self._stop.cancel()
+
+    @property
+    def stop_timeout(self) -> float:
+        """How long :meth:`stop` may take: the ``on_close`` frames, then the close handshake."""
+        close = self.section.close_timeout
+        return (2 * close if self._on_close else close) + 1.0
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -423,6 +436,9 @@ class Connection:
         self.stats.connected_since = time.time()
         self.state = ConnectionState.HANDSHAKING
         self.log.info("connected", url=self.url_for_logs, subprotocol=ws.subprotocol)
+        # Set once the reader returned: the socket is gone, and a deliberate close
+        # (stop, cancellation) arriving now has nobody to say goodbye to.
+        peer_gone = False
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._handshake, ws, tg)
@@ -432,12 +448,49 @@ class Connection:
                     tg.start_soon(self._idle_watch, ws)
                 try:
                     await ws.read(self._frame_handler())
+                    peer_gone = True
                 finally:
                     tg.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            # stop(), or run() cancelled: a deliberate close. Say goodbye first.
+            if self._on_close and not peer_gone:
+                with anyio.CancelScope(shield=True):
+                    await self._send_on_close(ws)
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 # A close frame, then close_timeout at most for the peer's, then abort.
                 await ws.close()
+
+    async def _send_on_close(self, ws: Transport) -> None:
+        """The ``on_close`` frames, in order, before the close frame; ``close_timeout`` at most.
+
+        Not attempted once the socket is closing (the peer's close frame came, or
+        the connection was lost): they would never arrive.
+        """
+        transport = ws.transport
+        if transport is None or transport.is_closing():
+            self.log.info("on_close_skipped", reason="connection already closing")
+            return
+        sent = 0
+        with anyio.move_on_after(self.section.close_timeout) as scope:
+            try:
+                for outgoing in self._on_close:
+                    await ws.send(self.codec.encode(outgoing))
+                    sent += 1
+            except ConnectionClosed:
+                pass
+            except Exception as exc:  # an encode error must not keep the close frame back
+                self.log.warning("on_close_failed", error=_short(exc))
+        if sent == len(self._on_close):
+            self.log.info("on_close_sent", frames=sent)
+        else:
+            self.log.warning(
+                "on_close_incomplete",
+                sent=sent,
+                frames=len(self._on_close),
+                timed_out=scope.cancelled_caught,
+            )
 
     def _frame_handler(self) -> FrameHandler:
         """The per-frame path, called by the transport's reader with each data frame.

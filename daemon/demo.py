@@ -3,9 +3,10 @@
 The reference protocol (used by the demo and the tests): the client logs in with a JSON text frame
 ``{"role": ..., "user_id": ...}``, then sends binary commands — a little-endian
 ``int32`` opcode followed by a UTF-8 JSON body (opcode 2 subscribes to
-services; ``struct.pack("<ib", 0, 0)`` is the release/heartbeat). The server
-answers commands with the command's opcode, then streams binary opcode-1
-ticks and JSON text ``news`` frames.
+services; ``struct.pack("<ib", 0, 0)`` releases them, sent once before the
+client closes). The server answers commands with the command's opcode, a JSON
+text ``{"op": "ping"}`` (the client's heartbeat) with ``{"type": "pong"}``,
+then streams binary opcode-1 ticks and JSON text ``news`` frames.
 
 :class:`ReferenceUpstream` is also the real server the test suite runs against.
 """
@@ -49,6 +50,9 @@ class ReferenceUpstream:
     (no close frame), so the client's reconnect and replayed login show.
     ``tick_interval``: seconds between ticks (0: only answer commands).
     ``malformed_once``: send one binary frame shorter than its header.
+    ``commands`` lists every binary command received, ``(opcode, body)``, the
+    releases included (logged as ``demo_upstream_release_received``);
+    ``pings`` counts the heartbeats answered.
     """
 
     tick_interval: float = 0.2
@@ -58,6 +62,7 @@ class ReferenceUpstream:
     connections: int = 0
     logins: list[dict[str, Any]] = field(default_factory=list)
     commands: list[tuple[int, Any]] = field(default_factory=list)
+    pings: int = 0
     url: str = ""
 
     @contextlib.asynccontextmanager
@@ -84,7 +89,7 @@ class ReferenceUpstream:
         await ws.send(json.dumps({"type": "welcome", "user_id": login.get("user_id")}))
         async with anyio.create_task_group() as tg:
             subscribed = anyio.Event()
-            tg.start_soon(self._commands, ws, subscribed, tg.cancel_scope)
+            tg.start_soon(self._commands, ws, subscribed, tg.cancel_scope, number)
             if number == 1 and self.drop_first_after is not None:
                 tg.start_soon(self._drop_later, ws, self.drop_first_after)
             await subscribed.wait()
@@ -96,15 +101,22 @@ class ReferenceUpstream:
             tg.cancel_scope.cancel()
 
     async def _commands(
-        self, ws: ServerConnection, subscribed: anyio.Event, scope: anyio.CancelScope
+        self, ws: ServerConnection, subscribed: anyio.Event, scope: anyio.CancelScope, number: int
     ) -> None:
         with contextlib.suppress(ConnectionClosed):
-            await self._read_commands(ws, subscribed)
+            await self._read_commands(ws, subscribed, number)
         scope.cancel()  # the peer is gone: end the session
 
-    async def _read_commands(self, ws: ServerConnection, subscribed: anyio.Event) -> None:
+    async def _read_commands(
+        self, ws: ServerConnection, subscribed: anyio.Event, number: int
+    ) -> None:
         async for data in ws:
-            if isinstance(data, str) or len(data) < _HEADER.size:
+            if isinstance(data, str):
+                if _is_ping(data):
+                    self.pings += 1
+                    await ws.send(json.dumps({"type": "pong"}))
+                continue
+            if len(data) < _HEADER.size:
                 continue
             (opcode,) = _HEADER.unpack_from(data)
             rest = data[_HEADER.size :]
@@ -112,6 +124,8 @@ class ReferenceUpstream:
             if opcode == OPCODE_SUBSCRIBE:
                 body = json.loads(rest) if rest else None
             self.commands.append((opcode, body))
+            if opcode == OPCODE_RELEASE:
+                log.info("demo_upstream_release_received", connection=number, frame=data.hex())
             if opcode == OPCODE_SUBSCRIBE:
                 await ws.send(
                     _HEADER.pack(OPCODE_SUBSCRIBE) + json.dumps({"subscribed": body}).encode()
@@ -136,6 +150,14 @@ class ReferenceUpstream:
                 self.malformed_once = False
                 await ws.send(b"\x01\x00")  # shorter than the 4-byte header: dead-lettered
             await anyio.sleep(self.tick_interval)
+
+
+def _is_ping(data: str) -> bool:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and value.get("op") == "ping"
 
 
 def _parse_login(data: str | bytes) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ handed to the ``unmatched`` handler.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -81,6 +82,13 @@ class Dispatcher:
         budget = self.budget
         if budget.raw >= budget.raw_limit:
             return budget.wait()
+        if budget.overflowed:
+            # A queue dropped a message: its handler is behind. The reader yields
+            # once, so that the handler's worker runs now rather than after the
+            # rest of the socket read (a drop-oldest handler under a flood gets
+            # its share of the loop).
+            budget.overflowed = False
+            return asyncio.sleep(0)
         return None
 
     def emit(self, message: Message) -> Awaitable[None] | None:

@@ -4,12 +4,18 @@
 options with the same key-path errors as the core config, and checks what
 needs plugins and config together (a source's dead letter, route keys a codec
 can never produce). Nothing is started: ``wsroute check`` stops here (and runs
-the preflight). Every problem is reported at once; warnings are kept on the
-config.
+the preflight). Every problem is reported at once, at its key path and line
+(an option a plugin's ``__post_init__`` or a codec's constructor names, at
+that option: :func:`~wsroute.validate.option_issue`); each ``[codecs.NAME]``
+table is checked once, used or not. :func:`plugin_issues` runs the same
+checks on the valid part of a broken file; warnings are kept on the config.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,13 +26,14 @@ from .config import (
     SourceSection,
     codec_reference,
 )
+from .config.lines import line_in
 from .exceptions import ConfigError, ConfigIssue, PluginError
 from .handler import retry_budget
 from .plugin import Codec, SourceLimits
 from .registry import PluginInfo, Registry, build_options, create_codec
-from .validate import did_you_mean, join_path
+from .validate import did_you_mean, join_path, option_issue
 
-__all__ = ["HandlerPlan", "Plan", "SourcePlan", "plan"]
+__all__ = ["HandlerPlan", "Plan", "SourcePlan", "plan", "plugin_issues"]
 
 
 @dataclass
@@ -57,28 +64,52 @@ class Plan:
 
 def plan(config: Config, registry: Registry | None = None) -> Plan:
     """Load every plugin the config names and validate its options; ConfigError lists all."""
+    result, issues = _resolve(config, registry)
+    if any(not issue.warning for issue in issues):
+        raise ConfigError([i for i in issues if not i.warning], source=config.path)
+    config.warnings.extend(issues)
+    return result
+
+
+def plugin_issues(config: Config, registry: Registry | None = None) -> list[ConfigIssue]:
+    """The plugin phase's errors for a config, even a partial one from
+    :func:`~wsroute.config.load_partial`: a type error elsewhere in the file
+    does not hide a plugin's option errors."""
+    return [issue for issue in _resolve(config, registry)[1] if not issue.warning]
+
+
+def _resolve(config: Config, registry: Registry | None) -> tuple[Plan, list[ConfigIssue]]:
     if registry is None:
         registry = Registry.discover(config.daemon.plugin_paths)
     issues: list[ConfigIssue] = []
     result = Plan(config)
+    tables = _codec_tables(config, registry, issues)
     for name in [*config.connections, *config.sources]:
         section_name = "connections" if name in config.connections else "sources"
         path = f"{section_name}.{name}.codec"
-        plugin, table = codec_reference(config, name)
-        try:
-            info = registry.codec(plugin)
-        except PluginError as exc:
-            issues.append(ConfigIssue(path, str(exc)))
-            continue
         codec_name = (config.connections.get(name) or config.sources[name]).codec
-        options_path = f"codecs.{codec_name}" if codec_name in config.codecs else path
+        if codec_name in config.codecs:
+            if codec_name not in tables:
+                continue  # its [codecs.NAME] table is wrong: reported there
+            info, options_path = tables[codec_name], f"codecs.{codec_name}"
+        else:
+            try:
+                info = registry.codec(codec_name)
+            except PluginError as exc:
+                hint = did_you_mean(codec_name, config.codecs)
+                if hint:
+                    hint = hint.replace('"', "[codecs.", 1).replace('"?', "]?", 1)
+                issues.append(ConfigIssue(path, f"{exc}{hint}"))
+                continue
+            options_path = path
+        _, table = codec_reference(config, name)
         before = len(issues)
         options = build_options(info, table, options_path, issues)
         if len(issues) == before:
             try:
                 result.codecs[name] = create_codec(info, options)
             except PluginError as exc:
-                issues.append(ConfigIssue(options_path, str(exc)))
+                issues.append(_constructor_issue(info, options_path, exc))
     for name, section in config.handlers.items():
         path = f"handlers.{name}"
         try:
@@ -90,6 +121,7 @@ def plan(config: Config, registry: Registry | None = None) -> Plan:
         options = build_options(info, section.options, path, issues)
         if len(issues) == before:
             result.handlers[name] = HandlerPlan(name, section, info, options)
+            issues.extend(_batch_issues(section, info, path))
         else:
             issues[before:] = [_delivery_hint(issue, path) for issue in issues[before:]]
     for name, source in config.sources.items():
@@ -105,10 +137,54 @@ def plan(config: Config, registry: Registry | None = None) -> Plan:
             result.sources[name] = SourcePlan(name, source, info, options)
             issues.extend(_source_limits(config, name, info, options))
     issues.extend(_route_key_warnings(config, result.codecs))
-    if any(not issue.warning for issue in issues):
-        raise ConfigError([i for i in issues if not i.warning], source=config.path)
-    config.warnings.extend(issues)
-    return result
+    # dict.fromkeys: a [codecs.NAME] table two connections use is reported once.
+    found = list(dict.fromkeys(_with_line(issue, config.lines) for issue in issues))
+    return result, sorted(found, key=lambda i: math.inf if i.line is None else i.line)
+
+
+def _codec_tables(
+    config: Config, registry: Registry, issues: list[ConfigIssue]
+) -> dict[str, PluginInfo]:
+    """Each ``[codecs.NAME]`` table checked once, used or not: its plugin at
+    ``codecs.NAME.type``, its options below it. The tables that passed."""
+    found: dict[str, PluginInfo] = {}
+    used = {c.codec for c in config.connections.values()} | {
+        s.codec for s in config.sources.values()
+    }
+    for name, section in config.codecs.items():
+        path = f"codecs.{name}"
+        try:
+            info = registry.codec(section.type)
+        except PluginError as exc:
+            issues.append(ConfigIssue(f"{path}.type", str(exc)))
+            continue
+        before = len(issues)
+        options = build_options(info, section.options, path, issues)
+        if len(issues) > before:
+            continue
+        if name not in used:
+            # Not built below: its constructor is tried here.
+            try:
+                create_codec(info, options)
+            except PluginError as exc:
+                issues.append(_constructor_issue(info, path, exc))
+                continue
+        found[name] = info
+    return found
+
+
+def _constructor_issue(info: PluginInfo, path: str, error: PluginError) -> ConfigIssue:
+    """A codec constructor's ``ValueError`` naming an option, at that option's key path."""
+    cause = error.__cause__
+    if isinstance(cause, ValueError):
+        return option_issue(info.options, path, cause)
+    return ConfigIssue(path, str(error))
+
+
+def _with_line(issue: ConfigIssue, lines: Mapping[str, int]) -> ConfigIssue:
+    if issue.line is not None or not lines:
+        return issue
+    return dataclasses.replace(issue, line=line_in(lines, issue.path))
 
 
 def _route_key_warnings(config: Config, codecs: dict[str, Codec]) -> list[ConfigIssue]:
@@ -169,6 +245,8 @@ def _source_limits(config: Config, name: str, info: PluginInfo, options: Any) ->
             if route.connection not in (None, name):
                 continue
             for handler in route.handlers:
+                if handler not in config.handlers:
+                    continue  # a partial config (plugin_issues): reported already
                 budget = retry_budget(config.handlers[handler])
                 if budget >= limits.redelivery_after:
                     found.append(
@@ -182,3 +260,18 @@ def _source_limits(config: Config, name: str, info: PluginInfo, options: Any) ->
                         )
                     )
     return found
+
+
+def _batch_issues(section: HandlerSection, info: PluginInfo, path: str) -> list[ConfigIssue]:
+    """``batch`` is set on a handler class that has no ``handle_batch(messages)``."""
+    if section.batch is None or not isinstance(info.obj, type):
+        return []
+    if callable(getattr(info.obj, "handle_batch", None)):
+        return []
+    return [
+        ConfigIssue(
+            f"{path}.batch",
+            f'plugin "{section.plugin}" has no handle_batch(messages): it takes one message '
+            "at a time (remove batch)",
+        )
+    ]

@@ -48,6 +48,7 @@ __all__ = [
     "Issue",
     "Key",
     "Message",
+    "OptionError",
     "Outgoing",
     "Size",
     "Source",
@@ -104,6 +105,18 @@ class DeadLetter:
     """How many times the handler tried."""
 
 
+class _Unbuilt:
+    """The marker of a body not built yet (see :attr:`Message.body`)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unbuilt>"
+
+
+_UNBUILT: Any = _Unbuilt()
+
+
 class Message:
     """A decoded message, as handlers receive it.
 
@@ -112,10 +125,18 @@ class Message:
     ``raw`` the frame as received, ``seq`` and ``received_at`` come from the frame.
     Treat a message as read-only: the same object is delivered to every handler
     its routes name.
+
+    The body may be **lazy**: a codec can read the route key without building
+    the body (the built-in ``json`` and ``struct`` codecs do, for frames of
+    1 KiB and more), and the body is then built on the first read of
+    :attr:`body`, once, and shared by every handler. A handler that never reads
+    it (a sink that forwards ``raw``) never pays for it.
     """
 
     __slots__ = (
-        "body",
+        "_body",
+        "_build",
+        "body_json",
         "connection",
         "dead_letter",
         "fields",
@@ -124,6 +145,13 @@ class Message:
         "received_at",
         "seq",
     )
+
+    #: The body's JSON text exactly as received (``bytes`` or ``str``), when the
+    #: codec checked that it is valid JSON; ``None`` otherwise (not JSON, or not
+    #: checked: the codec's ``validate = false``). Writing it out verbatim is
+    #: cheaper than building :attr:`body` and encoding it again: the record
+    #: format (``jsonl``, ``exec``, ``webhook``) does.
+    body_json: bytes | str | None
 
     def __init__(
         self,
@@ -140,16 +168,51 @@ class Message:
         self.connection = connection
         self.key = key
         self.fields: dict[str, Any] = {} if fields is None else fields
-        self.body = body
+        self._body = body
+        self._build: Callable[[Message], Any] | None = None
+        self.body_json = None
         self.raw = raw
         self.seq = seq
         self.received_at = received_at
         self.dead_letter = dead_letter
 
+    @property
+    def body(self) -> Any:
+        """The decoded body: built on first read when the codec deferred it.
+
+        Building a body the codec did not validate (its ``validate = false``)
+        can fail: it then raises :class:`~wsroute.DecodeError`, which fails the
+        handler's attempt like any exception (retries, then a ``handler_error``
+        dead letter that keeps the raw frame).
+        """
+        body = self._body
+        if body is _UNBUILT:
+            build = self._build
+            assert build is not None
+            body = self._body = build(self)
+        return body
+
+    @body.setter
+    def body(self, value: Any) -> None:
+        self._body = value
+        self._build = None
+        self.body_json = None
+
+    @property
+    def body_built(self) -> bool:
+        """Whether :attr:`body` is built already (reading it then costs nothing)."""
+        return self._body is not _UNBUILT
+
+    def _shown_body(self) -> Any:
+        try:
+            return self.body
+        except Exception as exc:
+            return f"<body cannot be built: {exc}>"
+
     def __repr__(self) -> str:
         return (
             f"Message(connection={self.connection!r}, key={self.key!r}, seq={self.seq}, "
-            f"fields={self.fields!r}, body={self.body!r})"
+            f"fields={self.fields!r}, body={self._shown_body()!r})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -159,17 +222,20 @@ class Message:
             self.connection == other.connection
             and self.key == other.key
             and self.fields == other.fields
-            and self.body == other.body
             and self.raw == other.raw
             and self.seq == other.seq
             and self.received_at == other.received_at
             and self.dead_letter == other.dead_letter
+            and self._shown_body() == other._shown_body()
         )
 
     __hash__ = None  # type: ignore[assignment]
 
     def replace(self, **changes: Any) -> Message:
-        """A copy with some attributes changed (``dead_letter=...``, ``key=...``)."""
+        """A copy with some attributes changed (``dead_letter=...``, ``key=...``).
+
+        A body not built yet stays unbuilt in the copy (``body=...`` replaces it).
+        """
         values: dict[str, Any] = {
             "fields": self.fields,
             "raw": self.raw,
@@ -177,15 +243,22 @@ class Message:
             "received_at": self.received_at,
             "dead_letter": self.dead_letter,
         }
-        positional = {"connection": self.connection, "key": self.key, "body": self.body}
         for name, value in changes.items():
-            if name in positional:
-                positional[name] = value
-            elif name in values:
+            if name in values:
                 values[name] = value
-            else:
+            elif name not in ("connection", "key", "body"):
                 raise TypeError(f"Message has no attribute {name!r}")
-        return Message(positional["connection"], positional["key"], positional["body"], **values)
+        body_given = "body" in changes
+        copy = Message(
+            changes.get("connection", self.connection),
+            changes.get("key", self.key),
+            changes["body"] if body_given else self._body,
+            **values,
+        )
+        if not body_given:
+            copy._build = self._build
+            copy.body_json = self.body_json
+        return copy
 
 
 _new_message = Message.__new__
@@ -209,7 +282,40 @@ def make_message(
     message.connection = connection
     message.key = key
     message.fields = fields
-    message.body = body
+    message._body = body
+    message._build = None
+    message.body_json = None
+    message.raw = raw
+    message.seq = seq
+    message.received_at = received_at
+    message.dead_letter = None
+    return message
+
+
+def make_lazy_message(
+    connection: str,
+    key: Key,
+    build: Callable[[Message], Any],
+    body_json: bytes | str | None,
+    fields: dict[str, Any],
+    raw: bytes | str,
+    seq: int,
+    received_at: float,
+) -> Message:
+    """:func:`make_message` with a body built on first read: ``build(message)``.
+
+    ``build`` must be cheap to hold (a codec's bound method, not a closure per
+    frame); it reads what it needs from ``message.raw``. It raises
+    :class:`~wsroute.DecodeError` for a body it cannot build. ``body_json``:
+    the body's JSON text if the codec validated it, else ``None``.
+    """
+    message: Message = _new_message(Message)
+    message.connection = connection
+    message.key = key
+    message.fields = fields
+    message._body = _UNBUILT
+    message._build = build
+    message.body_json = body_json
     message.raw = raw
     message.seq = seq
     message.received_at = received_at
@@ -278,7 +384,14 @@ class Codec(Protocol):
 
 
 class Handler(Protocol):
-    """What the daemon calls on a handler instance. ``start``/``stop`` are optional."""
+    """What the daemon calls on a handler instance. ``start``/``stop`` are optional.
+
+    So is ``async def handle_batch(self, messages: list[Message]) ->
+    Mapping[int, BaseException] | None``, called instead of ``handle`` when the
+    handler's ``batch`` delivery key is set: ``None`` means every message is
+    handled; a mapping names the positions that failed (the others are
+    handled); raising fails them all. Retries and dead letters stay per message.
+    """
 
     async def handle(self, message: Message) -> None:
         """Handle one message. Raise to report failure: the daemon retries, then dead-letters.
@@ -432,3 +545,20 @@ class Source(Protocol):
     async def run(self) -> None:
         """Read and deliver until cancelled."""
         ...
+
+
+class OptionError(ValueError):
+    """One option of a plugin is wrong: raise it from ``Options.__post_init__`` (or a
+    codec's constructor) to have the problem reported at that option's key path.
+
+    ``OptionError("limit", "must be above 0")`` in the options of handler
+    ``alarm`` is reported as ``handlers.alarm.limit: must be above 0 (line 12)``.
+    ``key`` may be dotted for a nested table (``"restart.initial"``). A plain
+    ``ValueError`` whose message starts with an option's name (``"limit must be
+    above 0"``, ``"limit: must be above 0"``) is reported the same way.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message

@@ -8,6 +8,13 @@ object. Fields: ``connection``, ``key``, ``seq``, ``received_at``, ``fields``,
 ``"body_encoding": "base64"``); a dead letter adds ``reason``, ``handler``,
 ``error`` and ``attempts`` (:data:`DEAD_LETTER_FIELDS`), and a
 ``decode_error`` record's body is the undecodable frame byte for byte.
+
+A message whose body the codec validated as JSON (``message.body_json``) has
+that JSON text copied into the record verbatim, without building the body and
+encoding it again (unless it spans lines). A message whose body cannot be
+built (a codec with ``validate = false`` and an invalid frame) is written with
+``"frame": true`` and the raw frame as its body, so that replay decodes it
+again.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 
 import msgspec
 
+from .exceptions import DecodeError
 from .plugin import DeadLetter, Message
 
 __all__ = ["DEAD_LETTER_FIELDS", "encode_record", "parse_record", "record"]
@@ -34,12 +42,17 @@ def _fallback(value: Any) -> Any:
 _encoder = msgspec.json.Encoder(enc_hook=_fallback)
 
 
-def record(message: Message) -> dict[str, Any]:
+def record(message: Message, *, verbatim: bool = False) -> dict[str, Any]:
     """The JSON object written for ``message``: the jsonl file format, as a dict.
 
     ``body`` is the decoded value; a ``bytes`` body is base64 text with
     ``"body_encoding": "base64"``. A dead-lettered message adds ``reason``,
-    ``handler``, ``error`` and ``attempts``.
+    ``handler``, ``error`` and ``attempts``. A body that cannot be built is
+    the raw frame, with ``"frame": true``.
+
+    ``verbatim``: a body validated as JSON (``message.body_json``) is given as
+    a ``msgspec.Raw`` of its text, which a msgspec encoder writes as it is,
+    without building the body (:func:`encode_record` does this).
     """
     out: dict[str, Any] = {
         "connection": message.connection,
@@ -47,12 +60,20 @@ def record(message: Message) -> dict[str, Any]:
         "seq": message.seq,
         "received_at": message.received_at,
         "fields": message.fields,
-        "body": message.body,
     }
-    body = message.body
-    if isinstance(body, bytes | bytearray | memoryview):
-        out["body"] = base64.b64encode(body).decode("ascii")
-        out["body_encoding"] = "base64"
+    text = message.body_json
+    if verbatim and text is not None and not _spans_lines(text):
+        out["body"] = msgspec.Raw(text)
+    else:
+        try:
+            body = message.body
+        except DecodeError:
+            body = message.raw
+            out["frame"] = True
+        out["body"] = body
+        if isinstance(body, bytes | bytearray | memoryview):
+            out["body"] = base64.b64encode(body).decode("ascii")
+            out["body_encoding"] = "base64"
     dead = message.dead_letter
     if dead is not None:
         out["reason"] = dead.reason
@@ -62,9 +83,17 @@ def record(message: Message) -> dict[str, Any]:
     return out
 
 
+def _spans_lines(text: bytes | str) -> bool:
+    # Valid JSON holds line breaks only as whitespace between tokens; a line of
+    # a jsonl file must not.
+    if isinstance(text, str):
+        return "\n" in text or "\r" in text
+    return b"\n" in text or b"\r" in text
+
+
 def encode_record(message: Message) -> bytes:
     """One complete line (newline included) for ``message``."""
-    return _encoder.encode(record(message)) + b"\n"
+    return _encoder.encode(record(message, verbatim=True)) + b"\n"
 
 
 class _Record(msgspec.Struct):
@@ -79,6 +108,7 @@ class _Record(msgspec.Struct):
     handler: str | None = None
     error: str | None = None
     attempts: int = 0
+    frame: bool = False
 
 
 _decoder = msgspec.json.Decoder(_Record)
@@ -92,6 +122,8 @@ def parse_record(line: bytes | str) -> Message:
     (text, or base64 for a binary frame): ``raw`` is then that frame again, for
     ``wsroute replay`` to decode. Raises ``ValueError`` naming the problem for a
     line that is not such a record (a torn line left by a crash, for one).
+    A record with ``"frame": true`` (a body that could not be built) also gives
+    its frame back as ``raw``.
     """
     try:
         rec = _decoder.decode(line)
@@ -117,6 +149,8 @@ def parse_record(line: bytes | str) -> Message:
         )
         if rec.reason == "decode_error" and isinstance(body, bytes | str):
             raw = body
+    if rec.frame and isinstance(body, bytes | str):
+        raw = body
     return Message(
         rec.connection,
         rec.key,

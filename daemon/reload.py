@@ -119,7 +119,7 @@ async def apply(service: Service, new_plan: Plan) -> list[str]:
     for name in stopped:
         service.connections[name].stop("reload")
     for name in stopped:
-        with anyio.move_on_after(old.connections[name].close_timeout + 1):
+        with anyio.move_on_after(service.connections[name].stop_timeout):
             await service.connections[name].wait_stopped()
     previous = {name: service.connections.pop(name) for name in stopped}
     begun = []

@@ -8,6 +8,9 @@ Each line of a file the ``jsonl`` handler wrote becomes a message again:
 - a record of an undecodable frame (``reason = "decode_error"``) holds the
   frame byte for byte (its body); it is decoded again with its connection's
   codec (a fixed codec config may now read it), then routed;
+- a record of a message whose body could not be built (``"frame": true``: a
+  codec with ``validate = false`` let an invalid body through) holds the frame
+  the same way; it is decoded again, then goes to its handler as above;
 - any other record (a capture) goes through the routes.
 
 Every record is accounted for. A record fails again when its frame still
@@ -293,7 +296,9 @@ async def _feed(
     daemon: _DeadLetters,
 ) -> None:
     info = message.dead_letter
-    if info is not None and info.reason == "decode_error":
+    # A decode_error record, or one whose body could not be built ("frame": true,
+    # parsed with its raw frame): decode the frame again.
+    if info is not None and (info.reason == "decode_error" or message.raw):
         decoded = _decode(service, message)
         if isinstance(decoded, str):  # still undecodable: dead-letter it again
             letter = message.replace(dead_letter=DeadLetter(reason="decode_error", error=decoded))

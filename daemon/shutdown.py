@@ -38,9 +38,7 @@ async def stop_all(service: Service) -> None:
     for conn in service.connections.values():
         conn.stop("shutdown")
     with anyio.move_on_after(
-        max(c.section.close_timeout for c in service.connections.values()) + 1
-        if service.connections
-        else 0
+        max(c.stop_timeout for c in service.connections.values()) if service.connections else 0
     ):
         for conn in service.connections.values():
             await conn.wait_stopped()

@@ -23,9 +23,9 @@ handler directly while the reader waits with nothing in hand (a few per
 socket read at most), and otherwise appends it to a deque and wakes the
 reader task, which drains everything buffered per wake-up — one task switch
 per socket read, not per frame (see bench/README.md). More than
-:data:`HIGH_WATER` waiting messages stop the socket being read until the
-reader caught up: that is how a full handler queue (``overflow = "block"``)
-reaches the upstream.
+:data:`HIGH_WATER` waiting messages, or :data:`HIGH_WATER_BYTES` waiting
+bytes, stop the socket being read until the reader caught up: that is how
+a full handler queue (``overflow = "block"``) reaches the upstream.
 
 The websockets implementation is here; the picows one, which has to do more
 of RFC 6455 itself, is :mod:`wsroute.transport_picows`, imported only when a
@@ -60,6 +60,7 @@ from .config import ConnectionSection
 from .net import redact_url
 from .wire import (
     HIGH_WATER,
+    HIGH_WATER_BYTES,
     MAX_FRAGMENTS,
     YIELD_EVERY,
     BadURL,
@@ -76,6 +77,7 @@ from .wire import (
 
 __all__ = [
     "HIGH_WATER",
+    "HIGH_WATER_BYTES",
     "MAX_FRAGMENTS",
     "MAX_REDIRECTS",
     "YIELD_EVERY",
@@ -369,7 +371,8 @@ class _ReadingConnection(ClientConnection):
                 return
             messages = inbox.messages
             messages.append(data)
-            if len(messages) > HIGH_WATER and not inbox.paused:
+            inbox.size += len(data)
+            if (len(messages) > HIGH_WATER or inbox.size > HIGH_WATER_BYTES) and not inbox.paused:
                 inbox.pause()
             waiter = inbox.waiter
             if waiter is not None:

@@ -12,8 +12,8 @@ refuses ``compression = "deflate"`` with it.
 Messages are handed from picows' synchronous callback to the reader task
 through a deque, as with websockets (see :mod:`wsroute.transport`): no task
 switch per frame, and the socket not read while more than ``HIGH_WATER``
-messages wait. A message may have ``MAX_FRAGMENTS`` fragments at most, as
-with websockets (1009).
+messages, or ``HIGH_WATER_BYTES`` bytes, wait. A message may have
+``MAX_FRAGMENTS`` fragments at most, as with websockets (1009).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from websockets.uri import parse_uri
 from .config import ConnectionSection
 from .wire import (
     HIGH_WATER,
+    HIGH_WATER_BYTES,
     MAX_FRAGMENTS,
     BadURL,
     Data,
@@ -260,7 +261,10 @@ class _PicowsListener(picows.WSListener):
                     return
                 messages = inbox.messages
                 messages.append(data)
-                if len(messages) > HIGH_WATER and not inbox.paused:
+                inbox.size += len(data)
+                if (
+                    len(messages) > HIGH_WATER or inbox.size > HIGH_WATER_BYTES
+                ) and not inbox.paused:
                     inbox.pause()
                 waiter = inbox.waiter
                 if waiter is not None:

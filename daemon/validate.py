@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 from .exceptions import ConfigError, ConfigIssue
-from .plugin import Duration, Size
+from .plugin import Duration, OptionError, Size
 
 __all__ = [
     "INVALID",
@@ -39,6 +39,7 @@ __all__ = [
     "format_duration",
     "format_size",
     "join_path",
+    "option_issue",
     "parse_duration",
     "parse_size",
     "secret_values",
@@ -308,8 +309,44 @@ def _convert_dataclass(cls: type, value: Any, path: str, issues: list[ConfigIssu
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:  # a __post_init__ that rejects the combination
-        issues.append(ConfigIssue(path, str(exc)))
+        issues.append(option_issue(cls, path, exc))
         return INVALID
+
+
+# "limit must be above 0", "limit: must be above 0", "restart.initial must be above 0".
+_LEADING_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)(?::\s*|\s+)")
+# "ack_timeout and connect_timeout must be above 0" is about two keys: left at the table.
+_NOT_ONE_KEY = re.compile(r"(?:and|or|nor)\b|,")
+
+
+def option_issue(cls: type | None, path: str, exc: BaseException) -> ConfigIssue:
+    """A dataclass's (or a plugin constructor's) complaint, at the key path it is about.
+
+    An :class:`~wsroute.OptionError` names its key; a plain ``ValueError`` whose
+    message starts with a field name of ``cls`` (``"limit must be above 0"`` or
+    ``"limit: ..."``; dotted for a nested table: ``"restart.initial must..."``) is
+    moved to that field's path with the name taken off the message. Anything
+    else stays at ``path``, the table.
+    """
+    if isinstance(exc, OptionError):
+        return ConfigIssue(_join_dotted(path, exc.key), exc.message)
+    message = str(exc)
+    match = _LEADING_KEY.match(message)
+    names: set[str] = set()
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+        names = {f.name for f in dataclasses.fields(cls)}
+    if not match or match.group(1).split(".")[0] not in names:
+        return ConfigIssue(path, message)
+    rest = message[match.end() :]
+    if not rest or _NOT_ONE_KEY.match(rest):
+        return ConfigIssue(path, message)
+    return ConfigIssue(_join_dotted(path, match.group(1)), rest)
+
+
+def _join_dotted(path: str, key: str) -> str:
+    for part in key.split("."):
+        path = join_path(path, part)
+    return path
 
 
 def convert_or_raise(tp: type[T], value: Any, path: str = "") -> T:

@@ -22,6 +22,7 @@ from .config import ConnectionSection
 
 __all__ = [
     "HIGH_WATER",
+    "HIGH_WATER_BYTES",
     "MAX_FRAGMENTS",
     "YIELD_EVERY",
     "BadURL",
@@ -41,14 +42,21 @@ Data = bytes | str
 #: awaitable is awaited before the next frame is handed over (backpressure).
 FrameHandler = Callable[[Data], Awaitable[None] | None]
 
-# Messages waiting for the reader above which the socket is not read (both transports).
+# Messages waiting for the reader above which the socket is not read (both transports)...
 HIGH_WATER = 64
+# ... or bytes (frame lengths; characters for text), whichever is reached first: 64
+# messages of 4 KiB are already 256 KiB, and a read parsed at once may hold many more.
+HIGH_WATER_BYTES = 256 * 1024
 # Messages handed to the reader between two explicit yields to the event loop (both
 # transports). Measured with picows: 64 costs less CPU per frame than 16, 128 or never.
 # The yield is asyncio.sleep(0), not anyio's checkpoint(), here and in the handler
 # workers: the daemon runs on asyncio only, and checkpoint() looks the backend up
 # on every call (3% of the CPU on small frames).
 YIELD_EVERY = 64
+# ... or once this many seconds went by since the reader last yielded, whichever
+# comes first (checked every 8 messages): on large frames 64 take milliseconds,
+# and a handler's timer (a slow handler's sleep) would wait that long to run.
+YIELD_AFTER = 0.0005
 # Frames one fragmented message may have (websockets' limit, $WEBSOCKETS_MAX_FRAGMENTS).
 MAX_FRAGMENTS: int = getattr(_ws_messages, "MAX_FRAGMENTS", 4096)
 
@@ -132,10 +140,13 @@ class Inbox:
     per frame, under a flood.
     """
 
-    __slots__ = ("handle", "inline", "messages", "paused", "pending", "socket", "waiter")
+    __slots__ = ("handle", "inline", "messages", "paused", "pending", "size", "socket", "waiter")
 
     def __init__(self) -> None:
         self.messages: deque[Data] = deque()
+        #: The length of every message in :attr:`messages` together (bytes, or
+        #: characters of text): the byte side of the high-water mark.
+        self.size = 0
         self.waiter: asyncio.Future[None] | None = None
         self.paused = False  # socket not read: too many messages wait
         #: The socket's asyncio transport, paused and resumed; set once connected.
@@ -167,7 +178,8 @@ class Inbox:
             return
         messages = self.messages
         messages.append(data)
-        if len(messages) > HIGH_WATER and not self.paused:
+        self.size += len(data)
+        if (len(messages) > HIGH_WATER or self.size > HIGH_WATER_BYTES) and not self.paused:
             self.pause()
         self.wake()
 
@@ -196,6 +208,7 @@ class Inbox:
         the peer's reply to our close frame must get through."""
         self.inline = 0
         self.messages.clear()
+        self.size = 0
         self.resume()
 
     async def drain(self, handle: FrameHandler, finished: Callable[[], bool]) -> None:
@@ -204,7 +217,9 @@ class Inbox:
         self.handle = handle
         messages = self.messages
         loop = asyncio.get_running_loop()
+        clock = loop.time
         since_yield = 0
+        yield_at = clock() + YIELD_AFTER
         while True:
             pending = self.pending
             if pending is not None:
@@ -212,15 +227,18 @@ class Inbox:
                 await pending
             while messages:
                 data = messages.popleft()
+                self.size -= len(data)
                 # A callback appends a whole socket read at once: against a flooding
                 # upstream this loop would never let the handlers' workers run.
                 since_yield += 1
-                if since_yield >= YIELD_EVERY:
+                if since_yield >= YIELD_EVERY or (since_yield & 7 == 0 and clock() >= yield_at):
                     since_yield = 0
                     await asyncio.sleep(0)
+                    yield_at = clock() + YIELD_AFTER
                 pending = handle(data)
                 if pending is not None:
                     await pending
+            self.size = 0  # nothing waits (a message's length cannot change, but be exact)
             self.resume()
             if finished():
                 return
@@ -228,6 +246,7 @@ class Inbox:
             self.inline = YIELD_EVERY
             try:
                 await waiter
+                yield_at = clock() + YIELD_AFTER
             except BaseException:
                 # Stopped while a frame already read was handed over (the callback ran
                 # before this task saw its cancellation) with something to await:

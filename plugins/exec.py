@@ -28,6 +28,12 @@ JSON value sent upstream through that connection (``ctx.send(json=...)``;
 ``null`` sends nothing); otherwise the program's stdout, like its stderr in
 ``long-lived`` mode, goes where the daemon's goes (the journal, under systemd).
 
+Batches (the handler's ``batch`` key): ``long-lived`` writes a batch's lines
+in one write; with ``ack``, each line still needs its own answer, and the lines
+the program did not answer before it exited are reported failed, alone.
+``per-message`` runs a process per message of the batch, ``max_processes`` at
+once. Bodies the codec validated as JSON go into the lines as received.
+
 The child never inherits systemd's notify variables (``NOTIFY_SOCKET``,
 ``WATCHDOG_*``...): its environment is the daemon's, minus those, plus ``env``.
 """
@@ -226,6 +232,37 @@ class ExecHandler:
         if self.options.mode == "per-message":
             await self._run_once(line)
             return
+        answers = await self._feed(line, 1)
+        if answers:
+            await answers[0].wait()  # bounded by the handler's timeout
+
+    async def handle_batch(self, messages: list[Message]) -> dict[int, BaseException] | None:
+        """Write the batch's lines in one write (``long-lived``), or run a process for each
+        (``per-message``); report the messages that failed."""
+        failures: dict[int, BaseException] = {}
+        if self.options.mode == "per-message":
+
+            async def one(index: int, message: Message) -> None:
+                try:
+                    await self.handle(message)
+                except Exception as exc:
+                    failures[index] = exc
+
+            async with anyio.create_task_group() as group:
+                for index, message in enumerate(messages):
+                    group.start_soon(one, index, message)
+            return failures or None
+        data = b"".join([encode_record(message) for message in messages])
+        answers = await self._feed(data, len(messages))
+        for index, answer in enumerate(answers):
+            try:
+                await answer.wait()  # bounded by the handler's timeout
+            except ExecError as exc:
+                failures[index] = exc
+        return failures or None
+
+    async def _feed(self, data: bytes, lines: int) -> list[_Answer]:
+        """Write whole lines to the long-lived child; with ``ack``, the answers to wait for."""
         while True:
             child = self._child
             if child is None:
@@ -236,16 +273,15 @@ class ExecHandler:
             async with self._write_lock:
                 if child is not self._child:  # it exited while we waited for the lock
                     continue
-                await self._write(child, line)
+                await self._write(child, data)
                 if not self.options.ack:
-                    return
+                    return []
                 if child.exited:  # gone, though something else still holds its stdin
                     raise ExecError(f"the program (pid {child.process.pid}) exited")
                 # Queued under the lock: answers come back in the order lines went out.
-                answer = _Answer()
-                child.answers.append(answer)
-            await answer.wait()  # bounded by the handler's timeout
-            return
+                answers = [_Answer() for _ in range(lines)]
+                child.answers.extend(answers)
+            return answers
 
     async def _write(self, child: _Child, line: bytes) -> None:
         """Write the whole line into the pipe, or fail leaving no torn line behind."""

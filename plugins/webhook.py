@@ -17,10 +17,16 @@ delays), or set ``request_retries = 0`` and leave retrying to the daemon.
 
 Header values (``Authorization = "Bearer ${credential:hook-token}"``) are
 interpolated by the config loader and never logged.
+
+Batches (the handler's ``batch`` key): with ``array = true`` a batch is one
+request whose body is a JSON array of the payloads, and a 2xx handles them
+all (a failure fails them all: the endpoint cannot say which). Without it, a
+batch is one request per message, and each failure is reported alone.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -61,13 +67,34 @@ def request_body(message: Message, payload: str) -> tuple[bytes, str]:
     ``text/plain``, bytes as ``application/octet-stream``.
     """
     if payload == "record":
-        return _encoder.encode(record(message)), "application/json"
+        return _encoder.encode(record(message, verbatim=True)), "application/json"
+    text = message.body_json
+    if text is not None:  # validated JSON, sent as received: the body is never built
+        return (text.encode() if isinstance(text, str) else bytes(text)), "application/json"
     body = message.body
     if isinstance(body, bytes | bytearray | memoryview):
         return bytes(body), "application/octet-stream"
     if isinstance(body, str):
         return body.encode(), "text/plain; charset=utf-8"
     return _encoder.encode(body), "application/json"
+
+
+def array_body(messages: list[Message], payload: str) -> bytes:
+    """A batch as one JSON array: each message's record (``payload = "record"``) or
+    body (``"body"``: JSON as JSON, text as a string, bytes as base64 text)."""
+    if payload == "record":
+        return _encoder.encode([record(m, verbatim=True) for m in messages])
+    items: list[Any] = []
+    for message in messages:
+        text = message.body_json
+        if text is not None:
+            items.append(msgspec.Raw(text))
+            continue
+        body = message.body
+        if isinstance(body, bytes | bytearray | memoryview):
+            body = base64.b64encode(body).decode("ascii")
+        items.append(body)
+    return _encoder.encode(items)
 
 
 def _retryable(status: int) -> bool:
@@ -101,6 +128,14 @@ class WebhookHandler:
             metadata={
                 "doc": "record: the jsonl record as JSON; body: the decoded body alone "
                 "(JSON, text or bytes)."
+            },
+        )
+        array: bool = field(
+            default=False,
+            metadata={
+                "doc": "With the handler's batch key: send a batch as one request whose body is "
+                "a JSON array of the payloads (records, or JSON bodies); all handled on 2xx. "
+                "false: one request per message, also in a batch."
             },
         )
         request_timeout: Duration = field(
@@ -191,11 +226,32 @@ class WebhookHandler:
 
     async def handle(self, message: Message) -> None:
         """Send the request; return on 2xx, raise :class:`WebhookError` once retries are spent."""
+        content, content_type = request_body(message, self.options.payload)
+        await self._send(content, content_type, message.connection, message.seq)
+
+    async def handle_batch(self, messages: list[Message]) -> dict[int, BaseException] | None:
+        """With ``array``: one request for the batch, a JSON array (a failure fails them all).
+
+        Without: one request per message, one after the other; the failed ones are reported.
+        """
+        if self.options.array:
+            content = array_body(messages, self.options.payload)
+            first = messages[0]
+            await self._send(content, "application/json", first.connection, first.seq)
+            return None
+        failures: dict[int, BaseException] = {}
+        for index, message in enumerate(messages):
+            try:
+                await self.handle(message)
+            except Exception as exc:
+                failures[index] = exc
+        return failures or None
+
+    async def _send(self, content: bytes, content_type: str, connection: str, seq: int) -> None:
         client = self._client
         if client is None:
             raise WebhookError("the webhook handler is not started")
         options = self.options
-        content, content_type = request_body(message, options.payload)
         headers = {"Content-Type": content_type}
         delay: float = options.backoff
         attempt = 0
@@ -233,8 +289,8 @@ class WebhookHandler:
                 error=str(error),
                 attempt=attempt,
                 delay=round(pause, 3),
-                connection=message.connection,
-                seq=message.seq,
+                connection=connection,
+                seq=seq,
             )
             await anyio.sleep(pause)
             delay = min(options.backoff_max, delay * 2)

@@ -67,6 +67,9 @@ def outgoing_for(message: Message, payload: str) -> Outgoing:
         if raw:
             return Outgoing(raw=bytes(raw))
     elif payload == "body":
+        text = message.body_json
+        if text is not None:  # validated JSON, sent as received: the body is never built
+            return Outgoing(text=text if isinstance(text, str) else text.decode())
         body = message.body
         if isinstance(body, bytes | bytearray | memoryview):
             return Outgoing(raw=bytes(body))

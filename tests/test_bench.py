@@ -8,6 +8,7 @@ probe and the experiments — works at every commit and prints every table.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -34,14 +35,16 @@ def bench(*args: str, timeout: float) -> str:
     return result.stdout
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(400)
 def test_every_scenario_runs_and_is_reported_beside_the_bare_loop() -> None:
-    out = bench(timeout=220)
+    out = bench(timeout=380)
     for row in (
         "| small binary frames, 1 handler |",
         "| small binary frames, fan-out to 3 handlers |",
         "| JSON text frames, 1 handler |",
-        "| 4 KiB binary frames, 1 handler |",
+        "| 4 KiB frames, handler does not read the body |",
+        "| 4 KiB frames, body not read, validate = false |",
+        "| 4 KiB frames, handler reads the body |",
         "| baseline |",
         "| wsroute |",
         "overflow=block | wsroute |",
@@ -50,7 +53,11 @@ def test_every_scenario_runs_and_is_reported_beside_the_bare_loop() -> None:
         "| peak RSS, 100 connections x 100 frames/s (MiB) |",
     ):
         assert row in out, row
-    assert "9 scenarios x 1 runs" in out
+    picows = importlib.util.find_spec("picows") is not None
+    if picows:
+        assert "| small binary frames, picows transport |" in out
+        assert "| JSON text frames, picows transport |" in out
+    assert f"{13 if picows else 11} scenarios x 1 runs" in out
 
 
 @pytest.mark.timeout(60)

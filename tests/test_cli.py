@@ -403,3 +403,20 @@ def test_uvloop_not_installed_is_a_config_error_naming_the_extra(
     (issue,) = caught.value.issues
     assert issue.path.startswith("daemon")
     assert 'pip install "wsroute[uvloop]"' in issue.message
+
+
+def test_a_reader_that_stops_early_gets_no_traceback() -> None:
+    """`wsroute schema | head -1`: the pipe closes under a long output."""
+    proc = subprocess.Popen(
+        [WSROUTE, "schema", "--builtins-only"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    assert proc.stdout.readline().strip() == b"{"
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) == 141  # 128 + SIGPIPE, as a shell reports it
+    assert stderr == b""

@@ -265,38 +265,37 @@ def test_bytes_codec() -> None:
 @pytest.mark.parametrize(
     ("cls", "table", "issue"),
     [
-        (StructCodec.Options, {"header": "<q!"}, 'codecs.x: header: invalid struct format "<q!"'),
+        (StructCodec.Options, {"header": "<q!"}, 'codecs.x.header: invalid struct format "<q!"'),
         (StructCodec.Options, {}, "codecs.x.header: missing required key"),
         (
             StructCodec.Options,
             {"header": "<ib", "fields": ["opcode"]},
-            'codecs.x: fields: header "<ib" unpacks 2 values, but 1 name is given',
+            'codecs.x.fields: header "<ib" unpacks 2 values, but 1 name is given',
         ),
         (
             StructCodec.Options,
             {"header": "<i", "fields": ["a", "b"]},
-            'codecs.x: fields: header "<i" unpacks 1 value, but 2 names are given',
+            'codecs.x.fields: header "<i" unpacks 1 value, but 2 names are given',
         ),
         (
             StructCodec.Options,
             {"header": "<ii", "fields": ["a", "a"]},
-            'codecs.x: fields: "a" is named twice',
+            'codecs.x.fields: "a" is named twice',
         ),
         (
             StructCodec.Options,
             {"header": "<i", "fields": [""]},
-            "codecs.x: fields: a field name must not be empty",
+            "codecs.x.fields: a field name must not be empty",
         ),
         (
             StructCodec.Options,
             {"header": "<i", "fields": ["opcode"], "key": "opcod"},
-            'codecs.x: key: "opcod" is not a header field (fields: opcode) '
-            '(did you mean "opcode"?)',
+            'codecs.x.key: "opcod" is not a header field (fields: opcode) (did you mean "opcode"?)',
         ),
         (
             StructCodec.Options,
             {"header": "<i", "text_key": "a..b"},
-            'codecs.x: text_key: invalid dotted path "a..b": '
+            'codecs.x.text_key: invalid dotted path "a..b": '
             "it needs names separated by single dots",
         ),
         (
@@ -308,7 +307,7 @@ def test_bytes_codec() -> None:
         (
             JsonCodec.Options,
             {"key": ""},
-            'codecs.x: key: invalid dotted path "": it needs names separated by single dots',
+            'codecs.x.key: invalid dotted path "": it needs names separated by single dots',
         ),
         (JsonCodec.Options, {"kye": "type"}, 'codecs.x.kye: unknown key (did you mean "key"?)'),
         (TextCodec.Options, {"key": "type"}, "codecs.x.key: unknown key"),

@@ -6,6 +6,8 @@ import wsroute
 
 PUBLIC = [
     "BytesCodec",
+    "Client",
+    "ClientOptions",
     "Codec",
     "CodecError",
     "ConfigError",
@@ -23,6 +25,7 @@ PUBLIC = [
     "JsonCodec",
     "Key",
     "Message",
+    "OptionError",
     "Outgoing",
     "PluginError",
     "SendError",
@@ -36,6 +39,7 @@ PUBLIC = [
     "WsrouteError",
     "__version__",
     "check_output_file",
+    "connect",
     "encode_outgoing",
     "make_message",
 ]

@@ -226,7 +226,7 @@ async def test_jsonl_missing_folder_fails_at_start(tmp_path: Path) -> None:
 
 
 def test_jsonl_options_are_validated() -> None:
-    with pytest.raises(ConfigError, match=r"handlers.test: mode must be octal permissions"):
+    with pytest.raises(ConfigError, match=r"handlers.test.mode: must be octal permissions"):
         build_handler("jsonl", {"path": "/tmp/x", "mode": "rw-r--r--"})
     with pytest.raises(ConfigError, match=r"handlers.test.path: missing required key"):
         build_handler("jsonl", {})

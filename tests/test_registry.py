@@ -615,7 +615,7 @@ def test_describe_builtin_handlers() -> None:
     assert options["fsync"] == {
         "name": "fsync",
         "type": "boolean",
-        "default": "false",
+        "default": False,  # typed, not the text "false"
         "doc": options["fsync"]["doc"],
         "required": False,
     }

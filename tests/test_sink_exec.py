@@ -72,7 +72,7 @@ async def started(
 def test_options_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="program not found"):
         build_handler("exec", {"command": ["/nonexistent/tool"]})
-    with pytest.raises(ConfigError, match="command must name a program"):
+    with pytest.raises(ConfigError, match=r"handlers\.test\.command: must name a program"):
         build_handler("exec", {"command": []})
     with pytest.raises(ConfigError, match="max_processes"):
         build_handler("exec", {"command": [sys.executable], "max_processes": 0})

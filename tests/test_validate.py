@@ -9,7 +9,7 @@ from typing import Any, Literal
 import pytest
 
 from wsroute.exceptions import ConfigError, ConfigIssue
-from wsroute.plugin import Duration, Size
+from wsroute.plugin import Duration, OptionError, Size
 from wsroute.validate import (
     INVALID,
     FieldDoc,
@@ -21,6 +21,7 @@ from wsroute.validate import (
     format_duration,
     format_size,
     join_path,
+    option_issue,
     parse_duration,
     parse_size,
 )
@@ -272,8 +273,48 @@ def test_dataclass_reports_every_problem_at_once() -> None:
     }
 
 
-def test_dataclass_post_init_error_is_reported_at_the_table() -> None:
-    assert fails(Outer, {"name": "bad"}, "t") == {"t": "name must not be bad"}
+def test_dataclass_post_init_error_naming_a_field_is_reported_at_the_field() -> None:
+    assert fails(Outer, {"name": "bad"}, "t") == {"t.name": "must not be bad"}
+
+
+@dataclass
+class Checked:
+    limit: int = 1
+    other: int = 0
+    restart: Inner | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit == 0:
+            raise OptionError("limit", "must be above 0")
+        if self.limit == -1:
+            raise ValueError("limit: must not be negative")
+        if self.limit == 2:
+            raise OptionError("restart.size", "is too small for limit 2")
+        if self.limit == 3:
+            raise ValueError("restart.size must be 3 for limit 3")
+        if self.limit == 4:
+            raise ValueError("limit and other must not be 4 together")
+        if self.limit == 5:
+            raise ValueError("the combination is wrong")
+
+
+def test_option_error_and_leading_field_names_give_the_key_path() -> None:
+    assert fails(Checked, {"limit": 0}, "handlers.alarm") == {
+        "handlers.alarm.limit": "must be above 0"
+    }
+    assert fails(Checked, {"limit": -1}, "h") == {"h.limit": "must not be negative"}
+    assert fails(Checked, {"limit": 2}, "h") == {"h.restart.size": "is too small for limit 2"}
+    assert fails(Checked, {"limit": 3}, "h") == {"h.restart.size": "must be 3 for limit 3"}
+    # About two keys, or about none: left at the table.
+    assert fails(Checked, {"limit": 4}, "h") == {"h": "limit and other must not be 4 together"}
+    assert fails(Checked, {"limit": 5}, "h") == {"h": "the combination is wrong"}
+
+
+def test_option_issue_of_an_error_raised_outside_a_dataclass() -> None:
+    # A codec constructor's OptionError: the key path without a dataclass to look at.
+    issue = option_issue(None, "codecs.x", OptionError("header", "bad format"))
+    assert (issue.path, issue.message) == ("codecs.x.header", "bad format")
+    assert option_issue(None, "codecs.x", ValueError("header bad")).path == "codecs.x"
 
 
 def test_dataclass_needs_a_table() -> None:

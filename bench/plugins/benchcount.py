@@ -106,6 +106,7 @@ class Count:
         latency: bool = False  # record now - body["ts"] per message
         delay: float = 0.0  # seconds to sleep per message (a slow handler)
         every: int = 0  # with delay: a progress line every this many messages
+        read: bool = False  # read message.body (builds a lazy body), as most handlers do
 
     def __init__(self, options: Options, ctx: HandlerContext) -> None:
         self.tally = Tally(
@@ -113,9 +114,13 @@ class Count:
         )
         self.delay = options.delay
         self.latency = options.latency
+        self.read = options.read
+        self.bodies = 0
 
     async def handle(self, message: Message) -> None:
         tally = self.tally
+        if self.read and message.body is not None:
+            self.bodies += 1
         if self.latency:
             tally.record(message.body["ts"])
         if self.delay:

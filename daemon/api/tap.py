@@ -163,7 +163,7 @@ class TapClient:
                     data = _encoder.encode({"event": "tap_dropped", "count": item})
                 else:
                     message, targets = item
-                    out = record(message)
+                    out = record(message, verbatim=True)
                     out["handlers"] = [runner.name for runner in targets]
                     data = _encoder.encode(out)
                 await ws.send(data, text=True)

@@ -5,6 +5,7 @@ One concept per module:
 - :mod:`.schema`: the dataclasses a config becomes, what the daemon consumes;
 - :mod:`.load`: :func:`load` / :func:`loads`, text to a valid :class:`Config`
   in passes, or one :class:`~wsroute.exceptions.ConfigError` listing every problem;
+  :func:`load_partial`, the valid part of a broken file (for the plugin phase);
 - :mod:`.secret_values`: the values the logs must mask;
 - :mod:`.issues`: problems reworded for the user (key paths, lines, no secrets);
 - :mod:`.lint`: warnings, what is valid but most likely a mistake;
@@ -19,7 +20,7 @@ are re-exported here so that nothing imports a module of the package directly.
 
 from ..exceptions import ConfigError
 from .lines import line_of
-from .load import load, loads
+from .load import load, load_partial, loads
 from .lookup import codec_reference, unchanged_connections, unchanged_sources
 from .paths import split_path
 from .reference import reference_markdown
@@ -71,6 +72,7 @@ __all__ = [
     "codec_reference",
     "line_of",
     "load",
+    "load_partial",
     "loads",
     "parse_listen",
     "reference_markdown",

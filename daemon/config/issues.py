@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-import types
-import typing
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 from ..exceptions import ConfigIssue
 from ..interpolate import Expansion
 from ..validate import _show as show_value
-from ..validate import join_path
 from .lines import line_in, line_index
-from .paths import split_path, within
-from .schema import Config
+from .paths import within
 
 
 def without_follow_ups(issues: list[ConfigIssue], failed: Mapping[str, str]) -> list[ConfigIssue]:
@@ -52,11 +46,14 @@ def without_follow_ups(issues: list[ConfigIssue], failed: Mapping[str, str]) -> 
 def finish(
     issues: Iterable[ConfigIssue], text: str, expansions: Sequence[Expansion]
 ) -> list[ConfigIssue]:
-    """Key paths refined, secrets redacted, one line each, line numbers added, sorted by line."""
+    """Secrets redacted, one line each, line numbers added, sorted by line.
+
+    (A ``__post_init__`` complaint about one key is already at that key's path:
+    :func:`~wsroute.validate.option_issue`.)
+    """
     index = line_index(text)
     done = []
     for issue in issues:
-        issue = _refine_path(issue)
         message = _redact(issue, expansions)
         message = " ".join(message.split("\n"))
         line = issue.line if issue.line is not None else line_in(index, issue.path)
@@ -85,54 +82,3 @@ def _redact(issue: ConfigIssue, expansions: Sequence[Expansion]) -> str:
             if len(piece) >= 4:
                 message = message.replace(piece, "***")
     return message
-
-
-def _refine_path(issue: ConfigIssue) -> ConfigIssue:
-    """Move a ``__post_init__`` complaint about one key to that key's path.
-
-    ``connections.x.reconnect: max must not be below initial`` becomes
-    ``connections.x.reconnect.max: must not be below initial``.
-    """
-    cls = _dataclass_at(issue.path)
-    if cls is None:
-        return issue
-    match = re.match(r"(\w+)(:? )", issue.message)
-    if not match or match.group(1) not in {f.name for f in dataclasses.fields(cls)}:
-        return issue
-    return dataclasses.replace(
-        issue, path=join_path(issue.path, match.group(1)), message=issue.message[match.end() :]
-    )
-
-
-def _dataclass_at(path: str) -> type | None:
-    """The schema dataclass that describes the table at ``path``, if any."""
-    if not path:
-        return None
-    tp: Any = Config
-    for part in split_path(path):
-        tp = _child_type(_table_arm(tp), part)
-        if tp is None:
-            return None
-    tp = _table_arm(tp)
-    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
-
-
-def _table_arm(tp: Any) -> Any:
-    """``StructSection | None`` → ``StructSection``; other annotations unchanged."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        tables = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
-        if len(tables) == 1:
-            return tables[0]
-    return tp
-
-
-def _child_type(tp: Any, part: str | int) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return typing.get_type_hints(tp).get(part) if isinstance(part, str) else None
-    if origin is dict and isinstance(part, str):
-        return args[1]
-    if origin is list and isinstance(part, int):
-        return args[0]
-    return None

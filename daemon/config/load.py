@@ -20,9 +20,10 @@ from typing import Any
 from ..exceptions import ConfigError, ConfigIssue
 from ..interpolate import interpolate
 from ..logging import register_secrets
+from ..validate import INVALID, convert, did_you_mean, join_path
 from ..validate import _show as show_value
-from ..validate import convert, did_you_mean, join_path
 from .issues import finish, without_follow_ups
+from .lines import line_index
 from .lint import warnings_of
 from .schema import (
     DELIVERY_KEYS,
@@ -48,6 +49,25 @@ def load(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = No
     Relative ``${file:...}`` paths start from the file's folder.
     """
     name = os.fspath(path)
+    return loads(_read(name), path=name, environ=environ)
+
+
+def load_partial(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+) -> tuple[Config | None, list[ConfigIssue]]:
+    """:func:`load` without raising: the valid part of the file, and its problems.
+
+    For reporting every problem at once across phases: the plugin phase can
+    still check the tables that passed this one. The config holds only the
+    tables that converted (``None`` when not even ``[daemon]`` did, or the file
+    cannot be read); it is never run. Reading errors are a :class:`ConfigError`.
+    """
+    name = os.fspath(path)
+    text = _read(name)
+    return _parse(text, name, environ)
+
+
+def _read(name: str) -> str:
     try:
         with open(name, "rb") as fh:
             data = fh.read()
@@ -57,13 +77,12 @@ def load(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = No
             source=name,
         ) from exc
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ConfigError(
             [ConfigIssue("", f"not UTF-8 text (byte {exc.start})", line=line)], source=name
         ) from exc
-    return loads(text, path=name, environ=environ)
 
 
 def loads(
@@ -76,21 +95,31 @@ def loads(
     ends up in ``Config.warnings``. Loading the same text twice gives equal
     configs (dataclass equality), which is how a reload finds what changed.
     """
+    config, issues = _parse(text, path, environ)
+    if issues or config is None:
+        raise ConfigError(issues, source=path)
+    config.warnings = finish(warnings_of(config), text, ())
+    return config
+
+
+def _parse(
+    text: str, path: str | None, environ: Mapping[str, str] | None
+) -> tuple[Config | None, list[ConfigIssue]]:
+    """The config (partial when there are issues) and every issue, finished."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([_syntax_issue(exc, text)], source=path) from exc
+        return None, [_syntax_issue(exc, text)]
     base_dir = os.path.dirname(os.path.abspath(path)) if path else None
     expanded = interpolate(document, os.environ if environ is None else environ, base_dir=base_dir)
     register_secrets(resolved_secrets(expanded))
     build_issues: list[ConfigIssue] = []
     config = _build(expanded.document, build_issues)
     issues = expanded.issues + without_follow_ups(build_issues, expanded.failed)
-    if issues or config is None:
-        raise ConfigError(finish(issues, text, expanded.expansions), source=path)
-    config.path = path
-    config.warnings = finish(warnings_of(config), text, ())
-    return config
+    if config is not None:
+        config.path = path
+        config.lines = line_index(text)
+    return config, finish(issues, text, expanded.expansions)
 
 
 def _syntax_issue(exc: tomllib.TOMLDecodeError, text: str) -> ConfigIssue:
@@ -112,7 +141,7 @@ def _syntax_issue(exc: tomllib.TOMLDecodeError, text: str) -> ConfigIssue:
 
 
 def _build(document: dict[str, Any], issues: list[ConfigIssue]) -> Config | None:
-    """Types and references; ``None`` when anything is wrong (``issues`` says what)."""
+    """Types and references. With ``issues``, a partial config (``None`` if ``[daemon]`` failed)."""
     for key in document:
         if key not in SECTIONS:
             issues.append(
@@ -142,16 +171,21 @@ def _build(document: dict[str, Any], issues: list[ConfigIssue]) -> Config | None
         for name, table in tables["sources"].items()
     }
     _check_references(document, tables, issues)
-    if issues:
+    if daemon is INVALID:
         return None
+    # With issues, only the tables that converted: the plugin phase checks those too.
     return Config(
         daemon=daemon,
-        connections=connections,
-        codecs=codecs,
-        routes=routes,
-        handlers=handlers,
-        sources=sources,
+        connections=_valid(connections),
+        codecs=_valid(codecs),
+        routes=_valid(routes),
+        handlers=_valid(handlers),
+        sources=_valid(sources),
     )
+
+
+def _valid(tables: dict[str, Any]) -> dict[str, Any]:
+    return {name: table for name, table in tables.items() if table is not INVALID}
 
 
 def _named_tables(
@@ -198,6 +232,18 @@ def _handler_section(table: dict[str, Any], path: str, issues: list[ConfigIssue]
     ours = ("plugin", *DELIVERY_KEYS)
     fields = {k: v for k, v in table.items() if k in ours}
     fields["options"] = {k: v for k, v in table.items() if k not in ours}
+    batch = fields.get("batch")
+    if isinstance(batch, int) and not isinstance(batch, bool):
+        # `batch = N` was the redis sink's own option (entries per round trip) before
+        # the daemon's batching took the key: say what to write now.
+        del fields["batch"]
+        issues.append(
+            ConfigIssue(
+                join_path(path, "batch"),
+                f"expected a table, got {batch}: write batch = {{ max = {batch}, wait = "
+                '"20ms" } (up to max messages per handle_batch() call)',
+            )
+        )
     return convert(HandlerSection, fields, path, issues)
 
 

@@ -14,9 +14,11 @@ import re
 from importlib import resources
 
 from ..validate import FieldDoc, field_docs
+from .cases import ExpectTable, FrameTable, TestCase
 from .schema import (
     BUILTIN_CODECS,
     ApiSection,
+    CloseFrameSection,
     CodecSection,
     ConnectionSection,
     DaemonSection,
@@ -45,10 +47,14 @@ SECTIONS: dict[str, type] = {
     "StructSection": StructSection,
     "ExpectSection": ExpectSection,
     "EverySection": EverySection,
+    "CloseFrameSection": CloseFrameSection,
     "CodecSection": CodecSection,
     "RouteSection": RouteSection,
     "HandlerSection": HandlerSection,
     "SourceSection": SourceSection,
+    "TestCase": TestCase,
+    "FrameTable": FrameTable,
+    "ExpectTable": ExpectTable,
 }
 
 # Where a generated type name would read badly.
@@ -57,6 +63,10 @@ _TYPE_TEXT = {
     (ExpectSection, "key"): "route key (string, integer, number, boolean)",
     (StepSection, "json"): "any TOML value",
     (EverySection, "json"): "any TOML value",
+    (CloseFrameSection, "json"): "any TOML value",
+    (FrameTable, "json"): "any TOML value",
+    (ExpectTable, "key"): "route key (string, integer, number, boolean)",
+    (ExpectTable, "body"): "any TOML value",
 }
 
 # A note to whoever edits the template, left out of the output.

@@ -33,6 +33,7 @@ DELIVERY_KEYS = (
     "timeout",
     "retries",
     "dead_letter",
+    "batch",
 )
 LIFECYCLE_KEYS = ("$connected", "$disconnected")
 
@@ -283,6 +284,19 @@ class EverySection(_FrameFields):
             )
 
 
+@dataclass
+class CloseFrameSection(_FrameFields):
+    """One ``[[connections.NAME.on_close]]``: a frame sent before a deliberate close."""
+
+    def __post_init__(self) -> None:
+        kinds = self._frame_kinds()
+        if len(kinds) != 1:
+            raise ValueError(
+                "a closing frame is exactly one of: json, struct (+ json), text, raw"
+                + (f"; got {' and '.join(kinds)}" if kinds else "")
+            )
+
+
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
@@ -342,6 +356,12 @@ class ConnectionSection:
         "Steps replayed in order after every (re)connect.", default_factory=list
     )
     every: list[EverySection] = _doc("Periodic frames while connected.", default_factory=list)
+    on_close: list[CloseFrameSection] = _doc(
+        "Frames sent in order before a deliberate close (daemon stop, a reload that "
+        "restarts this connection, a library close()), then the close frame; never when "
+        "the peer is already gone. All of them within close_timeout.",
+        default_factory=list,
+    )
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("ws://", "wss://")):
@@ -432,6 +452,24 @@ class RouteSection:
 
 
 @dataclass
+class BatchSection:
+    """A handler's ``batch = { max = N, wait = "20ms" }``: how its ``handle_batch`` is fed."""
+
+    max: int = _doc("Most messages in one handle_batch() call.", default=100)
+    wait: Duration = _doc(
+        "How long a worker holding fewer than max messages waits for more before it "
+        "calls handle_batch(); 0 sends what is queued at once.",
+        default=Duration(0.02),
+    )
+
+    def __post_init__(self) -> None:
+        if self.max < 1:
+            raise ValueError(f"max must be at least 1, got {self.max}")
+        if self.wait < 0:
+            raise ValueError(f"wait must not be negative, got {self.wait}")
+
+
+@dataclass
 class HandlerSection:
     """``[handlers.NAME]``: a handler plugin, its options and its delivery settings."""
 
@@ -454,6 +492,12 @@ class HandlerSection:
     retries: int = _doc("Attempts after the first, with backoff, before dead-lettering.", default=3)
     dead_letter: str | None = _doc(
         "Handler for what this one gives up on (default: [daemon] dead_letter).", default=None
+    )
+    batch: BatchSection | None = _doc(
+        "Deliver in batches to the plugin's handle_batch(messages): "
+        '{ max = 100, wait = "20ms" }. Only for a plugin that has handle_batch; '
+        "timeout bounds each call, retries and dead letters stay per message.",
+        default=None,
     )
     options: dict[str, Any] = field(
         default_factory=dict, metadata={"doc": "The plugin's own options."}
@@ -509,6 +553,8 @@ class Config:
     path: str | None = None
     #: What is legal but probably a mistake (a handler nothing feeds). Not part of equality.
     warnings: list[ConfigIssue] = field(default_factory=list, compare=False)
+    #: Key path → the line of the text that sets it, for the plugin phase's errors.
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
 
 #: The top-level tables of a config file.

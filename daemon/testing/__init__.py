@@ -38,6 +38,8 @@ only import path a test should use):
 - ``context``: :class:`RecordingContext` and :func:`message`, no daemon at all;
 - ``build``: :func:`build_handler`, :func:`run_handler`, :func:`build_codec`,
   :func:`decode`, :func:`decode_all`, through the daemon's own validation;
+- ``delivery``: :func:`deliver` and :class:`Delivery`: messages through the
+  daemon's delivery (queue, ``handle_batch``, retries, timeouts, dead letters);
 - ``waiting``: :func:`wait_until` and :func:`free_port`;
 - ``upstream``: :class:`ScriptedUpstream`, :class:`Recorder` and the
   ``Upstream`` protocol;
@@ -57,6 +59,7 @@ import contextlib
 from .build import build_codec, build_handler, decode, decode_all, run_handler
 from .context import RecordingContext, message
 from .daemon import Daemon, run_daemon
+from .delivery import Delivery, deliver
 from .outage import Outage, run_outage
 from .upstream import Recorder, ScriptedUpstream
 from .waiting import free_port, wait_until
@@ -68,6 +71,7 @@ with contextlib.suppress(ImportError):
 
 __all__ = [
     "Daemon",
+    "Delivery",
     "Outage",
     "Recorder",
     "RecordingContext",
@@ -76,6 +80,7 @@ __all__ = [
     "build_handler",
     "decode",
     "decode_all",
+    "deliver",
     "free_port",
     "message",
     "run_daemon",
