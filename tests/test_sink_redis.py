@@ -16,11 +16,14 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from structlog.testing import capture_logs
 
 from wsroute import ConfigError, DeadLetter, Message
 from wsroute.plugins.redis.batcher import Batcher, PipelineError
 from wsroute.plugins.redis.entry import encode_entry
+from wsroute.plugins.redis.roundtrip import round_trip
 from wsroute.plugins.redis.sink import RedisHandler
 from wsroute.records import parse_record
 from wsroute.testing import (
@@ -278,7 +281,7 @@ async def test_concurrent_calls_share_round_trips(redis_server: RedisServer) -> 
         await handler.stop()
     async with client(redis_server) as redis:
         assert await redis.xlen("batch") == 200
-    assert handler.batches < 200
+    assert handler.round_trips < 200
 
 
 @needs_redis
@@ -324,6 +327,36 @@ async def test_server_down_at_start_is_only_logged(redis_server: RedisServer) ->
         await handler.handle(message(None, raw=b"x"))  # recovers with the server
     finally:
         await handler.stop()
+
+
+# --------------------------------------------------------------------------- round_trip
+
+
+@needs_redis
+@pytest.mark.anyio
+async def test_round_trip_puts_each_reply_in_its_place(redis_server: RedisServer) -> None:
+    async with client(redis_server) as redis:
+        commands = [("SET", "k", "v"), ("XADD", "k", "*", "f", b"v"), ("GET", "k"), ("INCR", "n")]
+        replies = await round_trip(redis, commands)
+        assert replies[0] == b"OK"
+        assert isinstance(replies[1], ResponseError)  # WRONGTYPE: that command alone
+        assert replies[2:] == [b"v", 1]
+        # The connection went back to the pool in step: the next round trip reads its own.
+        assert await round_trip(redis, [("GET", "k"), ("INCR", "n")]) == [b"v", 2]
+
+
+@needs_redis
+@pytest.mark.anyio
+async def test_round_trip_fails_while_redis_is_down_and_works_once_it_is_back(
+    redis_server: RedisServer,
+) -> None:
+    async with client(redis_server) as redis:
+        assert await round_trip(redis, [("INCR", "n")]) == [1]
+        redis_server.stop()
+        with pytest.raises(RedisConnectionError):
+            await round_trip(redis, [("INCR", "n")], retry_stale=True)
+        redis_server.start()  # no persistence: n starts over
+        assert await round_trip(redis, [("INCR", "n")], retry_stale=True) == [1]
 
 
 # --------------------------------------------------------------------------- the daemon, an outage

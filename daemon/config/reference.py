@@ -10,7 +10,9 @@ the code. docs/config.md is the output; a test fails when they differ.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from importlib import resources
 
 from ..validate import FieldDoc, field_docs
@@ -94,6 +96,8 @@ def render(template: str) -> str:
         kind, name = match.group(1), match.group(2)
         if kind == "builtin_codecs" and name is None:
             return ", ".join(f"`{c}`" for c in BUILTIN_CODECS)
+        if kind == "builtin_plugins" and name is None:
+            return _builtin_plugins()
         if kind == "keys" and name in SECTIONS:
             documented.append(name)
             return _table(SECTIONS[name])
@@ -105,6 +109,66 @@ def render(template: str) -> str:
     if missing or twice:
         raise ValueError(f"{TEMPLATE}: key tables missing {missing}, repeated {twice}")
     return text.rstrip("\n") + "\n"
+
+
+#: What each kind's table is called, and the key that names the plugin in it.
+_KINDS = {
+    "handler": ("[handlers.NAME]", "plugin"),
+    "codec": ("[codecs.NAME]", "type"),
+    "source": ("[sources.NAME]", "type"),
+}
+#: The extra of ``wsroute`` that installs a built-in's client library, by its module.
+_EXTRAS = {"redis": "redis", "nats": "nats", "jetstream": "nats", "webhook": "webhook"}
+
+
+def _builtin_plugins() -> str:
+    """A subsection per built-in plugin: what it is, and its options (nested tables too).
+
+    Only the plugins of wsroute itself, whatever else is installed, so the
+    reference is the same on every machine; a built-in whose client library is
+    missing here fails the rendering (the reference needs the dev extras).
+    """
+    from ..registry import Registry
+
+    infos = [info for info in Registry.discover().all() if info.origin == "built-in"]
+    parts = []
+    for kind, (table, key) in _KINDS.items():
+        for info in sorted((i for i in infos if i.kind == kind), key=lambda i: i.name):
+            if info.error is not None:
+                raise ValueError(f"built-in {kind} plugin {info.name!r}: {info.error}")
+            module = info.target.partition(":")[0].split(".")
+            extra = next((_EXTRAS[m] for m in module if m in _EXTRAS), None)
+            heading = f"### {kind} `{info.name}`"
+            where = f'`{key} = "{info.name}"` in a `{table}` table'
+            lines = [
+                heading,
+                "",
+                f"{info.doc} ({where}" + (f"; extra `{extra}`)" if extra else ")"),
+            ]
+            if info.options is None:
+                lines += ["", "No options."]
+            else:
+                lines += _option_tables(info.options, "")
+            parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def _option_tables(cls: type, prefix: str) -> list[str]:
+    """A key table of ``cls``, then one per nested table option, headed by its dotted key."""
+    lines = ["", _table(cls)]
+    for doc in field_docs(cls):
+        nested = _nested(cls, doc.name)
+        if nested is not None:
+            lines += ["", f"`{prefix}{doc.name}`:", *_option_tables(nested, f"{prefix}{doc.name}.")]
+    return lines
+
+
+def _nested(cls: type, name: str) -> type | None:
+    """The dataclass of option ``name`` when it is a table (``X`` or ``X | None``)."""
+    hint = typing.get_type_hints(cls)[name]
+    arms = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    tables = [a for a in arms if isinstance(a, type) and dataclasses.is_dataclass(a)]
+    return tables[0] if len(arms) == 1 and tables else None
 
 
 def _table(cls: type) -> str:

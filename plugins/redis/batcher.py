@@ -1,8 +1,9 @@
 """Many concurrent calls, one round trip: the ``redis`` sink's :class:`Batcher`.
 
-With ``concurrency = N`` the daemon's workers call a sink's ``handle()`` at
-once; the sink submits each call's item here and one of the callers flushes
-everything waiting in one pipelined round trip.
+With ``concurrency = N`` and no ``batch`` key the daemon's workers call a sink's
+``handle()`` at once; the sink submits each call's item here and one of the
+callers flushes everything waiting in one pipelined round trip. (With ``batch``
+the daemon hands the sink whole lists through ``handle_batch`` instead.)
 
 Invariants: one flush runs at a time; items are flushed oldest first, at most
 ``max_items`` per flush; every caller returns only once its own item was
@@ -27,11 +28,10 @@ class PipelineError(RuntimeError):
 
 
 class _Slot:
-    __slots__ = ("at", "done", "error", "item", "result", "sent")
+    __slots__ = ("done", "error", "item", "result", "sent")
 
-    def __init__(self, item: Any, at: float) -> None:
+    def __init__(self, item: Any) -> None:
         self.item = item
-        self.at = at
         self.sent = False
         self.done = False
         self.result: Any = None
@@ -42,11 +42,10 @@ class Batcher:
     """Collects concurrent :meth:`submit` calls into one ``flush`` of everything waiting.
 
     One flush runs at a time. A caller that finds none running sends up to
-    ``max_items`` of the items queued so far, oldest first; before that it waits
-    until the oldest item has waited ``delay`` or ``max_items`` are queued,
-    whichever comes first. The others wait for that flush to end (all woken at
-    once, not handed a lock one by one) and find their item done, or one of them
-    sends the next batch. ``flush(items)`` returns one result per item, an
+    ``max_items`` of the items queued so far, oldest first, after letting the
+    callers the last flush woke queue their next items. The others wait for that
+    flush to end (all woken at once, not handed a lock one by one) and find their
+    item done, or one of them sends the next batch. ``flush(items)`` returns one result per item, an
     ``Exception`` instance for an item that failed on its own.
     """
 
@@ -55,22 +54,17 @@ class Batcher:
         flush: Callable[[list[Any]], Awaitable[Sequence[Any]]],
         *,
         max_items: int = 0,
-        delay: float = 0.0,
     ) -> None:
         self._flush = flush
         self._max = max_items if max_items > 0 else 1 << 62
-        self._delay = delay
         self._sending: anyio.Event | None = None  # set when the flush under way ends
         self._queue: list[_Slot] = []
-        self._full: anyio.Event | None = None
         self.flushes = 0
 
     async def submit(self, item: Any) -> Any:
         """Send ``item`` with whatever else is waiting; its result, or raise its error."""
-        slot = _Slot(item, anyio.current_time() if self._delay > 0 else 0.0)
+        slot = _Slot(item)
         self._queue.append(slot)
-        if self._full is not None and len(self._queue) >= self._max:
-            self._full.set()
         try:
             while not slot.done:
                 if self._sending is not None:
@@ -94,23 +88,10 @@ class Batcher:
         return slot.result
 
     async def _fill(self) -> None:
-        """Wait until the oldest item has waited ``delay`` or a whole batch is queued."""
-        if len(self._queue) >= self._max:
-            return
-        if self._delay <= 0:
-            # Let the callers the last flush woke take their next item first: they
-            # join this batch instead of waiting for the next.
+        """Let the callers the last flush woke take their next item first: they join
+        this batch instead of waiting for the next."""
+        if len(self._queue) < self._max:
             await anyio.lowlevel.checkpoint()
-            return
-        left = self._queue[0].at + self._delay - anyio.current_time()
-        if left <= 0:
-            return
-        self._full = anyio.Event()
-        try:
-            with anyio.move_on_after(left):
-                await self._full.wait()
-        finally:
-            self._full = None
 
     async def _send(self) -> Exception | None:
         """Flush the oldest ``max_items``; the flush's own exception if it raised one."""

@@ -29,6 +29,11 @@ Invariants:
   :func:`decode_message` of a ``kind = "message"`` entry gives back the record's
   message. Packing is transparent: :func:`unpack_entry` of :func:`pack_entry`
   returns each frame's fields, as Redis returns them, in order.
+- The fast twins write and read the same entries: :func:`encode_entry_bytes`
+  is :func:`encode_entry` with every value as bytes, :func:`pack_entry_bytes`
+  is :func:`pack_entry` of those, and :func:`decode_packed_message` of an item
+  of :func:`unpack_frames` is :func:`decode_message` of the same item of
+  :func:`unpack_entry`.
 - Decoding is lenient with other producers: only ``frame`` is required;
   ``seq`` defaults to 0 and ``received_at`` to the time in the entry ID.
   A malformed entry raises ``ValueError`` (or the codec's ``DecodeError``),
@@ -59,11 +64,15 @@ __all__ = [
     "decode_dead_letter",
     "decode_frame",
     "decode_message",
+    "decode_packed_message",
     "encode_entry",
+    "encode_entry_bytes",
     "id_time",
     "pack_entry",
+    "pack_entry_bytes",
     "undecodable_message",
     "unpack_entry",
+    "unpack_frames",
     "worker_fields",
 ]
 
@@ -77,6 +86,7 @@ KIND_PACK = "pack"
 _key_encoder = msgspec.json.Encoder()
 _pack_encoder = msgspec.msgpack.Encoder()
 _pack_decoder = msgspec.msgpack.Decoder(list[dict[str, bytes]])
+_float_decoder = msgspec.json.Decoder(float)
 
 # -- encoding (the sink) -----------------------------------------------------
 
@@ -117,6 +127,44 @@ def pack_entry(frames: Sequence[Mapping[str, str | bytes]]) -> dict[str, str | b
     return {"kind": KIND_PACK, "count": str(len(items)), "frames": _pack_encoder.encode(items)}
 
 
+def encode_entry_bytes(message: Message) -> dict[str, bytes]:
+    """:func:`encode_entry` with every value the bytes Redis stores: the sink's fast path.
+
+    Its result goes to :func:`pack_entry_bytes` (or to ``XADD``) with nothing
+    left to convert.
+    """
+    raw = message.raw
+    if not raw or message.dead_letter is not None:
+        return {
+            name: value.encode() if isinstance(value, str) else value
+            for name, value in encode_entry(message).items()
+        }
+    fields: dict[str, bytes]
+    if isinstance(raw, str):
+        fields = {"frame": raw.encode(), "kind": _KIND_TEXT}
+    else:
+        fields = {"frame": bytes(raw)}
+    fields["connection"] = message.connection.encode()
+    fields["key"] = _key_encoder.encode(message.key)
+    fields["seq"] = b"%d" % message.seq
+    fields["received_at"] = repr(float(message.received_at)).encode()
+    return fields
+
+
+def pack_entry_bytes(frames: list[dict[str, bytes]]) -> dict[str, bytes]:
+    """:func:`pack_entry` of :func:`encode_entry_bytes` results, values as bytes."""
+    return {
+        "kind": _KIND_PACK,
+        "count": b"%d" % len(frames),
+        "frames": _pack_encoder.encode(frames),
+    }
+
+
+_KIND_TEXT = KIND_TEXT.encode()
+_KIND_MESSAGE = KIND_MESSAGE.encode()
+_KIND_PACK = KIND_PACK.encode()
+
+
 # -- decoding (the source) ---------------------------------------------------
 
 
@@ -127,6 +175,15 @@ def unpack_entry(fields: Mapping[bytes, bytes]) -> list[dict[bytes, bytes]]:
     ``connection``, ``key``, ``seq``, ``received_at``), keyed by bytes as Redis
     returns an entry's fields.
     """
+    return [{name.encode(): value for name, value in f.items()} for f in unpack_frames(fields)]
+
+
+def unpack_frames(fields: Mapping[bytes, bytes]) -> list[dict[str, bytes]]:
+    """:func:`unpack_entry` with the field names as stored in the pack (``str``).
+
+    For :func:`decode_packed_message`: the worker's path, which skips converting
+    every name of every frame.
+    """
     blob = fields.get(b"frames")
     if blob is None:
         raise ValueError("a packed entry without a frames field")
@@ -136,7 +193,7 @@ def unpack_entry(fields: Mapping[bytes, bytes]) -> list[dict[bytes, bytes]]:
         raise ValueError(f"the frames field is not a msgpack array of maps: {exc}") from exc
     if not frames:
         raise ValueError("a packed entry without frames")
-    return [{name.encode(): value for name, value in f.items()} for f in frames]
+    return frames
 
 
 def decode_frame(name: str, entry_id: str, fields: Mapping[bytes, bytes]) -> Frame:
@@ -145,25 +202,7 @@ def decode_frame(name: str, entry_id: str, fields: Mapping[bytes, bytes]) -> Fra
     ``seq`` defaults to 0 and ``received_at`` to the entry ID's time when the
     producer did not write them; ``kind = "text"`` makes the frame a text frame.
     """
-    raw = fields.get(b"frame")
-    if raw is None:
-        raise ValueError("the entry has no frame field")
-    data: bytes | str = raw
-    if fields.get(b"kind") == KIND_TEXT.encode():
-        try:
-            data = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"a text frame that is not UTF-8: {exc}") from exc
-    raw_seq = fields.get(b"seq")
-    raw_time = fields.get(b"received_at")
-    try:
-        seq = int(raw_seq) if raw_seq is not None else 0
-        received_at = float(raw_time) if raw_time is not None else id_time(entry_id)
-    except ValueError as exc:
-        raise ValueError(f"seq or received_at is not a number: {exc}") from exc
-    if not math.isfinite(received_at):
-        raise ValueError(f"received_at is not a finite number: {received_at}")
-    return Frame(name, data, seq, received_at)
+    return _decode_frame(name, entry_id, fields, _BYTE_NAMES)
 
 
 def decode_message(
@@ -180,15 +219,84 @@ def decode_message(
     and an entry written as a dead letter (``reason`` ...) keeps its
     :class:`~wsroute.DeadLetter`.
     """
-    if fields.get(b"kind") == KIND_MESSAGE.encode():
-        record = fields.get(b"frame")
+    return _decode_message(name, entry_id, fields, decode, _BYTE_NAMES)
+
+
+def decode_packed_message(
+    name: str,
+    entry_id: str,
+    frame: Mapping[str, bytes],
+    decode: Callable[[Frame], Message],
+) -> Message:
+    """:func:`decode_message` of one item of :func:`unpack_frames` (its names are ``str``).
+
+    The same as ``decode_message(name, entry_id, item, decode)`` for the item
+    :func:`unpack_entry` returns, without converting the names first.
+    """
+    return _decode_message(name, entry_id, frame, decode, _TEXT_NAMES)
+
+
+# The field names an entry's fields are looked up by: bytes (Redis), or str (a pack's
+# items): frame, kind, seq, received_at, connection, reason.
+_Names = tuple[Any, Any, Any, Any, Any, Any]
+_BYTE_NAMES: _Names = (b"frame", b"kind", b"seq", b"received_at", b"connection", b"reason")
+_TEXT_NAMES: _Names = ("frame", "kind", "seq", "received_at", "connection", "reason")
+
+
+def _decode_frame(name: str, entry_id: str, fields: Mapping[Any, bytes], names: _Names) -> Frame:
+    get = fields.get
+    frame_name, kind_name, seq_name, time_name, _, _ = names
+    raw = get(frame_name)
+    if raw is None:
+        raise ValueError("the entry has no frame field")
+    data: bytes | str = raw
+    if get(kind_name) == _KIND_TEXT:
+        try:
+            data = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"a text frame that is not UTF-8: {exc}") from exc
+    raw_seq = get(seq_name)
+    raw_time = get(time_name)
+    try:
+        seq = int(raw_seq) if raw_seq is not None else 0
+        if raw_time is None:
+            received_at = id_time(entry_id)
+        else:
+            try:  # a quarter of float()'s time for the decimal numbers the sink writes
+                received_at = _float_decoder.decode(raw_time)
+            except msgspec.DecodeError:
+                received_at = float(raw_time)  # other spellings float() takes, or ValueError
+    except ValueError as exc:
+        raise ValueError(f"seq or received_at is not a number: {exc}") from exc
+    if not math.isfinite(received_at):
+        raise ValueError(f"received_at is not a finite number: {received_at}")
+    return Frame(name, data, seq, received_at)
+
+
+def _decode_message(
+    name: str,
+    entry_id: str,
+    fields: Mapping[Any, bytes],
+    decode: Callable[[Frame], Message],
+    names: _Names,
+) -> Message:
+    frame_name, kind_name, _, _, connection_name, reason_name = names
+    if fields.get(kind_name) == _KIND_MESSAGE:
+        record = fields.get(frame_name)
         if record is None:
             raise ValueError("the entry has no frame field")
         message = parse_record(record).replace(connection=name)
     else:
-        message = decode(decode_frame(name, entry_id, fields))
-    message.fields = {**message.fields, **worker_fields(entry_id, fields)}
-    if message.dead_letter is None and b"reason" in fields:
+        message = decode(_decode_frame(name, entry_id, fields, names))
+    # worker_fields(), inlined: this runs once per message a worker handles.
+    extra = {**message.fields, "stream_id": entry_id}
+    connection = fields.get(connection_name)
+    if connection is not None:
+        extra["source_connection"] = connection.decode("utf-8", "replace")
+    message.fields = extra
+    if reason_name in fields and message.dead_letter is None:
+        if names is _TEXT_NAMES:
+            fields = {key.encode(): value for key, value in fields.items()}
         message.dead_letter = decode_dead_letter(fields)
     return message
 
@@ -237,7 +345,7 @@ def undecodable_message(name: str, entry_id: str, fields: Mapping[bytes, bytes])
 def id_time(entry_id: str) -> float:
     """The Unix time in an entry ID (``<milliseconds>-<n>``); 0.0 for other IDs."""
     millis, _, _ = entry_id.partition("-")
-    return int(millis) / 1000 if millis.isdigit() else 0.0
+    return int(millis) / 1000 if millis.isascii() and millis.isdigit() else 0.0
 
 
 def _float_or(value: bytes, default: float) -> float:

@@ -35,7 +35,14 @@ from structlog.typing import FilteringBoundLogger
 if TYPE_CHECKING:
     from .source import StreamStats
 
-__all__ = ["Entries", "GroupCommands", "autoclaim_reply", "describe", "stream_entries"]
+__all__ = [
+    "Entries",
+    "GroupCommands",
+    "autoclaim_reply",
+    "describe",
+    "raw_reply",
+    "stream_entries",
+]
 
 T = TypeVar("T")
 
@@ -151,24 +158,42 @@ class GroupCommands:
 # -- replies -----------------------------------------------------------------
 
 
+def raw_reply(response: Any, **options: Any) -> Any:
+    """A redis-py response callback that keeps the reply as Redis sent it."""
+    return response
+
+
 def stream_entries(reply: Any) -> Entries:
     """XREADGROUP's reply for one stream as ``[(id, fields)]``; ``fields`` ``None``: trimmed.
 
-    RESP2 replies ``[[stream, entries]]``, RESP3 ``{stream: [entries]}``.
+    RESP2 replies ``[[stream, entries]]``, RESP3 ``{stream: [entries]}``; each
+    entry's fields as redis-py parses them (a dict) or as Redis sent them (a
+    flat list: :func:`raw_reply`).
     """
     if not reply:
         return []
     if isinstance(reply, dict):
-        groups = [v[0] if v and isinstance(v[0], list) else v for v in reply.values()]
+        # redis-py wraps each stream's entries in a list of their own; Redis does not.
+        groups = [v[0] if _wrapped(v) else v for v in reply.values()]
     else:
         groups = [item[1] for item in reply]
+    if len(groups) == 1:
+        return _entries(groups[0])
     return [entry for entries in groups for entry in _entries(entries)]
+
+
+def _wrapped(value: Any) -> bool:
+    """``[[entry, ...]]`` rather than ``[entry, ...]`` (an entry is ``[id, fields]``)."""
+    if not value or not isinstance(value[0], list):
+        return False
+    first = value[0]
+    return not first or isinstance(first[0], list | tuple)
 
 
 def autoclaim_reply(reply: Any) -> tuple[str, Entries, list[str]]:
     """XAUTOCLAIM's reply: next cursor, claimed entries, IDs gone from the stream (Redis >= 7)."""
     cursor = _id(reply[0])
-    claimed = list(_entries(reply[1]))
+    claimed = _entries(reply[1])
     deleted = [_id(i) for i in reply[2]] if len(reply) > 2 and reply[2] else []
     return cursor, claimed, deleted
 
@@ -179,14 +204,20 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _entries(items: Iterable[Any]) -> Iterator[tuple[str, dict[bytes, bytes] | None]]:
+def _entries(items: Iterable[Any]) -> Entries:
+    entries: Entries = []
+    append = entries.append
     for item in items:
         if item is None:
             continue
         entry_id, fields = item[0], item[1]
-        if isinstance(fields, list):  # an unparsed field list
-            fields = dict(zip(fields[::2], fields[1::2], strict=True))
-        yield _id(entry_id), fields or None
+        if fields.__class__ is list:  # an unparsed field list: name, value, name, ...
+            pairs = iter(fields)
+            fields = dict(zip(pairs, pairs, strict=False))  # Redis sends pairs
+        append(
+            (entry_id.decode("ascii") if entry_id.__class__ is bytes else entry_id, fields or None)
+        )
+    return entries
 
 
 def _id(value: bytes | str) -> str:

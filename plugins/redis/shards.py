@@ -37,10 +37,14 @@ def shard_stream(template: str, shard: int) -> str:
     return template.replace(SHARD, str(shard))
 
 
-def shard_of(key_json: str, shards: int) -> int:
+def shard_of(key_json: str | bytes, shards: int) -> int:
     """The shard of a route key: CRC-32 of its JSON text (the entry's ``key``) modulo ``shards``.
 
-    Stable across processes and versions, so every ingest daemon (and any other
-    producer) puts one key's frames into the same stream.
+    ``key_json`` as text or as its UTF-8 bytes. Stable across processes and
+    versions, so every ingest daemon (and any other producer) puts one key's
+    frames into the same stream.
     """
-    return zlib.crc32(key_json.encode()) % shards if shards > 1 else 0
+    if shards <= 1:
+        return 0
+    data = key_json.encode() if isinstance(key_json, str) else key_json
+    return zlib.crc32(data) % shards

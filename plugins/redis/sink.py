@@ -6,8 +6,8 @@ client).
 **Stream entries** (``stream = "{ticks}:in"``) are what a ``redis-stream``
 source of a worker daemon reads back (docs/scale-out.md): one entry per frame,
 or with ``pack = N`` up to N frames of one round trip and stream per entry. The
-entry format is :mod:`wsroute.plugins.redis.entry`'s (:func:`encode_entry`,
-:func:`pack_entry`); this module only decides where and how entries are written.
+entry format is :mod:`wsroute.plugins.redis.entry`'s (:func:`encode_entry_bytes`,
+:func:`pack_entry_bytes`); this module only decides where and how entries are written.
 
 Each ``XADD`` trims the stream to about ``max_len`` entries (``MAXLEN ~``), or
 with ``min_age`` drops entries older than that (``MINID ~``; ``max_len`` then
@@ -19,18 +19,27 @@ of ingest daemons store one copy of each frame (:mod:`.dedupe`).
 as JSON. Pub/sub keeps nothing: a message no subscriber was listening for is
 gone, though it counts as handled.
 
+Two ways in, the same writes:
+
+- **``handle_batch(messages)``**, with the handler's ``batch = { max, wait }``
+  delivery key: one pipelined round trip per call, ``pack`` frames per entry
+  within it. Messages Redis refused (or a late frame under ``dedupe = "seq"``)
+  are reported alone in the returned mapping; a round trip cut off (a lost
+  connection, a timeout) fails the whole call.
+- **``handle(message)``**, without ``batch``: the workers' concurrent calls
+  (``concurrency = N``) share one pipeline round trip (:mod:`.batcher`): whoever
+  gets to send takes up to :data:`ROUND_TRIP_MAX` waiting entries, in the order
+  the workers took them. With ``concurrency = 1`` entries are written strictly
+  in order, one round trip each.
+
 Invariants:
 
-- ``handle()`` returns once Redis answered the command for its message (the
-  entry's ID, or ``None`` for a duplicate under ``dedupe``), or raises.
-- Under load the workers' concurrent calls (``concurrency = N``) share one
-  pipeline round trip (:mod:`.batcher`): whoever gets to send takes up to
-  ``batch`` waiting entries, after waiting at most ``flush_delay`` for more to
-  arrive, in the order the workers took them. With ``concurrency = 1`` entries
-  are written strictly in order, one round trip each.
-- Per stream, entries keep the order of the batch (``dedupe = "seq"``: the
+- ``handle()`` returns, and ``handle_batch()`` reports a message handled, only
+  once Redis answered the command that carries it (the entry's ID, or a
+  duplicate under ``dedupe``): a frame counts as handled only once Redis has it.
+- Per stream, entries keep the order of the round trip (``dedupe = "seq"``: the
   order of the upstream's sequence numbers).
-- Delivery is at least once (without ``dedupe``): a batch cut off by a lost
+- Delivery is at least once (without ``dedupe``): a round trip cut off by a lost
   connection fails every message in it, and some of them may already be in the
   stream when the daemon retries them.
 """
@@ -41,7 +50,7 @@ import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
@@ -56,10 +65,15 @@ from wsroute.records import encode_record
 
 from .batcher import Batcher
 from .dedupe import SCRIPTS, DedupeError, dedupe_key, upstream_seq
-from .entry import encode_entry, pack_entry
+from .entry import encode_entry_bytes, pack_entry_bytes
+from .roundtrip import Command, round_trip
 from .shards import SHARD, hash_tag, shard_of, shard_stream
 
-__all__ = ["RedisHandler", "SinkStats"]
+__all__ = ["ROUND_TRIP_MAX", "RedisHandler", "SinkStats"]
+
+#: Entries one round trip of concurrent ``handle()`` calls carries, at most (with
+#: ``handle_batch``, the handler's ``batch.max`` bounds a round trip instead).
+ROUND_TRIP_MAX = 1000
 
 
 @dataclass
@@ -78,7 +92,7 @@ class _Entry:
 
     __slots__ = ("content_key", "fields", "seq", "stream")
 
-    def __init__(self, stream: str, fields: dict[str, str | bytes]) -> None:
+    def __init__(self, stream: str, fields: dict[str, bytes]) -> None:
         self.stream = stream
         self.fields = fields
         self.seq = 0  # dedupe = "seq"
@@ -90,7 +104,8 @@ class RedisHandler:
 
     Stream entries carry the raw frame and ``connection``, ``key``, ``seq``,
     ``received_at``, for worker daemons to consume; a channel gets the JSON
-    record. Concurrent workers share pipelined round trips.
+    record. With the handler's ``batch`` key each ``handle_batch`` call is one
+    pipelined round trip; without it, concurrent ``handle`` calls share them.
     """
 
     @dataclass
@@ -127,20 +142,11 @@ class RedisHandler:
             default=Duration(5.0),
             metadata={"doc": "Socket timeout of connecting and of each round trip."},
         )
-        batch: int = field(
-            default=1000, metadata={"doc": "Entries per pipelined round trip, at most."}
-        )
-        flush_delay: Duration = field(
-            default=Duration(0.0),
-            metadata={
-                "doc": "Let a round trip wait this long at most for more entries to share "
-                "it (with concurrency > 1); 0: send at once."
-            },
-        )
         pack: int = field(
             default=1,
             metadata={
-                "doc": "Frames per stream entry, at most (kind = pack); 1: one frame per entry."
+                "doc": "Frames per stream entry, at most (kind = pack), among those of one "
+                "round trip; 1: one frame per entry."
             },
         )
         shards: int = field(
@@ -179,12 +185,8 @@ class RedisHandler:
                 raise ValueError(f"max_len must not be negative, got {self.max_len}")
             if self.socket_timeout <= 0:
                 raise ValueError("socket_timeout must be above 0")
-            if self.batch < 1:
-                raise ValueError(f"batch must be at least 1, got {self.batch}")
-            if self.flush_delay < 0:
-                raise ValueError("flush_delay must not be negative")
-            if self.pack < 1 or self.pack > self.batch:
-                raise ValueError(f"pack must be from 1 to batch ({self.batch}), got {self.pack}")
+            if self.pack < 1:
+                raise ValueError(f"pack must be at least 1, got {self.pack}")
             if self.shards < 1:
                 raise ValueError(f"shards must be at least 1, got {self.shards}")
             if self.min_age is not None and self.min_age < 0.001:
@@ -245,9 +247,7 @@ class RedisHandler:
         self._ctx = ctx
         self._url_for_logs = redact_url(options.url)
         self._client: aioredis.Redis | None = None
-        self._batcher = Batcher(
-            self._flush, max_items=options.batch, delay=float(options.flush_delay)
-        )
+        self._batcher = Batcher(self._flush, max_items=ROUND_TRIP_MAX)
         stream = options.stream
         self._streams = (
             [shard_stream(stream, n) for n in range(options.shards)] if stream is not None else []
@@ -255,11 +255,8 @@ class RedisHandler:
         self._script = SCRIPTS.get(options.dedupe, "")
         self._sha = hashlib.sha1(self._script.encode()).hexdigest() if self._script else ""
         self.stats = SinkStats()
-
-    @property
-    def batches(self) -> int:
-        """Round trips made so far (each carries one or more messages)."""
-        return self._batcher.flushes
+        #: Round trips made so far (each carries one or more messages).
+        self.round_trips = 0
 
     @property
     def streams(self) -> list[str]:
@@ -294,7 +291,7 @@ class RedisHandler:
             self._ctx.log.info(
                 "sink_totals",
                 streams=len(self._streams),
-                round_trips=self._batcher.flushes,
+                round_trips=self.round_trips,
                 **dataclasses.asdict(self.stats),
             )
         if client is not None:
@@ -302,25 +299,54 @@ class RedisHandler:
 
     async def handle(self, message: Message) -> None:
         """XADD or PUBLISH the message; return once Redis answered (or it was a duplicate)."""
-        options = self.options
-        if not self._streams:
-            await self._batcher.submit(encode_record(message)[:-1])
-            return
-        fields = encode_entry(message)
+        await self._batcher.submit(self._item(message))
+
+    async def handle_batch(self, messages: list[Message]) -> dict[int, BaseException] | None:
+        """XADD or PUBLISH the messages in one pipelined round trip (``pack`` frames per entry).
+
+        Returns the positions of the messages that failed alone (Redis refused
+        their command, a late frame under ``dedupe = "seq"``, a message without
+        its ``dedupe_field``) with their errors, or ``None``; raises when the
+        round trip itself failed, which fails every message of the call.
+        """
+        items: list[Any] = []
+        positions: list[int] = []
+        failures: dict[int, BaseException] = {}
+        for position, message in enumerate(messages):
+            try:
+                items.append(self._item(message))
+            except Exception as exc:  # this message's own problem (no dedupe_field, say)
+                failures[position] = exc
+                continue
+            positions.append(position)
+        if items:
+            results = await self._flush(items)
+            for position, result in zip(positions, results, strict=True):
+                if isinstance(result, Exception):
+                    failures[position] = result
+        return failures or None
+
+    def _item(self, message: Message) -> _Entry | bytes:
+        """What one message becomes: a channel's JSON record, or a stream entry."""
         streams = self._streams
-        key = fields["key"]
-        assert isinstance(key, str)
-        entry = _Entry(streams[shard_of(key, len(streams))], fields)
-        if options.dedupe == "seq":
-            entry.seq = upstream_seq(message, options.dedupe_field)
-        elif options.dedupe == "hash":
-            entry.content_key = dedupe_key(entry.stream, fields)
-        await self._batcher.submit(entry)
+        if not streams:
+            return encode_record(message)[:-1]
+        fields = encode_entry_bytes(message)
+        stream = streams[0] if len(streams) == 1 else streams[shard_of(fields["key"], len(streams))]
+        entry = _Entry(stream, fields)
+        dedupe = self.options.dedupe
+        if dedupe == "seq":
+            entry.seq = upstream_seq(message, self.options.dedupe_field)
+        elif dedupe == "hash":
+            entry.content_key = dedupe_key(stream, fields)
+        return entry
 
     async def _flush(self, items: list[Any]) -> list[Any]:
+        """One round trip for ``items``: one result per item, an ``Exception`` for a failed one."""
         client = self._client
         if client is None:
             raise RuntimeError("the redis handler is not started")
+        self.round_trips += 1
         if not self._streams:
             pipe = client.pipeline(transaction=False)
             assert self.options.channel is not None
@@ -355,6 +381,14 @@ class RedisHandler:
             pipe.xtrim(stream, maxlen=self.options.max_len, approximate=True)
         return len(streams)
 
+    def _xtrims(self, streams: set[str]) -> list[Command]:
+        """:meth:`_add_xtrims`' commands, for :func:`round_trip`."""
+        if self.options.min_age is None or not self.options.max_len:
+            return []
+        return [
+            ["XTRIM", stream, "MAXLEN", "~", self.options.max_len] for stream in sorted(streams)
+        ]
+
     def _check_xtrims(self, replies: list[Any]) -> None:
         for reply in replies:
             if isinstance(reply, Exception):
@@ -364,38 +398,45 @@ class RedisHandler:
     async def _xadd(self, client: aioredis.Redis, items: list[_Entry]) -> list[Any]:
         """Plain XADDs: per stream, in order, ``pack`` frames per entry."""
         strategy, threshold = self._trim()
-        trim: dict[str, Any] = {}
-        if strategy == "MINID":
-            trim = {"minid": threshold, "approximate": True}
-        elif strategy == "MAXLEN":
-            trim = {"maxlen": int(threshold), "approximate": True}
+        head: list[Any] = [strategy, "~", threshold, "*"] if strategy else ["*"]
         pack = self.options.pack
-        by_stream: dict[str, list[int]] = {}
-        for index, item in enumerate(items):
-            by_stream.setdefault(item.stream, []).append(index)
-        pipe = client.pipeline(transaction=False)
-        chunks: list[list[int]] = []
-        for stream, indexes in by_stream.items():
-            for start in range(0, len(indexes), pack):
-                chunk = indexes[start : start + pack]
+        groups: list[tuple[str, list[_Entry]]]
+        if len(self._streams) == 1:
+            groups = [(self._streams[0], items)]
+        else:
+            by_stream: dict[str, list[_Entry]] = {}
+            for item in items:
+                by_stream.setdefault(item.stream, []).append(item)
+            groups = list(by_stream.items())
+        commands: list[Command] = []
+        chunks: list[list[_Entry]] = []
+        for stream, entries in groups:
+            for start in range(0, len(entries), pack):
+                chunk = entries[start : start + pack]
                 chunks.append(chunk)
                 if len(chunk) == 1:
-                    fields = items[chunk[0]].fields
+                    fields = chunk[0].fields
                 else:
-                    fields = pack_entry([items[i].fields for i in chunk])
-                pipe.xadd(stream, cast("dict[Any, Any]", fields), **trim)
-        trims = self._add_xtrims(pipe, set(by_stream))
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+                    fields = pack_entry_bytes([entry.fields for entry in chunk])
+                commands.append(
+                    ("XADD", stream, *head, *[part for pair in fields.items() for part in pair])
+                )
+        trims = self._xtrims({stream for stream, _ in groups})
+        commands.extend(trims)
+        replies = await round_trip(client, commands, retry_stale=True)
         self._check_xtrims(replies[len(chunks) :])
-        results: list[Any] = [None] * len(items)
-        for chunk, reply in zip(chunks, replies[: len(replies) - trims], strict=True):
+        results: list[Any] = []  # in the order of the chunks
+        stats = self.stats
+        for chunk, reply in zip(chunks, replies[: len(chunks)], strict=True):
             if not isinstance(reply, Exception):
-                self.stats.entries += 1
-                self.stats.frames += len(chunk)
+                stats.entries += 1
+                stats.frames += len(chunk)
                 reply = reply.decode() if isinstance(reply, bytes) else reply
-            for index in chunk:
-                results[index] = reply
-        return results
+            results.extend([reply] * len(chunk))
+        if len(groups) == 1:
+            return results
+        by_entry = {id(entry): reply for entry, reply in zip(_flat(chunks), results, strict=True)}
+        return [by_entry[id(item)] for item in items]
 
     async def _run_scripts(self, client: aioredis.Redis, items: list[_Entry]) -> list[Any]:
         """One EVALSHA per entry, in the order of the upstream's sequence for ``seq``."""
@@ -456,6 +497,10 @@ class RedisHandler:
             "be stored in order (the upstream's sequence went back, or this frame was held up "
             "by a retry)"
         )
+
+
+def _flat(chunks: list[list[_Entry]]) -> list[_Entry]:
+    return [entry for chunk in chunks for entry in chunk]
 
 
 def _text(value: Any) -> str:
