@@ -91,7 +91,7 @@ async def test_skips_what_it_cannot_average() -> None:
 
 
 def test_handler_options_are_validated() -> None:
-    with pytest.raises(ConfigError, match="window must be at least 1"):
+    with pytest.raises(ConfigError, match=r"handlers\.test\.window: must be at least 1"):
         build_handler("moving_average", {"window": 0})
     with pytest.raises(ConfigError, match="unknown key"):
         build_handler("moving_average", {"windw": 3})
