@@ -7,7 +7,10 @@ comma-separated list (``bench/run.py --experiment NAMES`` does this):
   collections;
 - ``high_waterN`` (``high_water16``, ``high_water1024``): messages the websockets
   transport lets wait for the reader before it stops reading the socket,
-  instead of wsroute's 64.
+  instead of wsroute's 64;
+- ``read_sizeN`` (``read_size64``, ``read_size256``): KiB the websockets transport
+  reads from the socket at once (parsed in one go), instead of wsroute's 16; 256 is
+  asyncio's own, which wsroute used before 2026-12-06.
 
 Config-level experiments (``timeout0``, ``queue1000``, ``picows``) are applied by
 ``bench/run.py`` to the generated TOML, not here. Earlier experiments went
@@ -32,11 +35,19 @@ def _high_water(size: int) -> None:
     transport.HIGH_WATER = size
 
 
+def _read_size(kib: int) -> None:
+    from wsroute import wire
+
+    wire.READ_SIZE = kib * 1024
+
+
 def apply(names: list[str]) -> None:
     """Patch in the named experiments; an unknown name is an error."""
     for name in names:
         if name == "gc_threshold":
             gc.set_threshold(50_000, 20, 100)
+        elif name.startswith("read_size") and name.removeprefix("read_size").isdigit():
+            _read_size(int(name.removeprefix("read_size")))
         elif name.startswith("high_water") and name.removeprefix("high_water").isdigit():
             _high_water(int(name.removeprefix("high_water")))
         else:

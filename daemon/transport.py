@@ -56,6 +56,7 @@ from websockets.headers import build_authorization_basic
 from websockets.protocol import Event
 from websockets.uri import parse_uri
 
+from . import wire
 from .config import ConnectionSection
 from .net import redact_url
 from .wire import (
@@ -99,8 +100,6 @@ __all__ = [
 #: default). wsroute follows them itself: see :func:`open_transport`.
 MAX_REDIRECTS = 10
 _REDIRECT_STATUSES = frozenset({300, 301, 302, 303, 307, 308})
-# Bytes one socket read takes while permessage-deflate may be on: see _ReadingConnection.
-_COMPRESSED_READ_SIZE = 16 * 1024
 
 _log = structlog.get_logger("wsroute.transport")
 
@@ -316,20 +315,21 @@ class _ReadingConnection(ClientConnection):
     refused: tuple[int, str, Exception] | None
     _parts: list[bytes] | None
     _parts_text: bool
-    _read_size: int | None  # the transport's own read size, restored without deflate
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        # websockets parses and inflates every frame of a socket read before any of
-        # them reaches the reader, so the read size bounds what one data_received can
-        # inflate past the queue bounds: asyncio's 256 KiB of ~1 KiB compressed frames
-        # was ~250 MB of 900 KB messages. 16 KiB: ~20 such frames. Lifted again after
-        # the handshake when no compression was negotiated: then a read holds no more
-        # than it inflates to, and small reads cost a syscall per ~180 small frames.
+        # websockets parses (and inflates) every frame of a socket read in one
+        # data_received, before any of them reaches the reader and with nothing else
+        # running, so the read size bounds two things: what one read can inflate past
+        # the queue bounds (asyncio's 256 KiB of ~1 KiB compressed frames was ~250 MB
+        # of 900 KB messages; 16 KiB: ~20 such frames), and how long the loop is held
+        # (256 KiB of small frames: ~2,800 frames, several milliseconds, during which a
+        # slow handler's timer waits — a drop-oldest handler under a flood got 0.74x
+        # of what the bare loop's slow consumer gets; 16 KiB: ~180 frames, 1.0x).
+        # Measured: no cost in frames/s or CPU per frame (bench/README.md).
         # (asyncio's selector transport only; the attribute is not public.)
-        self._read_size = getattr(transport, "max_size", None)
-        if self._read_size is not None:
-            transport.max_size = _COMPRESSED_READ_SIZE  # type: ignore[attr-defined]
+        if getattr(transport, "max_size", None) is not None:
+            transport.max_size = wire.READ_SIZE  # type: ignore[attr-defined]
         self.inbox = Inbox()
         self.inbox.socket = cast(asyncio.ReadTransport, transport)
         self.taking = True
@@ -345,10 +345,6 @@ class _ReadingConnection(ClientConnection):
         # Once per frame: the whole, unfragmented data frame goes first, inline.
         if self.response is None:  # the handshake's response
             super().process_event(event)
-            # (mypy keeps self.response narrowed to None across the call above)
-            plain = getattr(self, "response", None) is not None and not self.protocol.extensions
-            if plain and self._read_size is not None and self.transport is not None:
-                self.transport.max_size = self._read_size  # type: ignore[attr-defined]
             return
         frame: Frame = event  # type: ignore[assignment]  # after the handshake: frames
         opcode = frame.opcode

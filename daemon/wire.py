@@ -24,6 +24,7 @@ __all__ = [
     "HIGH_WATER",
     "HIGH_WATER_BYTES",
     "MAX_FRAGMENTS",
+    "READ_SIZE",
     "YIELD_EVERY",
     "BadURL",
     "Data",
@@ -47,6 +48,14 @@ HIGH_WATER = 64
 # ... or bytes (frame lengths; characters for text), whichever is reached first: 64
 # messages of 4 KiB are already 256 KiB, and a read parsed at once may hold many more.
 HIGH_WATER_BYTES = 256 * 1024
+#: Bytes one socket read takes on the websockets transport (asyncio's own is 256 KiB).
+#: A read's frames are parsed in one go with nothing else running: 16 KiB is ~180
+#: small frames, a fraction of a millisecond of websockets' parser, so a handler's
+#: timer (a slow handler's sleep) is not held up by the flood being parsed; it costs
+#: nothing measurable in frames/s (bench/README.md). With permessage-deflate it also
+#: bounds what one read inflates past the queue bounds. (picows parses a read several
+#: times faster and caps its reads at 256 KiB: see :mod:`wsroute.transport_picows`.)
+READ_SIZE = 16 * 1024
 # Messages handed to the reader between two explicit yields to the event loop (both
 # transports). Measured with picows: 64 costs less CPU per frame than 16, 128 or never.
 # The yield is asyncio.sleep(0), not anyio's checkpoint(), here and in the handler

@@ -31,6 +31,7 @@ from wsroute.exceptions import ConfigError
 from wsroute.service import Service
 from wsroute.testing import ScriptedUpstream, build_handler, message, run_handler, wait_until
 from wsroute.transport import MAX_FRAGMENTS
+from wsroute.wire import READ_SIZE
 
 import conftest
 from collectors import Collect
@@ -465,6 +466,68 @@ async def test_picows_reads_are_capped_so_its_buffer_cannot_grow_with_a_flood() 
         transport = svc.connections["up"]._ws.transport  # type: ignore[union-attr]
         assert isinstance(transport.get_protocol(), _CappedReads)  # type: ignore[union-attr]
     assert ids() == list(range(1, 30_001))
+
+
+class _CountedReads(asyncio.BufferedProtocol):
+    """A buffered protocol in front of another, recording the bytes of each read."""
+
+    def __init__(self, inner: Any, reads: list[int]) -> None:
+        self.inner = inner
+        self.reads = reads
+
+    def get_buffer(self, sizehint: int) -> Any:
+        return self.inner.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.reads.append(nbytes)
+        self.inner.buffer_updated(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+
+async def test_one_socket_read_is_at_most_read_size_bytes(transport: str) -> None:
+    """A read's frames are parsed in one go with nothing else running: the read size
+    bounds how long a flood holds the loop (a slow handler's timer waits that long)."""
+    if transport == "picows":
+        from wsroute.transport_picows import _MAX_READ as limit
+    else:
+        limit = READ_SIZE
+    burst = b"".join(frame(OP_TEXT, tick(n)) for n in range(1, 30_001))  # ~1 MiB at once
+    assert len(burst) > 3 * limit
+    go = anyio.Event()
+    reads: list[int] = []
+
+    async def peer(session: RawSession) -> None:
+        await go.wait()
+        await session.send(burst)
+        await session.answer_control()
+
+    server = RawServer(peer)
+    async with server.serve() as url, running(config(url, transport)) as svc:
+        await wait_until(lambda: svc.connections["up"].connected)
+        socket: Any = svc.connections["up"]._ws.transport  # type: ignore[union-attr]
+        protocol: Any = socket.get_protocol()
+        # White-box: count what the socket hands the protocol per read.
+        if transport == "picows":
+            socket.set_protocol(_CountedReads(protocol, reads))
+        else:
+            received = protocol.data_received
+
+            def data_received(data: bytes) -> None:
+                reads.append(len(data))
+                received(data)
+
+            protocol.data_received = data_received
+        go.set()
+        await wait_until(lambda: len(Collect.seen["sink"]) == 30_000, timeout=20)
+    assert ids() == list(range(1, 30_001))
+    assert sum(reads) >= len(burst)
+    assert max(reads) <= limit
+    assert len(reads) >= len(burst) // limit
 
 
 # -- handshake -------------------------------------------------------------------------
