@@ -77,6 +77,7 @@ INGEST = """
 [daemon]
 log_level = "warning"
 shutdown_timeout = "5s"
+plugin_paths = {paths}
 
 [connections.up]
 url = "ws://127.0.0.1:{port}/"
@@ -88,11 +89,11 @@ key = 1
 handlers = ["store"]
 
 [handlers.store]
-plugin = "redis"
+plugin = "{sink}"
 url = "{url}"
 stream = "{stream}"
 concurrency = {concurrency}
-batch = {{ max = {batch}, wait = 0 }}
+batch = {{ max = {batch}, wait = "{wait}" }}
 pack = {pack}
 {extra}
 """
@@ -146,10 +147,10 @@ WORKER = """
 [daemon]
 log_level = "warning"
 shutdown_timeout = "5s"
-plugin_paths = [{plugins}]
+plugin_paths = {paths}
 
 [sources.ticks]
-type = "redis-stream"
+type = "{source}"
 url = "{url}"
 stream = "{stream}"
 consumer = "{consumer}"
@@ -203,6 +204,21 @@ REDIS_BATCH = 1000
 # The nats sink publishes one message per handle() and waits for the stream's ack:
 # this many publishes in flight.
 JS_CONCURRENCY = 64
+
+
+@dataclass
+class Variant:
+    """What ``--sink``, ``--source``, ``--plugin-path`` and ``--profile`` chose: the
+    code under test (another copy of the Redis plugins, for an A/B in one sitting)."""
+
+    sink: str = "redis"
+    source: str = "redis-stream"
+    plugin_paths: list[str] = field(default_factory=list)
+    profile: str = ""  # a folder: the ingest and each worker run under cProfile
+    batch_wait: str = "0s"  # the ingest sink's batch.wait
+
+
+VARIANT = Variant()
 
 
 @dataclass(frozen=True)
@@ -362,14 +378,16 @@ def through_redis(
             config = workdir / f"worker{index}.toml"
             config.write_text(
                 WORKER.format(
-                    plugins=json.dumps(str(plugins)),
+                    paths=json.dumps([str(plugins), *VARIANT.plugin_paths]),
+                    source=VARIANT.source,
                     url=server.url,
                     stream=stream,
                     consumer=f"w{index}",
                     codec=CODEC,
                 )
             )
-            worker = Proc([PYTHON, "-m", "wsroute.cli", "run", "-c", str(config)], stderr=errors)
+            argv = [PYTHON, *_profiled(f"{setup.name}-{n}-w{index}")]
+            worker = Proc([*argv, "-m", "wsroute.cli", "run", "-c", str(config)], stderr=errors)
             workers.append(worker)
             procs.append(worker)
         if workers:
@@ -381,17 +399,21 @@ def through_redis(
         config = workdir / "ingest.toml"
         config.write_text(
             INGEST.format(
+                paths=json.dumps(VARIANT.plugin_paths),
+                sink=VARIANT.sink,
                 port=port,
                 url=server.url,
                 stream=stream,
                 concurrency=REDIS_CONCURRENCY,
                 batch=REDIS_BATCH,
+                wait=VARIANT.batch_wait,
                 pack=setup.pack,
                 codec=CODEC,
                 extra=setup.dedupe,
             )
         )
-        ingest = Proc([PYTHON, "-m", "wsroute.cli", "run", "-c", str(config)], stderr=errors)
+        argv = [PYTHON, *_profiled(f"{setup.name}-{n}-ingest")]
+        ingest = Proc([*argv, "-m", "wsroute.cli", "run", "-c", str(config)], stderr=errors)
         procs.append(ingest)
         upstream.expect("connected", 60)
         time.sleep(0.3)  # the handshake settles
@@ -428,12 +450,23 @@ def through_redis(
             for worker in workers:
                 os.kill(worker.pid, signal.SIGTERM)
             worker_totals(setup, result, workers, frames, t0)
+        if VARIANT.profile:  # stopped, not killed: cProfile writes its file at exit
+            ingest.finish(signal.SIGTERM, 30)
+            for worker in workers:
+                worker.finish(signal.SIGTERM, 30)
         stored, entries = stored_frames(client, stream)
         if stored != frames:
             raise RuntimeError(f"{setup.name}: {stored} frames stored, {frames} sent")
         result.entries_per_frame = entries / frames
     client.delete(stream)
     return result
+
+
+def _profiled(name: str) -> list[str]:
+    """``-m cProfile -o FILE`` under ``--profile``'s folder, or nothing."""
+    if not VARIANT.profile:
+        return []
+    return ["-m", "cProfile", "-o", str(Path(VARIANT.profile) / f"{name}.prof")]
 
 
 def start_upstream(setup: Setup, frames: int, errors: Any) -> Proc:
@@ -711,7 +744,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=0, help="runs per setup (3; quick: 1)")
     p.add_argument("--only", default="", help=f"setups: {', '.join(s.name for s in SETUPS)}")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    p.add_argument("--sink", default="redis", help="the ingest's sink plugin (A/B: module:Class)")
+    p.add_argument("--source", default="redis-stream", help="the workers' source type (A/B)")
+    p.add_argument("--plugin-path", action="append", default=[], help="for --sink, --source")
+    p.add_argument(
+        "--profile", default="", help="a folder: cProfile of the ingest and workers (.prof)"
+    )
+    p.add_argument("--batch-wait", default="0s", help="the redis ingest sink's batch.wait (0s)")
     opts = p.parse_args(argv)
+    VARIANT.sink, VARIANT.source = opts.sink, opts.source
+    VARIANT.batch_wait = opts.batch_wait
+    VARIANT.plugin_paths = [str(Path(path).resolve()) for path in opts.plugin_path]
+    VARIANT.profile = str(Path(opts.profile).resolve()) if opts.profile else ""
+    if VARIANT.profile:
+        Path(VARIANT.profile).mkdir(parents=True, exist_ok=True)
     frames = opts.frames or (30_000 if opts.quick else 100_000)
     runs = opts.runs or (1 if opts.quick else 3)
     names = [n for n in opts.only.split(",") if n]
@@ -789,6 +835,7 @@ def write(
         "jetstream_ingest_concurrency": JS_CONCURRENCY,
         "redis_ingest_concurrency": REDIS_CONCURRENCY,
         "redis_ingest_batch": REDIS_BATCH,
+        "redis_ingest_batch_wait": VARIANT.batch_wait,
         "results": [
             {"setup": asdict(setup), "runs": [asdict(r) for r in measured]}
             for setup, measured in rows
@@ -809,7 +856,8 @@ def write(
         f"{importlib.metadata.version('nats-py')}",
         f"- {frames:,} small binary frames (98 bytes) per run, {runs} runs per setup, medians; "
         f"the redis ingest sink runs with concurrency = {REDIS_CONCURRENCY}, batch = "
-        f"{{ max = {REDIS_BATCH}, wait = 0 }}, the nats one with concurrency = {JS_CONCURRENCY}; "
+        f"{{ max = {REDIS_BATCH}, wait = {VARIANT.batch_wait} }}, "
+        f"the nats one with concurrency = {JS_CONCURRENCY}; "
         "Redis with appendonly yes, appendfsync everysec",
         f"- command: `{command}`",
         "",

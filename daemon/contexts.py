@@ -3,14 +3,15 @@
 A :class:`DaemonHandlerContext` is a handler's :class:`~wsroute.HandlerContext`
 (send upstream through a connection's codec, emit, subscribe); a
 :class:`DaemonSourceContext` is a source's :class:`~wsroute.SourceContext`
-(decode, deliver with an acknowledgement, dead-letter). Both look the
-connections and runners up on the :class:`~wsroute.service.Service` at call
-time, so a reload that replaces them is seen at once.
+(decode, deliver with an acknowledgement — a message or a batch — and
+dead-letter). Both look the connections and runners up on the
+:class:`~wsroute.service.Service` at call time, so a reload that replaces them
+is seen at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -87,6 +88,8 @@ class DaemonSourceContext:
         self._log = structlog.get_logger("wsroute.source").bind(source=name)
         self.delivered = 0
         self.settled = 0
+        # decode() is the codec's own, one call less per message.
+        self.decode: Callable[[Frame], Message] = codec.decode
 
     @property
     def in_flight(self) -> int:
@@ -100,9 +103,6 @@ class DaemonSourceContext:
     @property
     def log(self) -> Any:
         return self._log
-
-    def decode(self, frame: Frame) -> Message:
-        return self._codec.decode(frame)
 
     async def deliver(self, message: Message, on_settled: Callable[[], None] | None = None) -> None:
         ack = None
@@ -119,6 +119,26 @@ class DaemonSourceContext:
         pending = self._service.dispatcher.dispatch(message, ack)
         if pending is not None:
             await pending
+
+    async def deliver_many(
+        self, messages: Sequence[Message], on_settled: Callable[[int], None] | None = None
+    ) -> None:
+        # deliver() per message, without its coroutine, closure and Ack keywords: one
+        # _Settled (an Ack) per message calls on_settled(index) itself.
+        dispatch = self._service.dispatcher.dispatch
+        if on_settled is None:
+            for message in messages:
+                self.delivered += 1
+                self.settled += 1  # nothing to wait for
+                pending = dispatch(message, None)
+                if pending is not None:
+                    await pending
+            return
+        for index, message in enumerate(messages):
+            self.delivered += 1
+            pending = dispatch(message, _Settled(self, on_settled, index))
+            if pending is not None:
+                await pending
 
     async def dead_letter(
         self,
@@ -138,6 +158,44 @@ class DaemonSourceContext:
             self._log.error(
                 "message_lost", reason=reason, error=error, seq=message.seq, dead_letter=None
             )
+
+
+class _Settled(Ack):
+    """The :class:`Ack` of message ``index`` of a :meth:`DaemonSourceContext.deliver_many`
+    call: once every target settled it, counts it and calls ``on_settled(index)``.
+
+    Redelivered on shutdown (never settled then), as :meth:`~DaemonSourceContext.deliver`'s.
+    """
+
+    __slots__ = ("index", "on_settled", "source")
+
+    def __init__(
+        self, source: DaemonSourceContext, on_settled: Callable[[int], None], index: int
+    ) -> None:
+        # Ack.__init__'s fields, set directly: this runs once per message.
+        self.pending = 0
+        self.redeliver = True
+        self.released = False
+        self.on_working = None
+        self.source = source
+        self.on_settled = on_settled
+        self.index = index
+
+    @property
+    def callback(self) -> Callable[[], None]:  # type: ignore[override]  # read-only here
+        """What a plain :class:`Ack` stores (the dispatcher calls it for an unmatched message)."""
+        return self._fire
+
+    def done(self) -> None:
+        self.pending -= 1
+        if self.pending == 0 and not self.released:
+            # self._fire(), inlined: this runs once per message.
+            self.source.settled += 1
+            self.on_settled(self.index)
+
+    def _fire(self) -> None:
+        self.source.settled += 1
+        self.on_settled(self.index)
 
 
 def outgoing(**kwargs: Any) -> Outgoing:

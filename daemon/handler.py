@@ -585,17 +585,22 @@ class HandlerRunner:
             else:
                 started[index] = math.inf
                 failed, errors = [], []
-                if failures:
+                if not failures:  # the usual case: the whole batch handled
+                    stats.handled += len(batch)
+                    if self.acks:
+                        for message in batch:
+                            self._settle(message)
+                else:
                     for position, problem in failures.items():
                         if 0 <= position < len(batch):
                             failed.append(batch[position])
                             errors.append(_describe(problem))
-                if len(failed) < len(batch):
-                    gone = {id(m) for m in failed}
-                    for message in batch:
-                        if id(message) not in gone:
-                            stats.handled += 1
-                            self._settle(message)
+                    if len(failed) < len(batch):
+                        gone = {id(m) for m in failed}
+                        for message in batch:
+                            if id(message) not in gone:
+                                stats.handled += 1
+                                self._settle(message)
             if failed:
                 self._batch_failed(index, failed, errors, "handler_error")
                 backlog = self._backlog()

@@ -493,7 +493,14 @@ class Issue:
 
 
 class SourceContext(Protocol):
-    """What a source gets from the daemon: decoding, routing with acknowledgement, dead letters."""
+    """What a source gets from the daemon: decoding, routing with acknowledgement, dead letters.
+
+    Messages are routed one at a time with :meth:`deliver`, or a batch at a
+    time with :meth:`deliver_many` (what one read from the upstream returned:
+    one call, one settle callback, no per-message coroutine). Either way a
+    message's ``on_settled`` runs once every handler settled it, and never for
+    one left unfinished at shutdown.
+    """
 
     @property
     def name(self) -> str:
@@ -517,6 +524,23 @@ class SourceContext(Protocol):
         dropped or matched no route: then the source may acknowledge it upstream.
         It is never called for a message still queued or in flight at shutdown:
         that one stays unacknowledged and is delivered again later.
+        """
+        ...
+
+    async def deliver_many(
+        self, messages: Sequence[Message], on_settled: Callable[[int], None] | None = None
+    ) -> None:
+        """Route ``messages`` in order, as :meth:`deliver` would one by one; for a batch.
+
+        ``on_settled(index)`` is called once ``messages[index]`` settled, as
+        :meth:`deliver`'s ``on_settled`` is — in any order across messages (each
+        goes to its own handlers), at most once per index, never for a message
+        still queued or in flight at shutdown. Backpressure is per message:
+        while a ``block`` queue is full the call waits, and the messages after
+        it are routed once there is room. If the call is cancelled while it
+        waits (shutdown, reload), the messages not routed yet are neither routed
+        nor settled: the source leaves them unacknowledged, like any unsettled
+        message. One call costs less than a :meth:`deliver` per message.
         """
         ...
 

@@ -65,7 +65,7 @@ from wsroute.records import encode_record
 
 from .batcher import Batcher
 from .dedupe import SCRIPTS, DedupeError, dedupe_key, upstream_seq
-from .entry import encode_entry_bytes, pack_entry_bytes
+from .entry import encode_entry_bytes, pack_entry_bytes, pack_messages
 from .roundtrip import Command, round_trip
 from .shards import SHARD, hash_tag, shard_of, shard_stream
 
@@ -255,6 +255,8 @@ class RedisHandler:
         self._script = SCRIPTS.get(options.dedupe, "")
         self._sha = hashlib.sha1(self._script.encode()).hexdigest() if self._script else ""
         self.stats = SinkStats()
+        # handle_batch's fast path: one stream, no dedupe (see _xadd_plain).
+        self._plain = len(self._streams) == 1 and not self._script
         #: Round trips made so far (each carries one or more messages).
         self.round_trips = 0
 
@@ -309,6 +311,13 @@ class RedisHandler:
         its ``dedupe_field``) with their errors, or ``None``; raises when the
         round trip itself failed, which fails every message of the call.
         """
+        if self._plain:
+            try:
+                commands = self._plain_xadds(messages)
+            except Exception:  # a message's own problem: reported alone below
+                pass
+            else:
+                return await self._xadd_plain(commands, len(messages))
         items: list[Any] = []
         positions: list[int] = []
         failures: dict[int, BaseException] = {}
@@ -348,12 +357,11 @@ class RedisHandler:
             raise RuntimeError("the redis handler is not started")
         self.round_trips += 1
         if not self._streams:
-            pipe = client.pipeline(transaction=False)
-            assert self.options.channel is not None
-            for payload in items:
-                pipe.publish(self.options.channel, payload)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-            return results
+            channel = self.options.channel
+            assert channel is not None
+            return await round_trip(
+                client, [("PUBLISH", channel, payload) for payload in items], retry_stale=True
+            )
         if not self._script:
             return await self._xadd(client, items)
         replies = await self._run_scripts(client, items)
@@ -373,16 +381,8 @@ class RedisHandler:
             return "MAXLEN", str(options.max_len)
         return "", ""
 
-    def _add_xtrims(self, pipe: Any, streams: set[str]) -> int:
-        """min_age with max_len: XADD trims by age, one XTRIM per stream caps the length."""
-        if self.options.min_age is None or not self.options.max_len:
-            return 0
-        for stream in sorted(streams):
-            pipe.xtrim(stream, maxlen=self.options.max_len, approximate=True)
-        return len(streams)
-
     def _xtrims(self, streams: set[str]) -> list[Command]:
-        """:meth:`_add_xtrims`' commands, for :func:`round_trip`."""
+        """min_age with max_len: XADD trims by age, one XTRIM per stream caps the length."""
         if self.options.min_age is None or not self.options.max_len:
             return []
         return [
@@ -438,16 +438,68 @@ class RedisHandler:
         by_entry = {id(entry): reply for entry, reply in zip(_flat(chunks), results, strict=True)}
         return [by_entry[id(item)] for item in items]
 
+    def _plain_xadds(self, messages: list[Message]) -> list[Command]:
+        """The ``XADD``s of :meth:`_xadd_plain`: one per message, or ``pack`` frames each."""
+        stream = self._streams[0]
+        strategy, threshold = self._trim()
+        head: tuple[Any, ...] = ("XADD", stream, "*")
+        if strategy:
+            head = ("XADD", stream, strategy, "~", threshold, "*")
+        pack = self.options.pack
+        commands: list[Command] = []
+        add = commands.append
+        if pack == 1:
+            for message in messages:
+                fields = encode_entry_bytes(message)
+                add((*head, *[part for pair in fields.items() for part in pair]))
+            return commands
+        for start in range(0, len(messages), pack):
+            chunk = messages[start : start + pack]
+            fields = encode_entry_bytes(chunk[0]) if len(chunk) == 1 else pack_messages(chunk)
+            add((*head, *[part for pair in fields.items() for part in pair]))
+        return commands
+
+    async def _xadd_plain(
+        self, commands: list[Command], count: int
+    ) -> dict[int, BaseException] | None:
+        """:meth:`_xadd` for ``handle_batch`` on one stream without dedupe, with no
+        per-frame objects: the failures by position, as :meth:`handle_batch` returns them."""
+        client = self._client
+        if client is None:
+            raise RuntimeError("the redis handler is not started")
+        self.round_trips += 1
+        stream = self._streams[0]
+        pack = self.options.pack
+        entries = len(commands)
+        commands.extend(self._xtrims({stream}))
+        replies = await round_trip(client, commands, retry_stale=True)
+        if len(replies) > entries:
+            self._check_xtrims(replies[entries:])
+        failures: dict[int, BaseException] | None = None
+        stored = entries
+        for index in range(entries):
+            reply = replies[index]
+            if isinstance(reply, Exception):
+                stored -= 1
+                if failures is None:
+                    failures = {}
+                for position in range(index * pack, min(count, (index + 1) * pack)):
+                    failures[position] = reply
+        stats = self.stats
+        stats.entries += stored
+        stats.frames += count - (len(failures) if failures else 0)
+        return failures
+
     async def _run_scripts(self, client: aioredis.Redis, items: list[_Entry]) -> list[Any]:
         """One EVALSHA per entry, in the order of the upstream's sequence for ``seq``."""
         strategy, threshold = self._trim()
         window = str(max(1, round(self.options.dedupe_window * 1000)))
-        pipe = client.pipeline(transaction=False)
         order = list(range(len(items)))
         if self.options.dedupe == "seq":
             # Retried frames rejoin in their place: an ID above a frame still to come
             # would make that frame late.
             order.sort(key=lambda i: (items[i].stream, items[i].seq))
+        commands: list[Command] = []
         for index in order:
             item = items[index]
             flat = [part for pair in item.fields.items() for part in pair]
@@ -457,9 +509,13 @@ class RedisHandler:
             else:
                 keys = [item.content_key, item.stream]
                 first = window
-            pipe.evalsha(self._sha, len(keys), *keys, first, strategy, threshold, *flat)
-        self._add_xtrims(pipe, {item.stream for item in items})
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+            commands.append(
+                ("EVALSHA", self._sha, len(keys), *keys, first, strategy, threshold, *flat)
+            )
+        commands.extend(self._xtrims({item.stream for item in items}))
+        # Packed by hiredis (roundtrip.py), as the plain XADDs are; a NOSCRIPT reply
+        # comes back as the NoScriptError in its place.
+        replies = await round_trip(client, commands, retry_stale=True)
         self._check_xtrims(replies[len(items) :])
         in_order: list[Any] = [None] * len(items)
         for index, reply in zip(order, replies[: len(items)], strict=True):

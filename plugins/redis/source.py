@@ -358,8 +358,18 @@ class RedisStreamSource:
         Whatever this process still holds (routed, dead-lettering, waiting for XACK)
         is never delivered a second time by it, however it comes back from Redis.
         """
-        taken = []
         in_flight, dead, to_ack, acking = self._in_flight, self._dead, self._to_ack, self._acking
+        ids = [entry[0] for entry in entries]
+        if (
+            in_flight.isdisjoint(ids)
+            and to_ack.isdisjoint(ids)
+            and acking.isdisjoint(ids)
+            and dead.isdisjoint(ids)
+        ):  # the usual case, checked in C: none of them is held
+            in_flight.update(ids)
+            self.stats.read += len(entries)
+            return entries
+        taken = []
         for entry in entries:
             entry_id = entry[0]
             # self.holds(entry_id), inlined: this runs once per entry read.
@@ -425,27 +435,123 @@ class RedisStreamSource:
         return int(rows[0]["times_delivered"]) if rows else 0
 
     async def _deliver_all(self, entries: Entries) -> None:
-        """Route entries read in one go (not counted redeliveries): :meth:`_deliver`'s
-        path for an entry of one frame, inlined, as it runs once per message."""
+        """Route entries read in one go (not counted redeliveries): one ``ctx.deliver_many``
+        for every message of them (each frame of a pack), in order.
+
+        An entry settles once all its messages did (a pack's dead-lettered frames
+        included); undecodable entries and frames are dead-lettered on the way,
+        before the batch is routed. The per-message path is inlined: it runs once
+        per message a worker handles.
+        """
         ctx = self.ctx
-        deliver = ctx.deliver
         name = ctx.name
         decode = ctx.decode
-        settled = self._settled
-        stats = self.stats
+        messages: list[Message] = []
+        owners: list[str] = []  # the entry ID of each message
+        packs: dict[str, int] = {}  # a pack's frames not settled yet, by entry ID
+        append, own = messages.append, owners.append
         for entry_id, fields in entries:
             if not fields:
                 continue
             if fields.get(b"kind") == _KIND_PACK:
-                await self._deliver_pack(entry_id, fields, 0)
+                await self._collect_pack(entry_id, fields, messages, owners, packs)
                 continue
             try:
                 message = decode_message(name, entry_id, fields, decode)
             except (ValueError, DecodeError) as exc:
                 await self._undecodable(entry_id, fields, exc)
                 continue
-            stats.delivered += 1
-            await deliver(message, partial(settled, entry_id))
+            append(message)
+            own(entry_id)
+        if not messages:
+            return
+        self.stats.delivered += len(messages)
+        in_flight, to_ack = self._in_flight, self._to_ack
+
+        def on_settled(index: int) -> None:
+            # self._settled(entry_id), inlined for an entry that was routed: not
+            # dead-lettering, and not waited for one at a time.
+            entry_id = owners[index]
+            if packs:
+                left = packs.get(entry_id)
+                if left is not None:
+                    if left > 1:
+                        packs[entry_id] = left - 1
+                        return
+                    del packs[entry_id]
+            in_flight.discard(entry_id)
+            to_ack.add(entry_id)
+            if self._room is not None:
+                self._wake_readers()
+            if len(to_ack) >= _ACK_BATCH and self._ack_now is not None:
+                self._ack_now.set()
+
+        await ctx.deliver_many(messages, on_settled)
+
+    async def _collect_pack(
+        self,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        messages: list[Message],
+        owners: list[str],
+        packs: dict[str, int],
+    ) -> None:
+        """:meth:`_deliver_pack` for :meth:`_deliver_all`: a pack's messages join the batch
+        (``packs[entry_id]`` counts its frames); an undecodable frame is dead-lettered now."""
+        ctx = self.ctx
+        try:
+            frames = unpack_frames(fields)
+        except ValueError as exc:
+            await self._undecodable_pack(entry_id, fields, exc)
+            return
+        packs[entry_id] = len(frames)
+        name = ctx.name
+        decode = ctx.decode
+        for index, frame_fields in enumerate(frames):
+            try:
+                message = decode_packed_message(name, entry_id, frame_fields, decode)
+            except (ValueError, DecodeError) as exc:
+                letter = self._undecodable_frame(entry_id, frame_fields, index, exc)
+                await ctx.dead_letter(
+                    letter,
+                    "decode_error",
+                    error=str(exc),
+                    on_settled=partial(self._pack_frame_settled, packs, entry_id),
+                )
+                continue
+            message.fields["pack_index"] = index
+            messages.append(message)
+            owners.append(entry_id)
+
+    def _pack_frame_settled(self, packs: dict[str, int], entry_id: str) -> None:
+        """A frame of a pack collected by :meth:`_collect_pack` settled (its dead letter)."""
+        left = packs[entry_id] - 1
+        if left:
+            packs[entry_id] = left
+            return
+        del packs[entry_id]
+        self._settled(entry_id)
+
+    def _undecodable_frame(
+        self, entry_id: str, frame_fields: dict[str, bytes], index: int, exc: Exception
+    ) -> Message:
+        """The dead letter of one undecodable frame of a pack (counted and logged)."""
+        as_stored = {key.encode(): value for key, value in frame_fields.items()}
+        letter = undecodable_message(self.ctx.name, entry_id, as_stored)
+        letter.fields["pack_index"] = index
+        self.log.warning("entry_undecodable", stream_id=entry_id, pack_index=index, error=str(exc))
+        self.stats.dead_lettered += 1
+        return letter
+
+    async def _undecodable_pack(
+        self, entry_id: str, fields: dict[bytes, bytes], exc: ValueError
+    ) -> None:
+        """A pack whose frames cannot be read: the whole entry is one dead letter."""
+        letter = undecodable_message(
+            self.ctx.name, entry_id, {**fields, b"frame": fields.get(b"frames", b"")}
+        )
+        self.log.warning("entry_undecodable", stream_id=entry_id, error=str(exc))
+        await self._dead_letter(entry_id, letter, "decode_error", str(exc))
 
     async def _deliver(self, entry_id: str, fields: dict[bytes, bytes], deliveries: int) -> None:
         ctx = self.ctx
@@ -487,11 +593,7 @@ class RedisStreamSource:
         try:
             frames = unpack_frames(fields)
         except ValueError as exc:
-            letter = undecodable_message(
-                ctx.name, entry_id, {**fields, b"frame": fields.get(b"frames", b"")}
-            )
-            self.log.warning("entry_undecodable", stream_id=entry_id, error=str(exc))
-            await self._dead_letter(entry_id, letter, "decode_error", str(exc))
+            await self._undecodable_pack(entry_id, fields, exc)
             return
         left = len(frames)
 
@@ -510,13 +612,7 @@ class RedisStreamSource:
             try:
                 message = decode_packed_message(name, entry_id, frame_fields, decode)
             except (ValueError, DecodeError) as exc:
-                as_stored = {key.encode(): value for key, value in frame_fields.items()}
-                letter = undecodable_message(name, entry_id, as_stored)
-                letter.fields["pack_index"] = index
-                self.log.warning(
-                    "entry_undecodable", stream_id=entry_id, pack_index=index, error=str(exc)
-                )
-                stats.dead_lettered += 1
+                letter = self._undecodable_frame(entry_id, frame_fields, index, exc)
                 await ctx.dead_letter(
                     letter, "decode_error", error=str(exc), on_settled=one_settled
                 )
@@ -647,10 +743,15 @@ class RedisStreamSource:
 
     async def _ack_batch(self) -> None:
         """One XACK of up to _ACK_MAX settled IDs; on failure they stay queued."""
-        batch = list(_first(self._to_ack, _ACK_MAX))
+        to_ack = self._to_ack
+        if len(to_ack) <= _ACK_MAX:
+            batch = list(to_ack)
+            to_ack.clear()
+        else:
+            batch = list(_first(to_ack, _ACK_MAX))
+            to_ack.difference_update(batch)
         if not batch:
             return
-        self._to_ack.difference_update(batch)
         self._acking.update(batch)
         try:
             # Packed by hiredis (roundtrip.py): a tenth of redis-py's cost per ID.

@@ -1,0 +1,152 @@
+"""The Redis plugins' hot paths against a real ``redis-server``: :func:`round_trip`'s
+replies (read from hiredis' buffer after the first), the sink's ``handle_batch``
+on one stream without dedupe (no per-frame objects), and :func:`pack_messages`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from wsroute import DeadLetter, Message
+from wsroute.plugins.redis import roundtrip
+from wsroute.plugins.redis.entry import (
+    encode_entry_bytes,
+    pack_entry_bytes,
+    pack_messages,
+    unpack_entry,
+)
+from wsroute.plugins.redis.roundtrip import _fast_parser, round_trip
+from wsroute.plugins.redis.sink import RedisHandler
+from wsroute.testing import build_handler
+
+from redis_helpers import RedisServer, redis_server, requires_redis
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path / "redis") as started:
+        yield started
+
+
+@pytest.fixture
+async def client(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    conn = aioredis.Redis.from_url(server.url)
+    try:
+        yield conn
+    finally:
+        await conn.aclose()
+
+
+def tick(n: int, **kwargs: Any) -> Message:
+    raw = json.dumps({"type": "tick", "n": n}).encode()
+    return Message("up", "tick", None, raw=raw, seq=n, received_at=1_700_000_000.25 + n, **kwargs)
+
+
+def test_pack_messages_writes_what_pack_entry_bytes_writes() -> None:
+    odd = [
+        Message("up", [1, "x"], None, raw="text ü", seq=2, received_at=3.5),  # text
+        Message("", None, {"a": 1}, raw=None, seq=0, received_at=0.0),  # no raw frame
+        Message("up", 7, None, raw=b"\x00\x01", seq=2**40, received_at=1e-7),  # tiny time
+        Message("up", 7, None, raw=b"x", seq=1, received_at=1e16),  # huge time
+        tick(9, dead_letter=DeadLetter(reason="r", handler="h", error="e", attempts=2)),
+    ]
+    messages = [tick(1), *odd, tick(2)]
+    assert pack_messages(messages) == pack_entry_bytes([encode_entry_bytes(m) for m in messages])
+    frames = unpack_entry({k.encode(): v for k, v in pack_messages(messages).items()})
+    assert [f[b"seq"] for f in frames] == [b"1", b"2", b"0", b"1099511627776", b"1", b"9", b"2"]
+    assert float(frames[0][b"received_at"]) == 1_700_000_001.25
+    assert frames[3][b"received_at"] == repr(1e-7).encode()
+
+
+@requires_redis
+@pytest.mark.parametrize("protocol", [2, 3])
+@pytest.mark.parametrize("fast", [True, False], ids=["from-hiredis-buffer", "read_response-only"])
+async def test_round_trip_puts_every_reply_in_its_place(
+    server: RedisServer, protocol: int, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not fast:  # what a redis-py without the parser names it reads gets: the plain path
+        monkeypatch.setattr(roundtrip, "_NOT_ENOUGH_DATA", None)
+    conn = aioredis.Redis.from_url(server.url, protocol=protocol)
+    try:
+        await conn.set("str", "x")
+        # Enough commands that most replies are taken from hiredis' buffer.
+        commands: list[Any] = []
+        for n in range(200):
+            commands += [("XADD", "s", "*", "n", n), ("XADD", "str", "*", "a", "b"), ("PING",)]
+        replies = await round_trip(conn, commands)
+        assert len(replies) == 600
+        assert all(isinstance(r, bytes) and b"-" in r for r in replies[0::3])
+        assert all(isinstance(r, ResponseError) for r in replies[1::3])
+        assert all(r in (b"PONG", "PONG", True) for r in replies[2::3])
+        assert await conn.xlen("s") == 200
+        # The connection is in step afterwards: the next round trip gets its own replies.
+        assert await round_trip(conn, [("ECHO", "a"), ("ECHO", "b")]) == [b"a", b"b"]
+        # ... and the replies were read from hiredis' buffer (the redis-py names exist).
+        pool: Any = conn.connection_pool
+        connection = await pool.get_connection()
+        try:
+            assert (_fast_parser(connection) is not None) is fast
+        finally:
+            await pool.release(connection)
+    finally:
+        await conn.aclose()
+
+
+async def _sink(options: dict[str, Any]) -> RedisHandler:
+    handler = build_handler("redis", options)
+    assert isinstance(handler, RedisHandler)
+    await handler.start()
+    return handler
+
+
+@requires_redis
+@pytest.mark.parametrize("pack", [1, 16])
+async def test_handle_batch_on_one_stream_stores_every_frame_in_order(
+    server: RedisServer, client: aioredis.Redis, pack: int
+) -> None:
+    handler = await _sink({"url": server.url, "stream": "s", "pack": pack})
+    try:
+        assert await handler.handle_batch([tick(n) for n in range(1, 41)]) is None
+        assert await handler.handle_batch([tick(41)]) is None
+    finally:
+        await handler.stop()
+    entries = await client.xrange("s")
+    frames = [
+        frame
+        for _, fields in entries
+        for frame in (unpack_entry(fields) if fields.get(b"kind") == b"pack" else [fields])
+    ]
+    assert [json.loads(f[b"frame"])["n"] for f in frames] == list(range(1, 42))
+    assert {f[b"received_at"] for f in frames[:1]} == {b"1700000001.25"}
+    expected_entries = 41 if pack == 1 else 3 + 1  # 16 + 16 + 8, then 1 on its own
+    assert len(entries) == expected_entries
+    stats = handler.stats
+    assert (stats.entries, stats.frames, handler.round_trips) == (expected_entries, 41, 2)
+
+
+@requires_redis
+@pytest.mark.parametrize("pack", [1, 16])
+async def test_handle_batch_reports_each_frame_of_a_refused_entry(
+    server: RedisServer, client: aioredis.Redis, pack: int
+) -> None:
+    await client.set("s", "not a stream")  # every XADD is refused: WRONGTYPE
+    handler = await _sink({"url": server.url, "stream": "s", "pack": pack})
+    try:
+        failures = await handler.handle_batch([tick(n) for n in range(1, 21)])
+        assert failures is not None
+        assert sorted(failures) == list(range(20))
+        assert all(isinstance(e, ResponseError) for e in failures.values())
+        assert (handler.stats.entries, handler.stats.frames) == (0, 0)
+        await client.delete("s")
+        assert await handler.handle_batch([tick(21), tick(22)]) is None
+    finally:
+        await handler.stop()
+    assert (handler.stats.entries, handler.stats.frames) == (2 if pack == 1 else 1, 2)
