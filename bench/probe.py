@@ -8,9 +8,9 @@ writes, to the file named by ``$WSROUTE_PROBE_OUT`` (JSON):
   and ``offers``, so ``offers / wakeups`` is the mean batch a worker drains;
 - ``inline``: frames handed to the handlers inside the socket callback (the
   reader waited with nothing in hand, within its budget);
-- ``reader_waits``: how often any other frame arrived while the reader waited
-  for one (a wake-up of the reader: one event-loop iteration each), and
-  ``reader_gets``, every frame the websockets transport took in;
+- ``reader_waits``: socket reads that woke the waiting reader (one event-loop
+  iteration each), and ``reader_gets``, every frame handed to the connection's
+  frame handler;
 - ``blocked``: how often a full ``block`` queue made the reader wait;
 - ``queue_max`` and a histogram of the queue length seen at each offer;
 - ``gc``: collections and their total time per generation.
@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from wsroute import dispatch, handler, transport
+from wsroute import connection, dispatch, handler, transport, wire
 from wsroute.cli import main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -90,18 +90,36 @@ async def blocked_wait(self: dispatch.Dispatcher, message: Any, blocked: Any) ->
     await _wait(self, message, blocked)
 
 
-_process_event = transport._ReadingConnection.process_event
+_take = wire.Inbox.take
 
 
-def process_event(self: Any, event: Any) -> None:
-    if self.response is not None:  # a frame, not the handshake's response
+def take(self: wire.Inbox, data: Any) -> None:
+    stats["inline"] += 1
+    _take(self, data)
+
+
+_frame_handler = connection.Connection._frame_handler
+
+
+def frame_handler(self: connection.Connection) -> Any:
+    handle = _frame_handler(self)
+
+    def counted(data: Any) -> Any:
         stats["reader_gets"] += 1
-        inbox = self.inbox
-        if inbox.inline:
-            stats["inline"] += 1
-        elif inbox.waiter is not None:
-            stats["reader_waits"] += 1
-    _process_event(self, event)
+        return handle(data)
+
+    return counted
+
+
+_data_received = transport._ReadingConnection.data_received
+
+
+def data_received(self: Any, data: bytes) -> None:
+    inbox = getattr(self, "inbox", None)
+    waiting = inbox is not None and inbox.waiter is not None
+    _data_received(self, data)
+    if waiting and inbox is not None and inbox.waiter is None:  # this read woke the reader
+        stats["reader_waits"] += 1
 
 
 def _dump() -> None:
@@ -117,7 +135,9 @@ if __name__ == "__main__":
     apply([n for n in os.environ.get("WSROUTE_EXPERIMENTS", "").split(",") if n])
     handler.HandlerRunner.offer = offer  # type: ignore[method-assign]
     dispatch.Dispatcher._wait = blocked_wait  # type: ignore[method-assign]
-    transport._ReadingConnection.process_event = process_event  # type: ignore[method-assign]
+    wire.Inbox.take = take  # type: ignore[method-assign]
+    connection.Connection._frame_handler = frame_handler  # type: ignore[method-assign]
+    transport._ReadingConnection.data_received = data_received  # type: ignore[method-assign]
     gc.callbacks.append(_gc_callback)
     atexit.register(_dump)
     sys.exit(main(sys.argv[1:]))

@@ -53,7 +53,8 @@ from websockets.exceptions import (
 )
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.headers import build_authorization_basic
-from websockets.protocol import Event
+from websockets.protocol import Event, State
+from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 
 from . import wire
@@ -289,6 +290,16 @@ async def open_websockets(
 
 _BINARY, _TEXT, _CONT = Opcode.BINARY, Opcode.TEXT, Opcode.CONT
 
+# The fast frame path (see _ReadingConnection): the first byte of a whole, unfragmented
+# text or binary frame (FIN set, no reserved bits), and the largest frame it buffers
+# across socket reads; a larger one is left to websockets' parser.
+_FIN_TEXT, _FIN_BINARY = 0x81, 0x82
+_FAST_PARTIAL_MAX = 64 * 1024
+# What websockets' parser is suspended in between two frames (a generator-based
+# coroutine waiting for the next frame's first byte); None if websockets has no such
+# thing, and then every frame goes through websockets' parser.
+_AT_EOF_CODE = getattr(getattr(StreamReader, "at_eof", None), "__code__", None)
+
 
 class _ReadingConnection(ClientConnection):
     """websockets' client connection, with data frames taken out before its ``recv()``.
@@ -304,6 +315,25 @@ class _ReadingConnection(ClientConnection):
     the rest of RFC 6455: frame sizes (1009, on the whole message too), the
     order of fragments, control frames, the close handshake, deflate.
 
+    **The fast frame path.** websockets' parser (a generator per frame, a
+    ``Frame`` object, an event list) costs more per small frame than everything
+    wsroute does with it. So :meth:`data_received` splits a socket read into
+    frames itself, from their headers, and takes the common one — a whole,
+    unmasked text or binary frame with no reserved bit, within the size limits,
+    while the connection is open and no fragmented message is in progress —
+    straight to the inbox. Every other frame (control frames, fragments,
+    anything invalid or too large) is handed to websockets whole, in order,
+    through the ordinary path, and websockets decides what it means (a pong
+    answers a ping, a close starts the closing handshake, a masked or reserved
+    frame fails the connection). It only runs while websockets' parser is
+    between two frames with nothing buffered: then websockets sees only whole
+    frames, and what it does with them is exactly what it would have done.
+    A frame that spans socket reads waits in :attr:`_rest` up to
+    :data:`_FAST_PARTIAL_MAX` bytes; a larger one, a connection with an
+    extension (permessage-deflate: its frames depend on each other), or a
+    parser websockets has moved on from (after a close frame) go to websockets
+    byte for byte until it is between two frames again.
+
     ``recv()`` and iterating this connection wait forever: nothing feeds them.
     """
 
@@ -315,6 +345,12 @@ class _ReadingConnection(ClientConnection):
     refused: tuple[int, str, Exception] | None
     _parts: list[bytes] | None
     _parts_text: bool
+    #: Reads are split into frames here (the fast frame path), not by websockets.
+    _fast: bool
+    #: The start of a frame the next read completes (fast path only).
+    _rest: bytes
+    #: The largest frame the fast path takes (websockets' limits); ``None``: no limit.
+    _limit: int | None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -336,10 +372,129 @@ class _ReadingConnection(ClientConnection):
         self.refused = None
         self._parts = None
         self._parts_text = False
+        self._fast = False
+        self._rest = b""
+        self._limit = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.inbox.wake()
+
+    def eof_received(self) -> None:
+        rest, self._rest = self._rest, b""
+        if rest:  # a frame cut short: websockets reports it as it would have
+            self._fast = False
+            super().data_received(rest)
+        super().eof_received()
+
+    def data_received(self, data: bytes) -> None:
+        if self._rest:
+            data = self._rest + data
+            self._rest = b""
+        elif not self._fast:
+            if not self._between_frames():
+                super().data_received(data)
+                return
+            self._fast = True
+        self._split(data)
+
+    def _between_frames(self) -> bool:
+        """websockets' parser waits for a frame's first byte with nothing buffered, and
+        the fast path may run: open, no extension, the size limits known."""
+        protocol = self.protocol
+        if protocol.state is not State.OPEN or protocol.extensions or protocol.reader.buffer:
+            return False
+        try:  # the limits websockets' parser enforces (1009), enforced the same way here
+            message_limit: int | None = protocol.max_message_size
+            fragment_limit: int | None = protocol.max_fragment_size
+        except AttributeError:  # another websockets: leave every frame to its parser
+            return False
+        limits = [n for n in (message_limit, fragment_limit) if n is not None]
+        self._limit = min(limits) if limits else None
+        # The innermost generator the parser waits in (the client's parse() delegates
+        # to the protocol's, which waits in the stream reader's at_eof()).
+        waiting = protocol.parser
+        for _ in range(4):
+            inner = getattr(waiting, "gi_yieldfrom", None)
+            if inner is None:
+                break
+            waiting = inner
+        return _AT_EOF_CODE is not None and getattr(waiting, "gi_code", None) is _AT_EOF_CODE
+
+    def _split(self, data: bytes) -> None:
+        """The fast frame path, over one socket read (see the class docstring)."""
+        limit = self._limit
+        size = len(data)
+        pos = 0
+        inbox = self.inbox
+        messages = inbox.messages
+        while size - pos >= 2:
+            first = data[pos]
+            second = data[pos + 1]
+            length = second & 0x7F
+            head = 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                head = 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                head = 10
+            if second & 0x80:
+                head += 4  # masked: websockets refuses it (1002)
+            end = pos + head + length
+            if end > size:  # the frame ends in a later read
+                if end - pos > _FAST_PARTIAL_MAX or (limit is not None and length > limit):
+                    self._fast = False  # websockets takes it from here (or refuses it)
+                    super().data_received(data[pos:])
+                    return
+                break
+            if (
+                _FIN_TEXT <= first <= _FIN_BINARY
+                and second < 0x80
+                and self.taking
+                and self._parts is None
+                and (limit is None or length <= limit)
+            ):
+                payload = data[pos + head : end]
+                pos = end
+                if first == _FIN_BINARY:
+                    message: Data = payload
+                else:
+                    try:
+                        message = str(payload, "utf-8")
+                    except UnicodeDecodeError as exc:
+                        self._refuse(CloseCode.INVALID_DATA, exc)
+                        continue
+                # Inbox.push, inlined: this runs once per frame.
+                if inbox.inline:
+                    inbox.take(message)
+                    continue
+                messages.append(message)
+                inbox.size += len(message)
+                if (
+                    len(messages) > HIGH_WATER or inbox.size > HIGH_WATER_BYTES
+                ) and not inbox.paused:
+                    inbox.pause()
+                waiter = inbox.waiter
+                if waiter is not None:
+                    inbox.waiter = None
+                    if not waiter.done():
+                        waiter.set_result(None)
+                continue
+            # Anything else, whole, to websockets: it does what it would have done.
+            super().data_received(data[pos:end])
+            pos = end
+            if not self._between_frames():  # a close frame, a failure: websockets' from here
+                self._fast = False
+                if pos < size:
+                    super().data_received(data[pos:])
+                return
+        if pos < size:
+            self._rest = data[pos:]
 
     def process_event(self, event: Event) -> None:
         # Once per frame: the whole, unfragmented data frame goes first, inline.

@@ -72,6 +72,13 @@ def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=[0.0, 0.1], ids=["with-the-handshake", "read-apart"])
+def pause(request: pytest.FixtureRequest) -> float:
+    """When a bad frame follows the ticks: in the handshake's read, or in a read of its
+    own (the websockets transport's fast frame path hands it to websockets' parser)."""
+    return float(request.param)
+
+
 CONFIG = """
 [daemon]
 dead_letter = "dlq"
@@ -227,46 +234,83 @@ async def test_a_burst_then_a_close_frame_is_delivered_whole_before_the_reconnec
 # -- frames the transport refuses: the code it sent is what the log says -------------
 
 
-async def test_invalid_utf8_closes_1007_and_reconnects(transport: str) -> None:
+async def test_invalid_utf8_closes_1007_and_reconnects(transport: str, pause: float) -> None:
     bad = frame(OP_TEXT, b'{"type": "tick", "id": "\xff\xfe"}')
-    logs = await lost_after_bad_frame(ticks_then(bad), transport)
+    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause), transport)
     lost = events(logs, "connection_lost")[0]
     assert (lost["code"], lost["reason"]) == (1007, "invalid start byte at position 24")
     assert lost["seq"] == 5
 
 
-async def test_invalid_utf8_split_across_fragments_closes_1007(transport: str) -> None:
+async def test_invalid_utf8_split_across_fragments_closes_1007(
+    transport: str, pause: float
+) -> None:
     payload = '{"type": "tick", "id": "é"}'.encode()
     cut = payload.index(b"\xc3") + 1  # inside the two-byte sequence: each half is invalid
     bad = frame(OP_TEXT, payload[:cut], fin=False) + frame(OP_CONT, b"\xff" + payload[cut + 1 :])
-    logs = await lost_after_bad_frame(ticks_then(bad), transport)
+    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause), transport)
     assert events(logs, "connection_lost")[0]["code"] == 1007
 
 
-async def test_frame_over_max_frame_size_closes_1009(transport: str) -> None:
-    logs = await lost_after_bad_frame(ticks_then(frame(OP_BINARY, b"x" * 70_000)), transport)
+async def test_frame_over_max_frame_size_closes_1009(transport: str, pause: float) -> None:
+    logs = await lost_after_bad_frame(
+        ticks_then(frame(OP_BINARY, b"x" * 70_000), pause=pause), transport
+    )
     lost = events(logs, "connection_lost")[0]
     assert lost["code"] == 1009
     assert "65536" in lost["reason"]
 
 
-async def test_message_over_max_frame_size_in_small_fragments_closes_1009(transport: str) -> None:
+async def test_frame_over_max_frame_size_in_one_read_closes_1009(transport: str) -> None:
+    # 4,000 bytes, whole in one socket read, over a 1 KiB limit, after the handshake's
+    # read: the websockets transport's fast frame path must refuse it as websockets'
+    # parser does.
+    bad = frame(OP_TEXT, tick(6) + b" " * 4_000)
+
+    async def peer(session: RawSession) -> None:
+        control = asyncio.ensure_future(session.answer_control())
+        try:
+            first = 1 if session.number == 1 else 6
+            for number in range(first, first + 5):
+                await session.text(tick(number))
+            if session.number == 1:
+                await session.flushed()
+                await anyio.sleep(0.1)  # read apart from the handshake's response
+                await session.send(bad)
+            await control
+        finally:
+            control.cancel()
+
+    server = RawServer(peer)
+    text = config("URL", transport).replace('max_frame_size = "64KiB"', 'max_frame_size = "1KiB"')
+    with capture_logs() as logs:
+        async with server.serve() as url, running(text.replace("URL", url)):
+            await wait_until(lambda: len(Collect.seen["sink"]) >= 10, timeout=8)
+    assert ids() == list(range(1, 11))  # 1-5, the refused frame, then 6-10 anew
+    lost = events(logs, "connection_lost")[0]
+    assert lost["code"] == 1009
+    assert "1024" in lost["reason"]
+
+
+async def test_message_over_max_frame_size_in_small_fragments_closes_1009(
+    transport: str, pause: float
+) -> None:
     piece = b"x" * 30_000  # each fragment is fine, the message (90,000 bytes) is not
     bad = (
         frame(OP_BINARY, piece, fin=False)
         + frame(OP_CONT, piece, fin=False)
         + frame(OP_CONT, piece)
     )
-    logs = await lost_after_bad_frame(ticks_then(bad), transport)
+    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause), transport)
     lost = events(logs, "connection_lost")[0]
     assert lost["code"] == 1009
 
 
-async def test_message_in_too_many_fragments_closes_1009(transport: str) -> None:
+async def test_message_in_too_many_fragments_closes_1009(transport: str, pause: float) -> None:
     # websockets' limit (4,096 by default) on the frames of one message, on both transports
     pieces = [frame(OP_CONT, b" ", fin=False)] * MAX_FRAGMENTS
     bad = frame(OP_TEXT, b"{", fin=False) + b"".join(pieces) + frame(OP_CONT, b"}")
-    logs = await lost_after_bad_frame(ticks_then(bad), transport)
+    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause), transport)
     lost = events(logs, "connection_lost")[0]
     assert (lost["code"], lost["reason"]) == (1009, "too many fragments")
 
@@ -302,8 +346,10 @@ async def test_a_message_in_many_fragments_under_the_limit_is_reassembled(transp
         ),
     ],
 )
-async def test_protocol_violation_closes_1002_and_reconnects(transport: str, bad: bytes) -> None:
-    logs = await lost_after_bad_frame(ticks_then(bad), transport)
+async def test_protocol_violation_closes_1002_and_reconnects(
+    transport: str, bad: bytes, pause: float
+) -> None:
+    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause), transport)
     lost = events(logs, "connection_lost")[0]
     assert lost["code"] == 1002
     assert lost["reason"]
@@ -528,6 +574,75 @@ async def test_one_socket_read_is_at_most_read_size_bytes(transport: str) -> Non
     assert sum(reads) >= len(burst)
     assert max(reads) <= limit
     assert len(reads) >= len(burst) // limit
+
+
+async def test_the_fast_frame_path_leaves_websockets_every_frame_but_plain_data() -> None:
+    """websockets transport: plain data frames are split out of the reads by wsroute, in
+    order, whatever the read boundaries (inside a header, inside a length, inside a
+    payload); a ping, a fragmented message and a frame above the fast path's partial
+    limit reach websockets' parser whole and do what they always did."""
+    import random
+
+    rng = random.Random(7)
+    plain = [frame(OP_TEXT, tick(n)) for n in range(1, 51)]
+    # 300 bytes: a 16-bit length; valid JSON with trailing spaces.
+    plain.append(frame(OP_TEXT, tick(51) + b" " * (300 - len(tick(51)))))
+    ping = frame(OP_PING, b"p1")
+    body = tick(52)
+    fragments = (
+        frame(OP_TEXT, body[:5], fin=False)
+        + frame(OP_CONT, body[5:9], fin=False)
+        + frame(OP_CONT, body[9:])
+    )
+    big_body = json.dumps({"type": "tick", "id": 53, "pad": "x" * 100_000}).encode()
+    big = frame(OP_TEXT, big_body)  # a 64-bit length, more than the fast path buffers
+    later = b"".join(frame(OP_TEXT, tick(n)) for n in range(54, 101))
+    first = b"".join(plain[:25]) + ping + b"".join(plain[25:]) + fragments
+    go = anyio.Event()
+    pongs: list[bytes] = []
+    fed: list[int] = []
+
+    async def peer(session: RawSession) -> None:
+        await go.wait()
+        pos = 0
+        while pos < len(first):  # cut anywhere: headers, lengths and payloads split
+            step = rng.randint(1, 400)
+            await session.send(first[pos : pos + step])
+            await session.flushed()
+            await anyio.sleep(0.001)
+            pos += step
+        opcode, payload = await session.read_frame()
+        if opcode == OP_PONG:
+            pongs.append(payload)
+        await session.send(big)
+        await session.flushed()
+        await anyio.sleep(0.2)
+        await session.send(later)
+        await session.answer_control()
+
+    server = RawServer(peer)
+    text = config("URL", "websockets")
+    text = text.replace('max_frame_size = "64KiB"', 'max_frame_size = "1MiB"')
+    async with server.serve() as url, running(text.replace("URL", url)) as svc:
+        await wait_until(lambda: svc.connections["up"].connected)
+        connection: Any = svc.connections["up"]._ws.transport.get_protocol()  # type: ignore[union-attr]
+        receive = connection.protocol.receive_data
+
+        def receive_data(data: bytes) -> None:  # what websockets' parser is given
+            fed.append(len(data))
+            receive(data)
+
+        connection.protocol.receive_data = receive_data
+        go.set()
+        await wait_until(lambda: len(Collect.seen["sink"]) == 100, timeout=10)
+        assert connection._fast  # back on the fast path after the big frame
+        # websockets' parser saw the ping, the three fragments and the big frame, whole,
+        # and nothing else: every plain frame went by the fast path.
+        assert sum(fed) == len(ping) + len(fragments) + len(big)
+    assert ids() == list(range(1, 101))
+    assert Collect.seen["sink"][51].body == json.loads(body)  # the fragmented one, whole
+    assert pongs == [b"p1"]  # websockets answered the ping
+    assert sum(fed) > len(ping) + len(fragments) + len(big)  # the close frame, at the end
 
 
 # -- handshake -------------------------------------------------------------------------

@@ -306,9 +306,13 @@ class RawServer:
                 writer.close()
 
 
-def ticks_then(bad: bytes, before: int = 5, after: int = 5, *, deflate: bool = False) -> RawServer:
+def ticks_then(
+    bad: bytes, before: int = 5, after: int = 5, *, deflate: bool = False, pause: float = 0.0
+) -> RawServer:
     """Session 1: ``before`` JSON ticks ``{"type": "tick", "id": n}``, then ``bad`` (raw
-    bytes); session 2: ``after`` more ticks, numbered on.
+    bytes); session 2: ``after`` more ticks, numbered on. With ``pause``, ``bad`` is
+    sent that many seconds after the ticks left, so that the client reads it apart
+    from the handshake's response (the websockets transport's fast frame path sees it).
 
     Both sessions answer the client's close frame, so the client sees the code it sent.
     """
@@ -321,6 +325,9 @@ def ticks_then(bad: bytes, before: int = 5, after: int = 5, *, deflate: bool = F
             for number in range(first, first + count):
                 await session.text(json.dumps({"type": "tick", "id": number}))
             if session.number == 1:
+                if pause:
+                    await session.flushed()
+                    await asyncio.sleep(pause)
                 await session.send(bad)
             await control
         finally:
