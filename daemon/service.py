@@ -178,7 +178,10 @@ class Service:
             except ConfigError:  # an address that cannot be opened: exit 78, cleanly
                 await stop_all(self)
                 raise
-            tg.start_soon(self._signals)
+            # Started, not just scheduled: the handlers are installed before READY=1 goes
+            # out, so a stop that follows at once is a clean shutdown, not the default
+            # action of SIGTERM (the process killed, nothing drained).
+            await tg.start(self._signals)
             tg.start_soon(self._reload_loop)
             tg.start_soon(watchdog_loop, self.notifier)
             tg.start_soon(self._status_loop)
@@ -220,8 +223,11 @@ class Service:
             return
         self._reload_wanted.set()
 
-    async def _signals(self) -> None:
+    async def _signals(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self.request_reload()
