@@ -31,6 +31,10 @@ __all__ = ["REPO", "need", "running", "tcp_server", "tool_path", "unavailable"]
 
 # The atheris target is run by hand (tests/fuzz/README.md), not collected.
 collect_ignore_glob = ["fuzz/*"]
+# redis_helpers' ``server`` and ``client`` fixtures (a redis-server of the test's own
+# and a client of it), for the Redis test modules; a module's own fixture of the same
+# name still wins in that module.
+pytest_plugins = ["redis_helpers"]
 
 REPO = Path(__file__).resolve().parent.parent
 

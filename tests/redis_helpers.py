@@ -14,13 +14,18 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+import pytest
 
 from wsroute.testing import free_port
 
 from conftest import need, tool_path
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 __all__ = ["REDIS_SERVER", "RedisServer", "redis_server", "requires_redis"]
 
@@ -130,3 +135,25 @@ def redis_server(folder: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+# The fixtures of the Redis test modules (conftest.py loads this module as a plugin).
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, in its temporary folder."""
+    with redis_server(tmp_path / "redis") as started:
+        yield started
+
+
+@pytest.fixture
+async def client(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A redis-py client of :func:`server`, closed after the test."""
+    import redis.asyncio as aioredis  # the redis extra: only where a test asks for it
+
+    conn = aioredis.Redis.from_url(server.url)
+    try:
+        yield conn
+    finally:
+        await conn.aclose()

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,21 +48,6 @@ WSROUTE = str(Path(sys.executable).with_name("wsroute"))
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     Collect.reset()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path / "redis") as started:
-        yield started
-
-
-@pytest.fixture
-async def client(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    conn = aioredis.Redis.from_url(server.url)
-    try:
-        yield conn
-    finally:
-        await conn.aclose()
 
 
 def tick(n: int, *, key: str = "tick", connection: str = "up", seq: int | None = None) -> Message:

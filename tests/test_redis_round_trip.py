@@ -5,8 +5,6 @@ on one stream without dedupe (no per-frame objects), and :func:`pack_messages`."
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,24 +23,9 @@ from wsroute.plugins.redis.roundtrip import _fast_parser, round_trip
 from wsroute.plugins.redis.sink import RedisHandler
 from wsroute.testing import build_handler
 
-from redis_helpers import RedisServer, redis_server, requires_redis
+from redis_helpers import RedisServer, requires_redis
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path / "redis") as started:
-        yield started
-
-
-@pytest.fixture
-async def client(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    conn = aioredis.Redis.from_url(server.url)
-    try:
-        yield conn
-    finally:
-        await conn.aclose()
 
 
 def tick(n: int, **kwargs: Any) -> Message:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from wsroute.testing import wait_until
 
 from collectors import Collect
 from conftest import running
-from redis_helpers import RedisServer, redis_server, requires_redis
+from redis_helpers import RedisServer, requires_redis
 
 pytestmark = pytest.mark.anyio
 
@@ -50,21 +50,6 @@ WSROUTE = str(Path(sys.executable).with_name("wsroute"))
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     Collect.reset()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path / "redis") as started:
-        yield started
-
-
-@pytest.fixture
-async def client(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    conn = aioredis.Redis.from_url(server.url)
-    try:
-        yield conn
-    finally:
-        await conn.aclose()
 
 
 def entry(n: int, *, poison: bool = False, text: bool = True) -> dict[str, str | bytes]:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 import pytest
@@ -24,7 +22,7 @@ from wsroute.testing import wait_until
 
 from collectors import Collect
 from conftest import running
-from redis_helpers import RedisServer, redis_server, requires_redis
+from redis_helpers import RedisServer, requires_redis
 
 pytestmark = pytest.mark.anyio
 
@@ -251,21 +249,6 @@ concurrency = 1
 [handlers.dlq]
 plugin = "collectors:Collect"
 """
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    with redis_server(tmp_path / "redis") as started:
-        yield started
-
-
-@pytest.fixture
-async def client(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    conn = aioredis.Redis.from_url(server.url)
-    try:
-        yield conn
-    finally:
-        await conn.aclose()
 
 
 def tick(n: int, raw: str | None = None) -> dict[str, bytes]:
