@@ -456,6 +456,46 @@ async def test_a_packed_entry_is_acknowledged_once_all_its_frames_settled(
 
 
 @requires_redis
+async def test_redelivered_packs_are_handled_frame_by_frame_and_a_poison_pack_dead_lettered(
+    server: RedisServer, client: aioredis.Redis
+) -> None:
+    """A worker's restart takes its pending packs one at a time (not the batch path of a
+    fresh read): each frame is routed, an undecodable one dead-lettered alone, and a
+    pack delivered more than ``max_deliveries`` times dead-lettered frame by frame."""
+    stream = "{r}:in"
+    await client.xgroup_create(stream, "wsroute", id="0", mkstream=True)
+    bad = encode_entry(message(None, raw="not json", seq=4))
+    good_id = await client.xadd(
+        stream, dict(pack_entry([*(encode_entry(tick(n)) for n in (1, 2, 3)), bad]))
+    )
+    poison_id = await client.xadd(
+        stream, dict(pack_entry([encode_entry(tick(n)) for n in (10, 11)]))
+    )
+    # Both delivered to this worker before (it "died" holding them); the poison one
+    # four times more.
+    await client.xreadgroup("wsroute", "w1", {stream: ">"})
+    for _ in range(4):
+        await client.xclaim(stream, "wsroute", "w1", 0, [poison_id])
+    text = WORKER.format(url=server.url, stream=stream, work="")
+    text = text.replace('consumer = "w1"', 'consumer = "w1"\nmax_deliveries = 3')
+    async with running(text) as service:
+        await wait_until(lambda: len(Collect.seen["dlq"]) == 3)
+        await wait_until(lambda: source_of(service).stats.acked == 2)
+        assert (await client.xpending(stream, "wsroute"))["pending"] == 0
+    assert [m.body["n"] for m in Collect.seen["work"]] == [1, 2, 3]
+    assert [m.fields["pack_index"] for m in Collect.seen["work"]] == [0, 1, 2]
+    assert {m.fields["stream_id"] for m in Collect.seen["work"]} == {good_id.decode()}
+    letters = Collect.seen["dlq"]
+    reasons = sorted(
+        (m.dead_letter.reason, m.fields["pack_index"]) for m in letters if m.dead_letter
+    )
+    assert reasons == [("decode_error", 3), ("max_deliveries", 0), ("max_deliveries", 1)]
+    poisoned = [m for m in letters if m.dead_letter and m.dead_letter.reason == "max_deliveries"]
+    assert {m.fields["stream_id"] for m in poisoned} == {poison_id.decode()}
+    assert all(m.fields["delivery_count"] > 3 for m in poisoned)
+
+
+@requires_redis
 async def test_seq_dedupe_stores_each_sequence_number_once(
     server: RedisServer, client: aioredis.Redis
 ) -> None:

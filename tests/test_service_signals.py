@@ -8,13 +8,13 @@ drain, no ``STOPPING=1``, whatever was queued lost.
 from __future__ import annotations
 
 import signal
-import socket
 from typing import Any
 
 import anyio
 import pytest
 
 from wsroute.notify import Notifier
+from wsroute.testing import free_port
 
 import conftest
 
@@ -32,12 +32,6 @@ handlers = ["sink"]
 [handlers.sink]
 plugin = "collectors:Collect"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_sigterm_is_handled_before_ready_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
