@@ -14,8 +14,10 @@ from .exceptions import (
     ConfigError,
     DecodeError,
     EncodeError,
+    OutageExpired,
     PluginError,
     SendError,
+    Unavailable,
     WsrouteError,
 )
 from .plugin import (
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from .codec import BytesCodec, JsonCodec, StructCodec, TextCodec, encode_outgoing
     from .config import ConnectionSection as ConnectionOptions
     from .connection import Connection, ConnectionState
+    from .outage import Outage
 
 __version__ = "0.1.0"
 
@@ -61,6 +64,7 @@ _LAZY = {
     "Client": ("client", "Client"),
     "ClientOptions": ("client", "ClientOptions"),
     "connect": ("client", "connect"),
+    "Outage": ("outage", "Outage"),
 }
 
 
@@ -96,6 +100,8 @@ __all__ = [
     "Key",
     "Message",
     "OptionError",
+    "Outage",
+    "OutageExpired",
     "Outgoing",
     "PluginError",
     "SendError",
@@ -106,6 +112,7 @@ __all__ = [
     "StructArg",
     "StructCodec",
     "TextCodec",
+    "Unavailable",
     "WsrouteError",
     "__version__",
     "check_output_file",

@@ -8,7 +8,9 @@
     ├── CodecError
     │   ├── DecodeError      a frame the codec cannot turn into a message
     │   └── EncodeError      an outgoing frame the codec cannot build
-    └── SendError            a frame could not be sent upstream (not connected, closed)
+    ├── SendError            a frame could not be sent upstream (not connected, closed)
+    ├── Unavailable          a sink's engine is unavailable: an outage, not a failure
+    └── OutageExpired        an outage outlasted the handler's outage_timeout
 
 At the CLI boundary each of these becomes one line per problem on stderr and an
 exit code (78 for ConfigError and PluginError), never a traceback.
@@ -25,8 +27,10 @@ __all__ = [
     "ConfigIssue",
     "DecodeError",
     "EncodeError",
+    "OutageExpired",
     "PluginError",
     "SendError",
+    "Unavailable",
     "WsrouteError",
 ]
 
@@ -79,3 +83,27 @@ class EncodeError(CodecError):
 
 class SendError(WsrouteError):
     """A frame could not be sent upstream: unknown connection, not connected, or closed."""
+
+
+class Unavailable(WsrouteError):
+    """The engine is unavailable: not a failure of this message. Raise it from a sink.
+
+    The daemon keeps the message (no failed attempt is counted, ``retries`` is
+    untouched), waits with capped, jittered backoff — at least ``retry_after``
+    seconds when given (an HTTP ``Retry-After``) — and calls ``handle()``
+    again with the same message, until the engine is back or the handler's
+    ``outage_timeout`` passed. ``engine`` names the outage in the log events
+    (``<engine>_unavailable``, ``<engine>_recovered``); by default the
+    handler's plugin name. See :mod:`wsroute.outage`.
+    """
+
+    def __init__(
+        self, message: str = "", *, retry_after: float | None = None, engine: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.engine = engine
+
+
+class OutageExpired(WsrouteError):
+    """The outage lasted ``outage_timeout``: the message is given up (dead letter ``outage``)."""

@@ -10,6 +10,12 @@ states, each counted in :class:`HandlerStats` and logged when it is not success:
 - **dropped** — the queue was full and the operator chose ``drop-oldest`` or
   ``drop-newest``.
 
+An outage (``handle()`` raised :class:`~wsroute.Unavailable`: the engine is
+unavailable, the message is not at fault) is not a failed attempt: the worker
+holds the message, waits with the handler's :class:`~wsroute.outage.Outage`
+(capped, jittered backoff, logged once) and calls again, for as long as it
+takes or until ``outage_timeout`` (then a dead letter, reason ``outage``).
+
 So ``received = handled + dead_lettered + dropped + in_flight`` holds at every
 moment (``in_flight`` = queued + being handled).
 
@@ -46,7 +52,7 @@ import inspect
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +65,9 @@ from .budget import MemoryBudget, message_size
 from .config import HandlerSection
 from .exceptions import PluginError
 from .lifecycle import stop_plugin, supervise_run
+from .outage import Outage, OutageExpired, Unavailable
 from .plugin import DeadLetter, Message
+from .records import record
 
 __all__ = ["Ack", "HandlerRunner", "HandlerStats", "MemoryBudget", "message_size"]
 
@@ -112,6 +120,8 @@ class HandlerRunner:
         self.started = False
         self.dead_letter: HandlerRunner | None = None
         self.log = log.bind(handler=name)
+        #: The handler's engine outage state (/status, /metrics), named after its plugin.
+        self.outage = Outage(plugin or name, self.log, timeout=section.outage_timeout)
         self._queue: deque[Message] = deque()
         #: The acknowledgement of each queued or in-flight message that has one (a
         #: source's), by ``id(message)``: set by whoever queues the message, taken
@@ -201,6 +211,7 @@ class HandlerRunner:
             "timeouts": s.timeouts,
             "lost": s.lost,
             "released": s.released,
+            "outage": int(self.outage.active),
         }
 
     # -- the hot path --------------------------------------------------------
@@ -419,6 +430,9 @@ class HandlerRunner:
                 await call(message)
             except Exception as exc:
                 started[index] = math.inf
+                if isinstance(exc, Unavailable):
+                    await self._finish(index, message, 1, exc)
+                    continue
                 stats.failures += 1
                 if self._failed(message, 1, "handler_error", _describe(exc)):
                     await self._finish(index, message, 2)
@@ -440,29 +454,46 @@ class HandlerRunner:
                 since_yield = 0
                 await asyncio.sleep(0)
 
-    async def _finish(self, index: int, message: Message, attempt: int) -> None:
+    async def _finish(
+        self, index: int, message: Message, attempt: int, outage: Unavailable | None = None
+    ) -> None:
         self._busy[index] = message
-        backlog = await self._deliver(index, message, attempt)
+        backlog = await self._deliver(index, message, attempt, outage)
         self._busy[index] = None
         if backlog is not None:
             await backlog.wait_below_limit()
 
-    async def _deliver(self, index: int, message: Message, attempt: int) -> HandlerRunner | None:
-        """Attempts ``attempt`` .. ``retries + 1`` with backoff, then dead-letter.
+    async def _deliver(
+        self, index: int, message: Message, attempt: int, outage: Unavailable | None = None
+    ) -> HandlerRunner | None:
+        """Attempts ``attempt`` .. ``retries + 1`` with backoff, then dead-letter;
+        an outage (``outage``: the error that began it) is waited out between them.
 
         Returns the dead-letter runner to wait for when it is over its limit
         (only a terminal one: it waits on nobody, so no cycle can deadlock).
         """
         started = self._started
         attempts = self._attempts
+        delays = None
         while True:
-            if attempt > 1:
-                started[index] = math.inf  # waiting to retry is not part of the budget
+            started[index] = math.inf  # waiting to retry is not part of the budget
+            if outage is not None:
+                if delays is None:
+                    delays = self.outage.delays()
+                try:
+                    await self.outage.wait(outage, delays)
+                except OutageExpired as exc:
+                    self.give_up(message, "outage", error=str(exc), attempts=attempt)
+                    return self._backlog()
+                outage = None
+            elif attempt > 1:
                 await anyio.sleep(_retry_delay(attempt - 1))
             attempts[index] = attempt
             started[index] = time.monotonic()
             try:
                 await self._call(message)
+            except Unavailable as exc:
+                outage = exc
             except Exception as exc:
                 started[index] = math.inf
                 self.stats.failures += 1
@@ -473,6 +504,7 @@ class HandlerRunner:
                 started[index] = math.inf
                 self.stats.handled += 1
                 self._settle(message)
+                self.outage.recovered()
                 return None
 
     def _failed(self, message: Message, attempt: int, reason: str, error: str) -> bool:
@@ -567,8 +599,17 @@ class HandlerRunner:
         started = self._started
         attempts = self._attempts
         stats = self.stats
+        outage: Unavailable | None = None
+        delays = None
         while True:
-            if held[index]:  # a retry: the failed messages of the last attempt
+            if outage is not None:  # the held messages wait out the outage
+                if delays is None:
+                    delays = self.outage.delays()
+                if not await self._batch_outage(index, outage, delays):
+                    outage = None
+                    continue
+                outage = None
+            elif held[index]:  # a retry: the failed messages of the last attempt
                 await anyio.sleep(_retry_delay(attempts[index] - 1))
             else:
                 await self._gather(index)
@@ -579,12 +620,11 @@ class HandlerRunner:
                 failures = await self._call_batch(batch)
             except Exception as exc:
                 started[index] = math.inf
-                error = _describe(exc)
                 failed = batch
-                errors = [error] * len(batch)
+                problems: list[BaseException] = [exc] * len(batch)
             else:
                 started[index] = math.inf
-                failed, errors = [], []
+                failed, problems = [], []
                 if not failures:  # the usual case: the whole batch handled
                     stats.handled += len(batch)
                     if self.acks:
@@ -594,21 +634,50 @@ class HandlerRunner:
                     for position, problem in failures.items():
                         if 0 <= position < len(batch):
                             failed.append(batch[position])
-                            errors.append(_describe(problem))
+                            problems.append(problem)
                     if len(failed) < len(batch):
                         gone = {id(m) for m in failed}
                         for message in batch:
                             if id(message) not in gone:
                                 stats.handled += 1
                                 self._settle(message)
+            waiting = [
+                m for m, p in zip(failed, problems, strict=True) if isinstance(p, Unavailable)
+            ]
+            if waiting:
+                outage = next(p for p in problems if isinstance(p, Unavailable))
+                refused = [
+                    (m, p)
+                    for m, p in zip(failed, problems, strict=True)
+                    if not isinstance(p, Unavailable)
+                ]
+                failed = [m for m, _ in refused]
+                problems = [p for _, p in refused]
+            errors = [_describe(p) for p in problems]
             if failed:
                 self._batch_failed(index, failed, errors, "handler_error")
                 backlog = self._backlog()
-                if backlog is not None and not held[index]:
+                if backlog is not None and not held[index] and not waiting:
                     await backlog.wait_below_limit()
             else:
                 held[index] = []
+                if not waiting:
+                    delays = None
+                    self.outage.recovered()
+            if waiting:
+                held[index] = waiting + held[index]
             await asyncio.sleep(0)  # one batch at a time: let the readers in
+
+    async def _batch_outage(self, index: int, outage: Unavailable, delays: Iterator[float]) -> bool:
+        """Wait out an outage for the batch held; ``False`` if it expired (all dead-lettered)."""
+        try:
+            await self.outage.wait(outage, delays)
+        except OutageExpired as exc:
+            held, self._held[index] = self._held[index], []
+            for message in held:
+                self.give_up(message, "outage", error=str(exc), attempts=self._attempts[index])
+            return False
+        return True
 
     async def _gather(self, index: int) -> None:
         """Wait for a message, then take up to ``max``, waiting ``wait`` at most for more."""
@@ -702,6 +771,7 @@ class HandlerRunner:
                 key=message.key,
                 seq=message.seq,
                 dead_letter=None if target is None else target.name,
+                record=record(message),  # the message itself: the log is its last copy
             )
             if ack is not None:
                 ack.done()

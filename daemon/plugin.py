@@ -96,7 +96,8 @@ class DeadLetter:
 
     reason: str
     """A short machine-friendly reason: ``decode_error``, ``handler_error``, ``timeout``,
-    ``shutdown``, ``removed``, ``max_deliveries``."""
+    ``shutdown``, ``removed``, ``max_deliveries``, ``outage`` (the engine was unavailable
+    for longer than the handler's ``outage_timeout``)."""
     handler: str | None = None
     """The handler that gave up on the message (``None`` for decode errors)."""
     error: str | None = None

@@ -25,7 +25,7 @@ from .logging import mask_secrets
 if TYPE_CHECKING:
     from .service import Service
 
-__all__ = ["handler_counts", "readiness", "status"]
+__all__ = ["handler_counts", "outage_state", "readiness", "status"]
 
 _COUNTERS = [f.name for f in dataclasses.fields(HandlerStats)]
 
@@ -66,6 +66,7 @@ def status(service: Service) -> dict[str, Any]:
             "queued_bytes": runner.queued_bytes,
             "queue_bytes_capacity": runner.section.queue_bytes,
             **counts,
+            **outage_state(runner),
         }
     sources: dict[str, Any] = {}
     for name, source in service.sources.items():
@@ -94,6 +95,22 @@ def status(service: Service) -> dict[str, Any]:
             "budget": budget.limit,
             "pauses": budget.pauses,
         },
+    }
+
+
+def outage_state(runner: HandlerRunner) -> dict[str, Any]:
+    """The handler's engine outage: ``outage`` (1 during one), since when (Unix time), its
+    first error, and the seconds spent in outages since the handler started."""
+    outage = runner.outage
+    since = None
+    if outage.since is not None:
+        since = round(time.time() - outage.seconds, 3)
+    return {
+        "outage": int(outage.active),
+        "outage_since": since,
+        "outage_error": mask_secrets(outage.error) if outage.active and outage.error else None,
+        "outage_seconds_total": round(outage.seconds_total, 3),
+        "outages": outage.count + int(outage.active),
     }
 
 

@@ -48,6 +48,14 @@ _HANDLER_GAUGES = (
     ("wsroute_handler_queued_bytes", "queued_bytes", "Bytes queued now (estimated)."),
     ("wsroute_handler_in_flight", "in_flight", "Messages received and not settled yet."),
 )
+_HANDLER_OUTAGE = (
+    ("wsroute_handler_outage", "outage", "1 while the handler's engine is unavailable."),
+    (
+        "wsroute_handler_outage_seconds_total",
+        "outage_seconds_total",
+        "Seconds the handler's engine was unavailable.",
+    ),
+)
 _SOURCE_COUNTERS = (
     ("wsroute_source_delivered_total", "delivered", "Messages the source delivered."),
     ("wsroute_source_settled_total", "settled", "Delivered messages settled by every handler."),
@@ -114,6 +122,8 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
     yield outcomes
     yield from _per(handlers, "handler", _HANDLER_GAUGES, GaugeMetricFamily)
     yield from _per(handlers, "handler", _HANDLER_COUNTERS[1:], CounterMetricFamily)
+    yield from _per(handlers, "handler", _HANDLER_OUTAGE[:1], GaugeMetricFamily)
+    yield from _per(handlers, "handler", _HANDLER_OUTAGE[1:], CounterMetricFamily)
 
     yield from _per(snap.get("sources") or {}, "source", _SOURCE_COUNTERS, CounterMetricFamily)
 

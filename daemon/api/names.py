@@ -24,6 +24,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "wsroute_handler_in_flight",
     "wsroute_handler_retries_total",
     "wsroute_handler_timeouts_total",
+    "wsroute_handler_outage",
+    "wsroute_handler_outage_seconds_total",
     "wsroute_source_delivered_total",
     "wsroute_source_settled_total",
     "wsroute_memory_queued_bytes",

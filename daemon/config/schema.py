@@ -32,6 +32,7 @@ DELIVERY_KEYS = (
     "concurrency",
     "timeout",
     "retries",
+    "outage_timeout",
     "dead_letter",
     "batch",
 )
@@ -489,7 +490,17 @@ class HandlerSection:
     )
     concurrency: int = _doc("Worker tasks of this handler.", default=1)
     timeout: Duration = _doc("Budget per message attempt; 0 disables.", default=Duration(5.0))
-    retries: int = _doc("Attempts after the first, with backoff, before dead-lettering.", default=3)
+    retries: int = _doc(
+        "Attempts after the first, with backoff, before dead-lettering. Only failures "
+        "(the engine refused the message) count: an outage (the engine unavailable) is "
+        "waited out.",
+        default=3,
+    )
+    outage_timeout: Duration | None = _doc(
+        "How long an outage of the handler's engine may last before the messages it "
+        "holds are dead-lettered (reason outage); unset: wait as long as it takes.",
+        default=None,
+    )
     dead_letter: str | None = _doc(
         "Handler for what this one gives up on (default: [daemon] dead_letter).", default=None
     )
@@ -514,6 +525,8 @@ class HandlerSection:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         if self.retries < 0:
             raise ValueError(f"retries must not be negative, got {self.retries}")
+        if self.outage_timeout is not None and self.outage_timeout <= 0:
+            raise ValueError("outage_timeout must be above 0 (leave it out to wait forever)")
 
 
 @dataclass
