@@ -11,6 +11,11 @@ the path is removed only when nothing listens on it, and ours is removed at
 stop. A change of ``listen`` opens the new addresses before it closes the old
 ones, and an address that cannot be opened changes nothing: at start that is
 exit 78 naming ``daemon.api.listen``, at a reload a failed reload.
+
+No client holds the daemon (:mod:`.clients`): a request must arrive, and every
+answer be written, within ``WRITE_TIMEOUT``; closing a listener (at a stop, or
+a reload that no longer lists it) returns within the API's share of
+``shutdown_timeout``, cutting off the clients that are still connected.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import msgspec
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve, unix_serve
@@ -36,6 +42,7 @@ from websockets.http11 import Request, Response
 from ..config import ApiSection, parse_listen
 from ..exceptions import ConfigError, ConfigIssue
 from ..snapshot import readiness, status
+from .clients import WRITE_TIMEOUT, ApiConnection, Clients, stop_grace
 from .tap import TapFilter, TapHub
 
 if TYPE_CHECKING:
@@ -64,6 +71,7 @@ class Listener:
 
     address: str
     server: Server
+    clients: Clients
     path: str | None = None
     inode: int = 0
 
@@ -78,9 +86,9 @@ class Listener:
         names = [sock.getsockname() for sock in self.server.sockets]
         return ", ".join(f"[{n[0]}]:{n[1]}" if ":" in n[0] else f"{n[0]}:{n[1]}" for n in names)
 
-    async def close(self) -> None:
-        self.server.close()
-        await self.server.wait_closed()
+    async def close(self, grace: float) -> None:
+        """Stop listening and close every client within ``grace`` seconds (then cut off)."""
+        await self.clients.close(self.server, grace)
         if self.path is not None:
             _remove_ours(self.path, self.inode)
         log.info("api_closed", address=self.address)
@@ -135,7 +143,7 @@ class ApiServer:
                 opened[address] = await self._open(address, section.mode)
             except (OSError, ValueError) as exc:
                 for listener in opened.values():
-                    await listener.close()
+                    await listener.close(self.grace)
                 return [f"{_KEY}: cannot listen on {address}: {_reason(exc)}"]
         self._pending, self._pending_section = opened, section
         return []
@@ -153,8 +161,8 @@ class ApiServer:
                 with contextlib.suppress(OSError):
                     os.chmod(listener.path, section.mode)  # socket_mode may have changed
         self.listeners.update(opened)
-        for address in gone:
-            await self.listeners.pop(address).close()
+        for address in gone:  # their clients too: a tap there must not hold the reload
+            await self.listeners.pop(address).close(self.grace)
         for listener in opened.values():
             log.info("api_listening", address=listener.address, listening=listener.where())
 
@@ -162,14 +170,25 @@ class ApiServer:
         """Close what :meth:`prepare` opened (a reload that failed after it)."""
         opened, self._pending, self._pending_section = self._pending, {}, None
         for listener in opened.values():
-            await listener.close()
+            await listener.close(self.grace)
 
     async def stop(self) -> None:
-        """Close every listener (and every tap), remove the Unix sockets."""
+        """Close every listener and every client, remove the Unix sockets.
+
+        Returns within the API's share of ``shutdown_timeout`` (:func:`stop_grace`),
+        whatever the clients do: the listeners close side by side, and a client
+        still connected at the end of the grace is cut off.
+        """
         await self.rollback()
         listeners, self.listeners = self.listeners, {}
-        for listener in listeners.values():
-            await listener.close()
+        async with anyio.create_task_group() as tg:
+            for listener in listeners.values():
+                tg.start_soon(listener.close, self.grace)
+
+    @property
+    def grace(self) -> float:
+        """How long clients get to close when their listener closes."""
+        return stop_grace(self.service.config.daemon.shutdown_timeout)
 
     @property
     def addresses(self) -> list[str]:
@@ -180,10 +199,16 @@ class ApiServer:
 
     async def _open(self, address: str, mode: int) -> Listener:
         kind, where = parse_listen(address)
+        clients = Clients(address)
         options: dict[str, Any] = {
             "compression": None,
             "max_size": 2**16,  # a tap client has nothing to say
             "logger": _http_logger,
+            # A request that does not arrive, or an answer the client does not read,
+            # within the deadline: the connection is dropped.
+            "open_timeout": WRITE_TIMEOUT,
+            "close_timeout": WRITE_TIMEOUT,
+            "create_connection": clients.connection_class(),
         }
         if kind == "unix":
             assert isinstance(where, str)
@@ -199,7 +224,7 @@ class ApiServer:
                 sock.close()
                 _remove_ours(where, inode)
                 raise
-            return Listener(address, server, where, inode)
+            return Listener(address, server, clients, where, inode)
         server = await serve(
             self._tap,
             kind,
@@ -207,7 +232,7 @@ class ApiServer:
             process_request=functools.partial(self._answer, unix=False),
             **options,
         )
-        return Listener(address, server)
+        return Listener(address, server, clients)
 
     # -- answering -----------------------------------------------------------
 
@@ -243,6 +268,7 @@ class ApiServer:
     async def _tap(self, ws: ServerConnection) -> None:
         """The one WebSocket endpoint: ``/tap``, already checked by :meth:`_answer`."""
         assert ws.request is not None
+        assert isinstance(ws, ApiConnection)  # create_connection made it
         try:
             match = _tap_filter(ws.request.path, self.service)
         except ValueError as exc:  # the routes changed since the handshake

@@ -8,7 +8,8 @@ sets an event — never awaits, never encodes, never touches a socket. What
 does not fit in a client's buffer is counted, and the client gets
 ``{"event": "tap_dropped", "count": N}`` in its place, before the next record
 it gets. Each client's own sender task encodes and sends; a client that
-stops reading only ever blocks that task.
+stops reading only ever blocks that task, and for :data:`WRITE_TIMEOUT` at
+most: then the client is dropped (its socket aborted, ``api_client_dropped``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
-from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from ..records import record
+from .clients import WRITE_TIMEOUT, ApiConnection
 
 if TYPE_CHECKING:
     from ..config import RouteSection
@@ -151,8 +152,9 @@ class TapClient:
         if not self.wake.is_set():
             self.wake.set()
 
-    async def send(self, ws: ServerConnection) -> None:
-        """Send what is buffered, as it comes, until the connection closes."""
+    async def send(self, ws: ApiConnection) -> None:
+        """Send what is buffered, as it comes, until the connection closes; a send
+        that does not complete within :data:`WRITE_TIMEOUT` cuts the client off."""
         buffer = self.buffer
         while True:
             await self.wake.wait()
@@ -166,7 +168,18 @@ class TapClient:
                     out = record(message, verbatim=True)
                     out["handlers"] = [runner.name for runner in targets]
                     data = _encoder.encode(out)
-                await ws.send(data, text=True)
+                try:
+                    async with asyncio.timeout(WRITE_TIMEOUT):
+                        await ws.send(data, text=True)
+                except TimeoutError:
+                    log.warning(
+                        "api_client_dropped",
+                        endpoint="/tap",
+                        reason="writes blocked",
+                        timeout=WRITE_TIMEOUT,
+                    )
+                    ws.cut_off()
+                    return
 
 
 class TapHub:
@@ -184,7 +197,7 @@ class TapHub:
     def _install(self) -> None:
         self.service.dispatcher.tap = self.hook if self.clients else None
 
-    async def serve(self, ws: ServerConnection, match: TapFilter) -> None:
+    async def serve(self, ws: ApiConnection, match: TapFilter) -> None:
         """One client's life: buffered and sent to until it (or the server) closes."""
         client = TapClient(match)
         # A new list each time: the hook may be iterating the old one.
