@@ -269,7 +269,6 @@ def _run(path: str) -> int:
 
     from .logging import configure
     from .notify import Notifier
-    from .preflight import checked
     from .service import Plan, Service, plan
 
     # Taken out of the environment before plugins are imported, so neither they
@@ -278,17 +277,12 @@ def _run(path: str) -> int:
     config = _load(path)
     configure(config.daemon.log_level, config.daemon.log_format)
     the_plan = plan(config)
-    # Start-time preconditions (TLS files, plugins' check hooks): an error is exit 78.
-    for warning in checked(the_plan):
-        structlog.get_logger("wsroute").warning("config_warning", problem=str(warning))
 
     def reload_plan() -> Plan:
-        # A reload whose preconditions fail is rejected: the old config keeps running.
-        new_plan = plan(load(path))
-        for warning in checked(new_plan):
-            structlog.get_logger("wsroute").warning("config_warning", problem=str(warning))
-        return new_plan
+        return plan(load(path))
 
+    # The service runs the preflight `check` runs (TLS files, plugins' check hooks)
+    # before it starts anything (an error: exit 78) and before each reload.
     service = Service(the_plan, reload=reload_plan, notifier=notifier)
     try:
         uvloop = config.daemon.event_loop == "uvloop"
@@ -314,8 +308,8 @@ def _run(path: str) -> int:
 
 def _check(path: str) -> int:
     from .logging import configure, mask_secrets
+    from .plan import plan
     from .preflight import checked
-    from .service import plan
 
     config = _load(path)
     configure("warning", "console")
@@ -344,7 +338,7 @@ def _check(path: str) -> int:
 def _test(path: str, tests: Sequence[str]) -> int:
     from .configtest import run_tests
     from .logging import configure
-    from .service import plan
+    from .plan import plan
 
     config = _load(path)
     configure("warning", "console")

@@ -4,15 +4,15 @@ A :class:`DaemonHandlerContext` is a handler's :class:`~wsroute.HandlerContext`
 (send upstream through a connection's codec, emit, subscribe); a
 :class:`DaemonSourceContext` is a source's :class:`~wsroute.SourceContext`
 (decode, deliver with an acknowledgement — a message or a batch — and
-dead-letter). Both look the connections and runners up on the
-:class:`~wsroute.service.Service` at call time, so a reload that replaces them
-is seen at once.
+dead-letter). Both look the connections, the dispatcher and the dead-letter
+runners up on their :class:`Host` (the daemon's owner) at call time, so a
+reload that replaces them is seen at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -21,17 +21,32 @@ from .exceptions import SendError
 from .plugin import Codec, DeadLetter, Frame, Message, Outgoing, StructArg
 
 if TYPE_CHECKING:
-    from .service import Service
+    from .connection import Connection
+    from .dispatch import Dispatcher
+    from .handler import HandlerRunner
 
-__all__ = ["DaemonHandlerContext", "DaemonSourceContext", "outgoing"]
+__all__ = ["DaemonHandlerContext", "DaemonSourceContext", "Host", "outgoing"]
+
+
+class Host(Protocol):
+    """What the contexts ask of the daemon: the parts a plugin's calls reach."""
+
+    @property
+    def dispatcher(self) -> Dispatcher: ...
+
+    def connection(self, name: str) -> Connection:
+        """The running connection ``name``; SendError if there is none."""
+
+    def dead_letter_runner(self, source: str) -> HandlerRunner | None:
+        """Where source ``source``'s dead letters go under the running config."""
 
 
 class DaemonHandlerContext:
     """The :class:`~wsroute.HandlerContext` the daemon gives each handler."""
 
-    def __init__(self, name: str, service: Service) -> None:
+    def __init__(self, name: str, host: Host) -> None:
         self._name = name
-        self._service = service
+        self._host = host
         self._log = structlog.get_logger("wsroute.plugin").bind(handler=name)
 
     @property
@@ -51,13 +66,13 @@ class DaemonHandlerContext:
         text: str | None = None,
         raw: bytes | None = None,
     ) -> None:
-        await self._service.connection(connection).send(
+        await self._host.connection(connection).send(
             outgoing(json=json, struct=struct, text=text, raw=raw)
         )
 
     async def emit(self, message: Message) -> None:
         # emit(), not dispatch(): a worker must not wait for the memory budget.
-        pending = self._service.dispatcher.emit(message)
+        pending = self._host.dispatcher.emit(message)
         if pending is not None:
             await pending
 
@@ -72,18 +87,18 @@ class DaemonHandlerContext:
         raw: bytes | None = None,
     ) -> None:
         frame = outgoing(json=json, struct=struct, text=text, raw=raw)
-        await self._service.connection(connection).subscribe(name, frame)
+        await self._host.connection(connection).subscribe(name, frame)
 
     async def unsubscribe(self, connection: str, name: str) -> None:
-        self._service.connection(connection).unsubscribe(name)
+        self._host.connection(connection).unsubscribe(name)
 
 
 class DaemonSourceContext:
     """The :class:`~wsroute.SourceContext` the daemon gives each source."""
 
-    def __init__(self, name: str, service: Service, codec: Codec) -> None:
+    def __init__(self, name: str, host: Host, codec: Codec) -> None:
         self._name = name
-        self._service = service
+        self._host = host
         self._codec = codec
         self._log = structlog.get_logger("wsroute.source").bind(source=name)
         self.delivered = 0
@@ -116,7 +131,7 @@ class DaemonSourceContext:
         else:
             self.settled += 1  # nothing to wait for
         self.delivered += 1
-        pending = self._service.dispatcher.dispatch(message, ack)
+        pending = self._host.dispatcher.dispatch(message, ack)
         if pending is not None:
             await pending
 
@@ -125,7 +140,7 @@ class DaemonSourceContext:
     ) -> None:
         # deliver() per message, without its coroutine, closure and Ack keywords: one
         # _Settled (an Ack) per message calls on_settled(index) itself.
-        dispatch = self._service.dispatcher.dispatch
+        dispatch = self._host.dispatcher.dispatch
         if on_settled is None:
             for message in messages:
                 self.delivered += 1
@@ -148,9 +163,7 @@ class DaemonSourceContext:
         error: str | None = None,
         on_settled: Callable[[], None] | None = None,
     ) -> None:
-        service = self._service
-        section = service.config.sources[self._name]
-        target = service.runners.get(section.dead_letter or service.config.daemon.dead_letter or "")
+        target = self._host.dead_letter_runner(self._name)
         letter = message.replace(dead_letter=DeadLetter(reason=reason, error=error))
         ack = Ack(on_settled, pending=1) if on_settled is not None else None
         if target is None or not target.accept_dead_letter(letter, ack):

@@ -1,6 +1,6 @@
 """Start-time preconditions: what ``wsroute check`` can know before the daemon runs.
 
-Loading the config and its plugins (:func:`wsroute.service.plan`) checks what
+Loading the config and its plugins (:func:`wsroute.plan.plan`) checks what
 the file says. :func:`preflight` then checks what starting it needs from the
 machine, cheaply and without the network:
 
@@ -41,7 +41,7 @@ from .validate import join_path
 
 if TYPE_CHECKING:
     from .config import TlsSection
-    from .service import Plan
+    from .plan import Plan
 
 __all__ = ["check_output_file", "checked", "preflight", "state_directories"]
 

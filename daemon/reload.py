@@ -1,42 +1,79 @@
 """Reload: a new config applied as a diff, completely or not at all.
 
-:func:`apply` first builds and starts everything the new config needs next to
-the running one — new and changed handler runners (their ``start()``), new
-and changed connections (their TLS contexts), new and changed sources. If any
-of that fails, what was started is stopped again and the problems are
-returned: nothing of the running config was touched. Only then does it
-commit: swap the runner table and the router (one assignment each), restart
-changed connections and sources, and retire removed or changed handlers
-(drained within ``shutdown_timeout``, the rest dead-lettered as ``removed``).
+The diff is :func:`~wsroute.reload_plan.reload_plan`'s (pure: which handlers,
+connections and sources are kept, restarted, added, removed). :func:`apply`
+carries it out through the operations the daemon's owner offers
+(:class:`Reloadable`, which :class:`~wsroute.service.Service` implements): it
+first builds and starts everything the new config needs next to the running
+one — new and changed handler runners (their ``start()``), new and changed
+connections (their TLS contexts), new and changed sources. If any of that
+fails, what was started is stopped again and the problems are returned:
+nothing of the running config was touched. Only then does it commit: the owner
+swaps the runner table and the router (one assignment each), changed
+connections and sources restart, and retired handlers drain within
+``shutdown_timeout`` (the rest dead-lettered as ``removed``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
 import anyio
 import structlog
 
-from .config import Config, unchanged_connections, unchanged_sources
+from .config import ApiSection, Config
 from .connection import Connection
 from .exceptions import ConfigError, PluginError
 from .handler import HandlerRunner, HandlerStats
 from .plan import Plan
+from .reload_plan import ReloadPlan
 from .shutdown import drain_all, log_handler_totals
 from .sources import SourceSupervisor
 
-if TYPE_CHECKING:
-    from .service import Service
-
-__all__ = ["add_stats", "apply", "dead_letter_targets"]
+__all__ = ["Reloadable", "add_stats", "apply", "dead_letter_targets"]
 
 log = structlog.get_logger("wsroute.service")
 
 
-async def apply(service: Service, new_plan: Plan) -> list[str]:
-    """Apply a new, valid config as a diff; unchanged connections keep their socket.
+class Reloadable(Protocol):
+    """What :func:`apply` asks of the daemon's owner: reads, builders, and named changes."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def runners(self) -> Mapping[str, HandlerRunner]: ...
+    @property
+    def connections(self) -> Mapping[str, Connection]: ...
+    @property
+    def sources(self) -> Mapping[str, SourceSupervisor]: ...
+
+    def build_runner(self, plan: Plan, name: str) -> HandlerRunner: ...
+    def build_connection(self, plan: Plan, name: str) -> Connection: ...
+    def build_source(self, plan: Plan, name: str) -> SourceSupervisor: ...
+
+    async def start_runner(self, runner: HandlerRunner) -> None:
+        """Start a runner (its plugin's ``start()``) in the daemon's task group."""
+
+    async def prepare_api(self, section: ApiSection) -> list[str]:
+        """Open the API's new listen addresses next to the old ones; the problems."""
+
+    async def commit(self, plan: Plan, runners: dict[str, HandlerRunner]) -> list[HandlerRunner]:
+        """Switch to ``plan`` and ``runners``; the runners it retires (still draining)."""
+
+    def remove_connection(self, name: str) -> Connection: ...
+    async def add_connection(self, conn: Connection) -> None: ...
+    def remove_source(self, name: str) -> SourceSupervisor: ...
+    async def add_source(self, source: SourceSupervisor) -> None: ...
+
+    def retired_runner(self, runner: HandlerRunner) -> None:
+        """A retired runner finished: keep its counts for the API's figures."""
+
+
+async def apply(owner: Reloadable, new_plan: Plan, changes: ReloadPlan) -> list[str]:
+    """Carry out ``changes`` towards ``new_plan``; unchanged connections keep their socket.
 
     All or nothing: first everything the new config needs is built and
     started next to the running config (new and changed handlers' ``start()``,
@@ -45,93 +82,68 @@ async def apply(service: Service, new_plan: Plan) -> list[str]:
     been touched, and the problems are returned (one per key path). Only then
     is the old config retired.
     """
-    old, new = service.config, new_plan.config
-    tg = service.task_group
-    assert tg is not None
-    kept_handlers = {
-        name
-        for name, section in new.handlers.items()
-        if name in service.runners and old.handlers.get(name) == section
-    }
-    started = [name for name in new.handlers if name not in kept_handlers]
-    keep = unchanged_connections(old, new) if service.connect_upstreams else set()
-    kept_sources = unchanged_sources(old, new) if service.connect_upstreams else set()
-    # 1. prepare, next to the running config
+    new = new_plan.config
+    handlers, connections, sources = changes.handlers, changes.connections, changes.sources
+    # 1. prepare, next to the running config (in the new config's order)
     problems: list[str] = []
     fresh: dict[str, HandlerRunner] = {}
-    for name in started:
+    for name in (n for n in new.handlers if n in handlers.started):
         try:
-            fresh[name] = service.build_runner(new_plan, name)
+            fresh[name] = owner.build_runner(new_plan, name)
         except Exception as exc:
             problems.append(f"handlers.{name}: could not create: {exc}")
     built: dict[str, Connection] = {}
+    for name in (n for n in new.connections if n in connections.started):
+        try:
+            built[name] = owner.build_connection(new_plan, name)
+        except ConfigError as exc:  # a TLS file that cannot be loaded
+            problems.extend(str(issue) for issue in exc.issues)
+        except Exception as exc:
+            problems.append(f"connections.{name}: {_short_error(exc)}")
     new_sources: dict[str, SourceSupervisor] = {}
-    if service.connect_upstreams:
-        for name in new.connections:
-            if name not in keep:
-                try:
-                    built[name] = service.build_connection(new_plan, name)
-                except ConfigError as exc:  # a TLS file that cannot be loaded
-                    problems.extend(str(issue) for issue in exc.issues)
-                except Exception as exc:
-                    problems.append(f"connections.{name}: {_short_error(exc)}")
-        for name in new_plan.sources:
-            if name not in kept_sources:
-                try:
-                    new_sources[name] = service.build_source(new_plan, name)
-                except Exception as exc:
-                    problems.append(f"sources.{name}: could not create: {exc}")
+    for name in (n for n in new_plan.sources if n in sources.started):
+        try:
+            new_sources[name] = owner.build_source(new_plan, name)
+        except Exception as exc:
+            problems.append(f"sources.{name}: could not create: {exc}")
     if problems:
         return problems
-    runners = {name: service.runners[name] for name in kept_handlers} | fresh
+    runners = {name: owner.runners[name] for name in handlers.kept} | fresh
     targets = dead_letter_targets(new, runners)
     for name, runner in fresh.items():
         runner.dead_letter = targets[name]
     running: list[HandlerRunner] = []
     for name in sorted(fresh, key=lambda n: fresh[n].dead_letter is not None):
         try:
-            await tg.start(fresh[name].run)
+            await owner.start_runner(fresh[name])
         except Exception as exc:  # start() failed: PluginError names the handler
             problems.append(str(exc) if isinstance(exc, PluginError) else repr(exc))
             break
         running.append(fresh[name])
+    # the API's new listen addresses are opened next to the old ones
+    if not problems:
+        problems = await owner.prepare_api(new.daemon.api)
     if problems:
         for runner in reversed(running):  # nothing was routed to them yet
             await runner.stop_workers("removed")
         return problems
-    # the API's new listen addresses are opened next to the old ones
-    api_problems = await service.api.prepare(new.daemon.api)
-    if api_problems:
-        for runner in reversed(running):  # nothing was routed to them yet
-            await runner.stop_workers("removed")
-        return api_problems
     # 2. commit: from here on nothing can fail for want of a resource
-    retired = [r for name, r in service.runners.items() if name not in kept_handlers]
-    service.runners = runners
-    service.wire_dead_letters(new)
-    # one assignment switches every source to the new route table
-    service.dispatcher.router = service.build_router(new)
-    service.budget.set_limit(new.daemon.memory_budget)
-    service.plan, service.config = new_plan, new
-    await service.api.commit()
+    retired = await owner.commit(new_plan, runners)
     # 3. connections: keep the unchanged ones open, restart the changed ones
-    stopped = [name for name in service.connections if name not in keep]
+    stopped = [name for name in owner.connections if name in connections.stopped]
     for name in stopped:
-        service.connections[name].stop("reload")
+        owner.connections[name].stop("reload")
     for name in stopped:
-        with anyio.move_on_after(service.connections[name].stop_timeout):
-            await service.connections[name].wait_stopped()
-    previous = {name: service.connections.pop(name) for name in stopped}
-    begun = []
+        with anyio.move_on_after(owner.connections[name].stop_timeout):
+            await owner.connections[name].wait_stopped()
+    previous = {name: owner.remove_connection(name) for name in stopped}
     for name, conn in built.items():
         if name in previous:  # same name: seq, counters and subscriptions go on
             conn.continue_from(previous[name])
-        service.connections[name] = conn
-        await tg.start(conn.run)
-        begun.append(name)
+        await owner.add_connection(conn)
     deadline = time.monotonic() + new.daemon.shutdown_timeout
-    for name in [n for n in service.sources if n not in kept_sources]:
-        source = service.sources.pop(name)
+    for name in [n for n in owner.sources if n in sources.stopped]:
+        source = owner.remove_source(name)
         source.stop_reading()
         await source.wait_stopped()
         # Let what it delivered settle first, so close() acknowledges it and the
@@ -139,33 +151,27 @@ async def apply(service: Service, new_plan: Plan) -> list[str]:
         while source.ctx.in_flight > 0 and time.monotonic() < deadline:
             await anyio.sleep(0.01)
         await source.close()
-    for name, source in new_sources.items():
-        service.sources[name] = source
-        await tg.start(source.run)
+    for source in new_sources.values():
+        await owner.add_source(source)
     # 4. retired handlers drain what they hold; the rest is dead-lettered. Meanwhile
     # and afterwards their counts stay in the API's figures for names still configured.
-    service.retiring.extend(retired)
     deadline = time.monotonic() + new.daemon.shutdown_timeout
     await drain_all(retired, deadline, "removed")
     for runner in retired:
         await runner.stop_workers("removed")
         # Its final account, as at shutdown: the operator can reconcile every message.
         log_handler_totals(runner)
-        service.retiring.remove(runner)
-        if runner.name in new.handlers:
-            service.retired[runner.name] = add_stats(service.retired.get(runner.name), runner.stats)
-    for name in [n for n in service.retired if n not in new.handlers]:
-        del service.retired[name]
+        owner.retired_runner(runner)
     log.info(
         "reload_applied",
-        connections_kept=sorted(keep),
-        connections_restarted=sorted(n for n in begun if n in previous),
-        connections_started=sorted(n for n in begun if n not in previous),
+        connections_kept=sorted(connections.kept),
+        connections_restarted=sorted(n for n in built if n in previous),
+        connections_started=sorted(n for n in built if n not in previous),
         connections_stopped=sorted(n for n in stopped if n not in new.connections),
-        handlers_kept=sorted(kept_handlers),
-        handlers_started=sorted(started),
+        handlers_kept=sorted(handlers.kept),
+        handlers_started=sorted(handlers.started),
         handlers_stopped=sorted(r.name for r in retired),
-        sources_kept=sorted(kept_sources),
+        sources_kept=sorted(sources.kept),
         routes=len(new.routes),
     )
     return []

@@ -226,7 +226,9 @@ def replay(
         except OSError as exc:
             print(f"wsroute: cannot open {failed_path}: {exc.strerror or exc}", file=sys.stderr)
             return EX_NOINPUT
-    service = Service(the_plan, connect=False)
+    # Offline: no connection opens, so the preflight of `run` (TLS files of the
+    # machine the daemon runs on) does not apply here.
+    service = Service(the_plan, connect=False, preflight=False)
     tally = _Tally()
     tally.read = len(messages) + bad
     tally.failed = bad

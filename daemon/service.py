@@ -1,17 +1,27 @@
-"""The daemon: builds everything from a config, runs it, reloads it, shuts it down in order.
+"""The running daemon's one owner: builds everything from a plan, runs, reloads, stops.
 
-Phases, each in a module of its own:
+Phases:
 
 1. :func:`~wsroute.plan.plan` — resolve and import every codec, handler and
    source plugin and validate their options (all problems at once, with key
-   paths); ``wsroute check`` stops here;
-2. :class:`Service` — start handler runners (``start()`` of each plugin, the
-   dead-letter handlers first), the router, then the connections (spread out
-   by a small jitter) and sources; report ready; serve;
-3. :func:`~wsroute.reload.apply` on SIGHUP — all or nothing;
-4. :func:`~wsroute.shutdown.stop_all` on SIGTERM — stop reading, close
-   upstreams, drain within ``shutdown_timeout``, dead-letter what is left, log
-   the delivery totals.
+   paths); ``wsroute check`` stops here, after the preflight;
+2. :meth:`Service.run` — the preflight (:func:`~wsroute.preflight.checked`,
+   what ``check`` runs: ``check`` = ``run``), then handler runners (``start()``
+   of each plugin, the dead-letter handlers first), the router, the connections
+   (spread out by a small jitter) and sources; report ready; serve;
+3. on SIGHUP, :meth:`Service.reload` — the preflight again, then the pure
+   :func:`~wsroute.reload_plan.reload_plan` (config A → config B) applied by
+   :func:`~wsroute.reload.apply` through the owner's :class:`~wsroute.reload.Reloadable`
+   operations, all or nothing;
+4. on SIGTERM, the ordered stop (:func:`~wsroute.shutdown.stop_all`) — stop
+   reading, close upstreams, drain within ``shutdown_timeout``, dead-letter
+   what is left, log the delivery totals.
+
+Only the Service changes its running state (runners, connections, sources, the
+router, the retired counts). Plugins reach it through their contexts
+(:mod:`wsroute.contexts`); observers (the API, ``/status``, ``/metrics``, the
+tap, STATUS=) through the read-only :class:`~wsroute.view.DaemonView`; only
+the entry points that build a daemon import this module.
 
 Invariants: reloads run one at a time (SIGHUPs are coalesced) and never once
 a stop began; a stop waits for a running reload, never for queued ones.
@@ -24,7 +34,9 @@ import gc
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -32,19 +44,23 @@ import structlog
 
 from .api import ApiServer
 from .budget import MemoryBudget
-from .config import Config
-from .connection import Connection, ConnectionState
+from .config import ApiSection, Config
+from .connection import Connection
 from .contexts import DaemonHandlerContext, DaemonSourceContext
 from .dispatch import Dispatcher
 from .exceptions import ConfigError, ConfigIssue, PluginError, SendError
 from .handler import HandlerRunner, HandlerStats
 from .notify import Notifier, watchdog_loop
 from .plan import HandlerPlan, Plan, SourcePlan, plan
+from .preflight import checked
 from .registry import create_handler, create_source
-from .reload import apply, dead_letter_targets
+from .reload import add_stats, apply, dead_letter_targets
+from .reload_plan import reload_plan
 from .router import Router
 from .shutdown import stop_all
+from .snapshot import status_line
 from .sources import SourceSupervisor
+from .view import TapHook
 
 __all__ = ["HandlerPlan", "Plan", "Service", "SourcePlan", "plan"]
 
@@ -54,7 +70,11 @@ _STATUS_EVERY = 5.0
 
 
 class Service:
-    """The running daemon. ``await Service(plan).run()`` returns after a clean shutdown."""
+    """The running daemon. ``await Service(plan).run()`` returns after a clean shutdown.
+
+    ``preflight=False`` skips the start-time preconditions (``wsroute replay``,
+    which opens no connection, keeps its own).
+    """
 
     def __init__(
         self,
@@ -63,11 +83,13 @@ class Service:
         notifier: Notifier | None = None,
         reload: Callable[[], Plan] | None = None,
         connect: bool = True,
+        preflight: bool = True,
     ) -> None:
         self.plan = plan
         self.config = plan.config
         self.notifier = notifier or Notifier.from_environ(unset=False)
         self._reload = reload
+        self._preflight = preflight
         self.connect_upstreams = connect
         self.runners: dict[str, HandlerRunner] = {}
         self.connections: dict[str, Connection] = {}
@@ -80,7 +102,7 @@ class Service:
         # SIGHUPs are coalesced: a reload asked for while one runs is done once after it.
         self._reload_wanted = anyio.Event()
         self._reload_lock = anyio.Lock()  # held by a running reload; shutdown waits for it
-        self.task_group: anyio.abc.TaskGroup | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
         self._reload_failed = False  # shown in STATUS= until a reload succeeds
         #: Reloads by result, for the API: "success", "failure".
         self.reloads = {"success": 0, "failure": 0}
@@ -94,10 +116,31 @@ class Service:
         self.retired: dict[str, HandlerStats] = {}
         #: [daemon.api]: its listeners, opened by run() once everything is up.
         self.api = ApiServer(self)
-        self._status = ""
         self.stopped_cleanly = False
 
-    # -- lookups used by contexts -------------------------------------------
+    # -- the read-only view (wsroute.view.DaemonView) ------------------------
+
+    @property
+    def unmatched(self) -> Counter[str]:
+        return self.dispatcher.unmatched
+
+    @property
+    def decode_errors(self) -> Counter[str]:
+        return self.dispatcher.decode_errors
+
+    @property
+    def reload_failed(self) -> bool:
+        """The last reload failed: the running config is older than the file."""
+        return self._reload_failed
+
+    def set_tap(self, hook: TapHook | None) -> None:
+        self.dispatcher.tap = hook
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: connection states and delivery counters."""
+        return status_line(self)
+
+    # -- what the contexts look up at call time ------------------------------
 
     def connection(self, name: str) -> Connection:
         try:
@@ -105,7 +148,12 @@ class Service:
         except KeyError:
             raise SendError(f"unknown connection {name!r}") from None
 
-    # -- building ------------------------------------------------------------
+    def dead_letter_runner(self, source: str) -> HandlerRunner | None:
+        """Where source ``source``'s dead letters go under the running config."""
+        section = self.config.sources[source]
+        return self.runners.get(section.dead_letter or self.config.daemon.dead_letter or "")
+
+    # -- building (wsroute.reload.Reloadable) --------------------------------
 
     def build_runner(self, plan: Plan, name: str) -> HandlerRunner:
         hp = plan.handlers[name]
@@ -113,20 +161,6 @@ class Service:
         return HandlerRunner(
             name, hp.section, instance, plugin=hp.section.plugin, budget=self.budget
         )
-
-    def wire_dead_letters(self, config: Config) -> None:
-        """Point each runner at its dead-letter runner (again, after a reload)."""
-        for name, target in dead_letter_targets(config, self.runners).items():
-            self.runners[name].dead_letter = target
-        self.dispatcher.dead_letter = self.runners.get(config.daemon.dead_letter or "")
-
-    def build_router(self, config: Config) -> Router[HandlerRunner]:
-        rules = [
-            (name, route.connection, route.keys, [self.runners[h] for h in route.handlers])
-            for name, route in config.routes.items()
-        ]
-        unmatched = self.runners.get(config.daemon.unmatched or "")
-        return Router.compile(rules, unmatched)
 
     def build_connection(self, plan: Plan, name: str, spread: float = 0.0) -> Connection:
         return Connection(
@@ -144,10 +178,69 @@ class Service:
         ctx = DaemonSourceContext(name, self, plan.codecs[name])
         return SourceSupervisor(name, create_source(sp.info, sp.options, ctx), ctx)
 
-    async def start_source(self, plan: Plan, name: str) -> None:
-        running = self.sources[name] = self.build_source(plan, name)
-        assert self.task_group is not None
-        await self.task_group.start(running.run)
+    def _wire_dead_letters(self, config: Config) -> None:
+        """Point each runner at its dead-letter runner (again, after a reload)."""
+        for name, target in dead_letter_targets(config, self.runners).items():
+            self.runners[name].dead_letter = target
+        self.dispatcher.dead_letter = self.runners.get(config.daemon.dead_letter or "")
+
+    def _build_router(self, config: Config) -> Router[HandlerRunner]:
+        rules = [
+            (name, route.connection, route.keys, [self.runners[h] for h in route.handlers])
+            for name, route in config.routes.items()
+        ]
+        unmatched = self.runners.get(config.daemon.unmatched or "")
+        return Router.compile(rules, unmatched)
+
+    # -- changing what runs (wsroute.reload.Reloadable) ----------------------
+
+    async def _start(self, run: Callable[..., Coroutine[Any, Any, Any]]) -> None:
+        assert self._task_group is not None, "only while run() runs"
+        await self._task_group.start(run)
+
+    async def start_runner(self, runner: HandlerRunner) -> None:
+        await self._start(runner.run)
+
+    async def prepare_api(self, section: ApiSection) -> list[str]:
+        return await self.api.prepare(section)
+
+    async def commit(self, plan: Plan, runners: dict[str, HandlerRunner]) -> list[HandlerRunner]:
+        """Switch to ``plan`` with ``runners`` (started); return the runners it retires.
+
+        One assignment each for the runner table and the router: every connection
+        and source routes by the new config from its next message on.
+        """
+        retired = [r for name, r in self.runners.items() if runners.get(name) is not r]
+        self.runners = runners
+        self._wire_dead_letters(plan.config)
+        self.dispatcher.router = self._build_router(plan.config)
+        self.budget.set_limit(plan.config.daemon.memory_budget)
+        self.plan, self.config = plan, plan.config
+        await self.api.commit()
+        self.retiring.extend(retired)
+        return retired
+
+    def remove_connection(self, name: str) -> Connection:
+        return self.connections.pop(name)
+
+    async def add_connection(self, conn: Connection) -> None:
+        self.connections[conn.name] = conn
+        await self._start(conn.run)
+
+    def remove_source(self, name: str) -> SourceSupervisor:
+        return self.sources.pop(name)
+
+    async def add_source(self, source: SourceSupervisor) -> None:
+        self.sources[source.name] = source
+        await self._start(source.run)
+
+    def retired_runner(self, runner: HandlerRunner) -> None:
+        """A retired runner finished draining: its counts stay, under a configured name."""
+        self.retiring.remove(runner)
+        if runner.name in self.config.handlers:
+            self.retired[runner.name] = add_stats(self.retired.get(runner.name), runner.stats)
+        for name in [n for n in self.retired if n not in self.config.handlers]:
+            del self.retired[name]
 
     # -- running -------------------------------------------------------------
 
@@ -155,11 +248,13 @@ class Service:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Start everything, report ready, serve until SIGTERM/SIGINT (or :meth:`shutdown`)."""
+        if self._preflight:
+            self._check(self.plan)  # ConfigError: nothing started
         self.runners = {name: self.build_runner(self.plan, name) for name in self.plan.handlers}
-        self.dispatcher = Dispatcher(self.build_router(self.config), budget=self.budget)
-        self.wire_dead_letters(self.config)
+        self.dispatcher = Dispatcher(self._build_router(self.config), budget=self.budget)
+        self._wire_dead_letters(self.config)
         async with anyio.create_task_group() as tg:
-            self.task_group = tg
+            self._task_group = tg
             # Dead-letter handlers first, so everything else can dead-letter from the start.
             for runner in sorted(self.runners.values(), key=lambda r: r.dead_letter is not None):
                 await tg.start(runner.run)
@@ -168,15 +263,13 @@ class Service:
                 spread = min(1.0, 0.05 * len(self.config.connections))
                 spread = spread if spread > 0.05 else 0.0
                 for name in self.config.connections:
-                    conn = self.build_connection(self.plan, name, spread)
-                    self.connections[name] = conn
-                    await tg.start(conn.run)
+                    await self.add_connection(self.build_connection(self.plan, name, spread))
                 for name in self.plan.sources:
-                    await self.start_source(self.plan, name)
+                    await self.add_source(self.build_source(self.plan, name))
             try:
                 await self.api.start(self.config.daemon.api)
             except ConfigError:  # an address that cannot be opened: exit 78, cleanly
-                await stop_all(self)
+                await self._stop()
                 raise
             # Started, not just scheduled: the handlers are installed before READY=1 goes
             # out, so a stop that follows at once is a clean shutdown, not the default
@@ -202,7 +295,7 @@ class Service:
             # A reload that is running finishes first (it is never left half-applied);
             # reloads asked for but not begun are dropped.
             async with self._reload_lock:
-                await stop_all(self)
+                await self._stop()
                 await self.api.stop()  # after the drain: /metrics shows it to the end
             tg.cancel_scope.cancel()
         self.stopped_cleanly = True
@@ -211,6 +304,21 @@ class Service:
         """Begin the ordered shutdown (what SIGTERM does). Reloads are ignored from now on."""
         self._stopping = True
         self._shutdown.set()
+
+    async def _stop(self) -> None:
+        await stop_all(
+            runners=self.runners,
+            connections=self.connections,
+            sources=self.sources,
+            dispatcher=self.dispatcher,
+            notifier=self.notifier,
+            timeout=self.config.daemon.shutdown_timeout,
+        )
+
+    def _check(self, plan: Plan) -> None:
+        """The preflight ``wsroute check`` runs: ConfigError on an error; warnings logged."""
+        for warning in checked(plan):
+            structlog.get_logger("wsroute").warning("config_warning", problem=str(warning))
 
     def request_reload(self) -> None:
         """Ask for a reload (what SIGHUP does): done by the reload task, never twice at once.
@@ -263,12 +371,16 @@ class Service:
             return False
         try:
             new_plan = self._reload()
+            if self._preflight:
+                # A reload whose preconditions fail is rejected: the old config keeps running.
+                self._check(new_plan)
         except (ConfigError, PluginError) as exc:
             issues = exc.issues if isinstance(exc, ConfigError) else [ConfigIssue("", str(exc))]
             self._reload_rejected([str(issue) for issue in issues])
             return False
         old_daemon = self.config.daemon
-        problems = await apply(self, new_plan)
+        changes = reload_plan(self.config, new_plan.config, upstreams=self.connect_upstreams)
+        problems = await apply(self, new_plan, changes)
         if problems:
             self._reload_rejected(problems)
             return False
@@ -301,35 +413,10 @@ class Service:
         self.reloads["failure"] += 1
         self.notifier.ready(status=self.status_line())
 
-    @property
-    def reload_failed(self) -> bool:
-        """The last reload failed: the running config is older than the file."""
-        return self._reload_failed
-
     async def _status_loop(self) -> None:
         while True:
             self.notifier.status(self.status_line())
             await anyio.sleep(_STATUS_EVERY)
-
-    def status_line(self) -> str:
-        """One line for systemd's STATUS=: connection states and delivery counters."""
-        states: dict[str, int] = {}
-        for conn in self.connections.values():
-            states[conn.state.value] = states.get(conn.state.value, 0) + 1
-        up = states.get(ConnectionState.CONNECTED.value, 0)
-        frames = sum(c.seq for c in self.connections.values())
-        handled = sum(r.stats.handled for r in self.runners.values())
-        # Undecodable frames are dead-lettered by the dispatcher, not by a handler.
-        dead = sum(r.stats.dead_lettered for r in self.runners.values())
-        dead += sum(self.dispatcher.decode_errors.values())
-        dropped = sum(r.stats.dropped for r in self.runners.values())
-        queued = sum(r.queued for r in self.runners.values())
-        return ("reload failed; " if self._reload_failed else "") + (
-            f"{up}/{len(self.connections)} connected; frames={frames} handled={handled} "
-            f"dead_lettered={dead} dropped={dropped} queued={queued}"
-        )
-
-    # -- shutdown ------------------------------------------------------------
 
 
 def _event_loop() -> str:

@@ -1,6 +1,7 @@
 """Shutdown in order: stop reading, close upstreams, drain, dead-letter, account.
 
-:func:`stop_all` runs once, after a running reload finished: sources stop
+:func:`stop_all` is the operation :class:`~wsroute.service.Service` runs once
+(on SIGTERM, after a running reload finished), on the parts it owns: sources stop
 reading and connections close (each ``$connected`` gets its
 ``$disconnected``); handlers drain for up to half of ``shutdown_timeout`` and
 what they still hold is dead-lettered (or released, for a redelivering
@@ -12,6 +13,7 @@ sources acknowledge what settled; the delivery totals are logged.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import anyio
@@ -20,38 +22,65 @@ import structlog
 from .handler import HandlerRunner
 
 if TYPE_CHECKING:
-    from .service import Service
+    from .connection import Connection
+    from .dispatch import Dispatcher
+    from .notify import Notifier
+    from .sources import SourceSupervisor
 
 __all__ = ["drain_all", "log_handler_totals", "stop_all"]
 
 log = structlog.get_logger("wsroute.service")
 
 
-async def stop_all(service: Service) -> None:
-    config = service.config
+async def stop_all(
+    *,
+    runners: Mapping[str, HandlerRunner],
+    connections: Mapping[str, Connection],
+    sources: Mapping[str, SourceSupervisor],
+    dispatcher: Dispatcher,
+    notifier: Notifier,
+    timeout: float,
+) -> None:
+    """Stop everything within ``timeout`` seconds (``[daemon] shutdown_timeout``)."""
     started = time.monotonic()
-    deadline = started + config.daemon.shutdown_timeout
-    service.notifier.stopping()
-    log.info("shutdown_started", shutdown_timeout=config.daemon.shutdown_timeout)
-    for source in service.sources.values():
+    deadline = started + timeout
+    notifier.stopping()
+    log.info("shutdown_started", shutdown_timeout=timeout)
+    for source in sources.values():
         source.stop_reading()
-    for conn in service.connections.values():
+    for conn in connections.values():
         conn.stop("shutdown")
     with anyio.move_on_after(
-        max(c.stop_timeout for c in service.connections.values()) if service.connections else 0
+        max(c.stop_timeout for c in connections.values()) if connections else 0
     ):
-        for conn in service.connections.values():
+        for conn in connections.values():
             await conn.wait_stopped()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_extend_stop_timeout, service, deadline)
-        await _drain_and_stop(service, started, deadline)
+        tg.start_soon(_extend_stop_timeout, notifier, deadline)
+        await _drain_and_stop(list(runners.values()), dispatcher.dead_letter, started, deadline)
         tg.cancel_scope.cancel()
-    for source in service.sources.values():
+    for source in sources.values():
         await source.close()
-    _log_totals(service, time.monotonic() - started)
+    for runner in runners.values():
+        log_handler_totals(runner)
+    for name, conn in connections.items():
+        log.info(
+            "connection_totals",
+            connection=name,
+            frames=conn.seq,
+            decode_errors=conn.stats.decode_errors,
+            unmatched=dispatcher.unmatched[name],
+            reconnects=conn.stats.reconnects,
+        )
+    log.info("shutdown_complete", took=round(time.monotonic() - started, 3))
 
 
-async def _drain_and_stop(service: Service, started: float, deadline: float) -> None:
+async def _drain_and_stop(
+    runners: list[HandlerRunner],
+    daemon_dead_letter: HandlerRunner | None,
+    started: float,
+    deadline: float,
+) -> None:
     """Two waves within one budget: handlers, then the dead-letter handlers.
 
     What a handler cannot finish is dead-lettered when its wave ends, and the
@@ -59,11 +88,11 @@ async def _drain_and_stop(service: Service, started: float, deadline: float) -> 
     any, the first wave drains until the budget's midpoint at most (or until
     it is idle, if sooner), and the dead-letter handlers get all the rest.
     """
-    targets = {r.dead_letter for r in service.runners.values() if r.dead_letter is not None}
-    if service.dispatcher.dead_letter is not None:
-        targets.add(service.dispatcher.dead_letter)
-    first = [r for r in service.runners.values() if r not in targets]
-    last = [r for r in service.runners.values() if r in targets]
+    targets = {r.dead_letter for r in runners if r.dead_letter is not None}
+    if daemon_dead_letter is not None:
+        targets.add(daemon_dead_letter)
+    first = [r for r in runners if r not in targets]
+    last = [r for r in runners if r in targets]
     first_deadline = started + (deadline - started) / 2 if last else deadline
     await drain_all(first, first_deadline)
     for runner in first:
@@ -73,26 +102,11 @@ async def _drain_and_stop(service: Service, started: float, deadline: float) -> 
         await runner.stop_workers("shutdown")
 
 
-async def _extend_stop_timeout(service: Service, deadline: float) -> None:
+async def _extend_stop_timeout(notifier: Notifier, deadline: float) -> None:
     while True:
         left = deadline - time.monotonic() + 5.0
-        service.notifier.extend_timeout(max(left, 5.0))
+        notifier.extend_timeout(max(left, 5.0))
         await anyio.sleep(2.0)
-
-
-def _log_totals(service: Service, took: float) -> None:
-    for runner in service.runners.values():
-        log_handler_totals(runner)
-    for name, conn in service.connections.items():
-        log.info(
-            "connection_totals",
-            connection=name,
-            frames=conn.seq,
-            decode_errors=conn.stats.decode_errors,
-            unmatched=service.dispatcher.unmatched[name],
-            reconnects=conn.stats.reconnects,
-        )
-    log.info("shutdown_complete", took=round(took, 3))
 
 
 def log_handler_totals(runner: HandlerRunner) -> None:

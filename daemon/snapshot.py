@@ -1,13 +1,16 @@
-"""What a running daemon looks like right now: the figures behind /status, /metrics, /ready.
+"""What a running daemon looks like right now: /status, /metrics, /ready and STATUS=.
+
+Everything here reads the daemon through its read-only
+:class:`~wsroute.view.DaemonView`.
 
 Read at request time from the counters the delivery layer keeps anyway —
 nothing here runs per frame. Invariants: counters are monotonic over the
 daemon's life (a handler a reload replaced adds its counts to its
-successor's: :attr:`Service.retiring` while it drains, :attr:`Service.retired`
-after), and per handler ``received = handled + dead_lettered + dropped +
-released + in_flight`` at every read, since each runner's own identity holds.
-Error texts pass the log's secret masking: they can quote what an upstream
-echoed.
+successor's: :attr:`~wsroute.view.DaemonView.retiring` while it drains,
+:attr:`~wsroute.view.DaemonView.retired` after), and per handler ``received =
+handled + dead_lettered + dropped + released + in_flight`` at every read,
+since each runner's own identity holds. Error texts pass the log's secret
+masking: they can quote what an upstream echoed.
 """
 
 from __future__ import annotations
@@ -23,19 +26,19 @@ from .handler import HandlerRunner, HandlerStats
 from .logging import mask_secrets
 
 if TYPE_CHECKING:
-    from .service import Service
+    from .view import DaemonView
 
-__all__ = ["handler_counts", "outage_state", "readiness", "status"]
+__all__ = ["handler_counts", "outage_state", "readiness", "status", "status_line"]
 
 _COUNTERS = [f.name for f in dataclasses.fields(HandlerStats)]
 
 
-def status(service: Service) -> dict[str, Any]:
+def status(daemon: DaemonView) -> dict[str, Any]:
     """The ``/status`` document (docs/observability.md has its shape)."""
     now = time.time()
-    unmatched = service.dispatcher.unmatched
+    unmatched = daemon.unmatched
     connections: dict[str, Any] = {}
-    for name, conn in service.connections.items():
+    for name, conn in daemon.connections.items():
         stats = conn.stats
         up = conn.state is ConnectionState.CONNECTED
         outage = None
@@ -56,8 +59,8 @@ def status(service: Service) -> dict[str, Any]:
             "outage_seconds": outage,
         }
     handlers: dict[str, Any] = {}
-    for name, runner in service.runners.items():
-        counts = handler_counts(service, name)
+    for name, runner in daemon.runners.items():
+        counts = handler_counts(daemon, name)
         handlers[name] = {
             "plugin": runner.plugin,
             "started": runner.started,
@@ -69,24 +72,24 @@ def status(service: Service) -> dict[str, Any]:
             **outage_state(runner),
         }
     sources: dict[str, Any] = {}
-    for name, source in service.sources.items():
+    for name, source in daemon.sources.items():
         ctx = source.ctx
         sources[name] = {
             "delivered": ctx.delivered,
             "settled": ctx.settled,
             "in_flight": ctx.in_flight,
-            "decode_errors": service.dispatcher.decode_errors[name],
+            "decode_errors": daemon.decode_errors[name],
             "unmatched": unmatched[name],
         }
-    budget = service.budget
+    budget = daemon.budget
     return {
         "version": __version__,
         "pid": os.getpid(),
-        "started_at": service.started_at,
-        "config": service.config.path,
-        "config_loaded_at": service.config_loaded_at,
-        "reload_failed": service.reload_failed,
-        "reloads": dict(service.reloads),
+        "started_at": daemon.started_at,
+        "config": daemon.config.path,
+        "config_loaded_at": daemon.config_loaded_at,
+        "reload_failed": daemon.reload_failed,
+        "reloads": dict(daemon.reloads),
         "connections": connections,
         "handlers": handlers,
         "sources": sources,
@@ -114,18 +117,18 @@ def outage_state(runner: HandlerRunner) -> dict[str, Any]:
     }
 
 
-def handler_counts(service: Service, name: str) -> dict[str, int]:
+def handler_counts(daemon: DaemonView, name: str) -> dict[str, int]:
     """One handler's counters over the daemon's life, ``in_flight`` included.
 
     The running runner's, plus those of runners a reload replaced under the same
     name (still draining, or finished).
     """
-    runners: list[HandlerRunner] = [r for r in service.retiring if r.name == name]
-    current = service.runners.get(name)
+    runners: list[HandlerRunner] = [r for r in daemon.retiring if r.name == name]
+    current = daemon.runners.get(name)
     if current is not None:
         runners.append(current)
     counts = dict.fromkeys(_COUNTERS, 0)
-    retired = service.retired.get(name)
+    retired = daemon.retired.get(name)
     if retired is not None:
         for counter in _COUNTERS:
             counts[counter] += getattr(retired, counter)
@@ -138,17 +141,36 @@ def handler_counts(service: Service, name: str) -> dict[str, int]:
     return counts
 
 
-def readiness(service: Service) -> tuple[bool, dict[str, Any]]:
+def readiness(daemon: DaemonView) -> tuple[bool, dict[str, Any]]:
     """``/ready``: every connection connected and every handler started."""
     down = sorted(
         name
-        for name, conn in service.connections.items()
+        for name, conn in daemon.connections.items()
         if conn.state is not ConnectionState.CONNECTED
     )
-    not_started = sorted(name for name, runner in service.runners.items() if not runner.started)
+    not_started = sorted(name for name, runner in daemon.runners.items() if not runner.started)
     ready = not down and not not_started
     body: dict[str, Any] = {"ready": ready}
     if not ready:
         body["connections_down"] = down
         body["handlers_not_started"] = not_started
     return ready, body
+
+
+def status_line(daemon: DaemonView) -> str:
+    """One line for systemd's STATUS=: connection states and delivery counters."""
+    states: dict[str, int] = {}
+    for conn in daemon.connections.values():
+        states[conn.state.value] = states.get(conn.state.value, 0) + 1
+    up = states.get(ConnectionState.CONNECTED.value, 0)
+    frames = sum(c.seq for c in daemon.connections.values())
+    runners = daemon.runners.values()
+    handled = sum(r.stats.handled for r in runners)
+    # Undecodable frames are dead-lettered by the dispatcher, not by a handler.
+    dead = sum(r.stats.dead_lettered for r in runners) + sum(daemon.decode_errors.values())
+    dropped = sum(r.stats.dropped for r in runners)
+    queued = sum(r.queued for r in runners)
+    return ("reload failed; " if daemon.reload_failed else "") + (
+        f"{up}/{len(daemon.connections)} connected; frames={frames} handled={handled} "
+        f"dead_lettered={dead} dropped={dropped} queued={queued}"
+    )

@@ -362,16 +362,6 @@ async def test_endpoints_metrics_and_reloads(run: Run) -> None:
     assert {e["address"] for e in listening} == {f"127.0.0.1:{run.port}", f"unix:{run.sock}"}
 
 
-def _reload_applies_the_api() -> bool:
-    """Whether reload.py's prepare phase opens a changed ``listen`` (the lead wires it)."""
-    import wsroute.reload
-
-    return "api.prepare" in Path(wsroute.reload.__file__).read_text()
-
-
-@pytest.mark.skipif(
-    not _reload_applies_the_api(), reason="reload.py does not call service.api.prepare yet"
-)
 async def test_a_reload_moves_the_listen_address(run: Run) -> None:
     upstream = ScriptedUpstream()
     async with upstream.serve() as url:

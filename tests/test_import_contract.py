@@ -160,3 +160,44 @@ def test_the_checker_sees_violations() -> None:
     # Inside a subpackage, its own modules are fair game, private or not.
     inside = "from ._shared import x\nfrom wsroute.plugins.redis import _y\n"
     assert violations(inside, "wsroute.plugins.redis.sink", "sink") == []
+
+
+#: The entry points that build a daemon: the only modules that may import the Service.
+#: Observers read it through ``wsroute.view.DaemonView``; plugins through their contexts.
+SERVICE_BUILDERS = frozenset(
+    {"wsroute.cli", "wsroute.demo", "wsroute.replay", "wsroute.testing.daemon"}
+)
+
+
+def service_imports(text: str, module: str, is_package: bool = False) -> list[int]:
+    """The lines where ``module`` (source ``text``) imports ``wsroute.service``;
+    imports under ``TYPE_CHECKING`` or inside functions count too."""
+    return [
+        line
+        for source, name, line in source_imports(text, module, is_package)
+        if source == "wsroute.service" or (source == "wsroute" and name == "service")
+    ]
+
+
+def test_only_the_entry_points_that_build_a_daemon_import_the_service() -> None:
+    importers = {}
+    for path in core_files() + plugin_files():
+        own = module_name(path)
+        lines = service_imports(path.read_text(), own, path.name == "__init__.py")
+        if lines and own != "wsroute.service":
+            importers[own] = lines
+    assert set(importers) <= SERVICE_BUILDERS, importers
+    assert len(importers) <= 4
+
+
+def test_the_service_check_sees_every_form_of_import() -> None:
+    text = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from ..service import Service\n"
+        "def build():\n"
+        "    from wsroute import service\n"
+        "import wsroute.service\n"
+        "from ..view import DaemonView\n"
+    )
+    assert sorted(service_imports(text, "wsroute.api.probe")) == [3, 5, 6]

@@ -23,7 +23,7 @@ from ..snapshot import status
 from .names import HANDLER_OUTCOMES, METRIC_NAMES
 
 if TYPE_CHECKING:
-    from ..service import Service
+    from ..view import DaemonView
 
 __all__ = ["CONTENT_TYPE", "HANDLER_OUTCOMES", "METRIC_NAMES", "Metrics", "StatusCollector"]
 
@@ -69,7 +69,7 @@ def _number(value: Any) -> float:
 class StatusCollector(Collector):
     """Yields wsroute's metric families from one status snapshot per scrape."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: DaemonView) -> None:
         self.service = service
 
     def describe(self) -> list[Metric]:
@@ -166,7 +166,7 @@ class Metrics:
     #: The Content-Type of :meth:`render`'s text.
     content_type = CONTENT_TYPE
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: DaemonView) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(StatusCollector(service))
         ProcessCollector(registry=self.registry)

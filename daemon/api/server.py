@@ -46,7 +46,7 @@ from .clients import WRITE_TIMEOUT, ApiConnection, Clients, stop_grace
 from .tap import TapFilter, TapHub
 
 if TYPE_CHECKING:
-    from ..service import Service
+    from ..view import DaemonView
     from .metrics import Metrics
 
 __all__ = ["ENDPOINTS", "ApiServer", "Listener"]
@@ -111,7 +111,7 @@ class ApiServer:
 
         return Metrics(self.service)
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: DaemonView) -> None:
         self.service = service
         self.section = ApiSection()
         self.hub = TapHub(service)
@@ -277,7 +277,7 @@ class ApiServer:
         await self.hub.serve(ws, match)
 
 
-def _tap_filter(target: str, service: Service) -> TapFilter:
+def _tap_filter(target: str, service: DaemonView) -> TapFilter:
     query = parse_qs(urlsplit(target).query, keep_blank_values=True)
     return TapFilter.parse(query, service.config.routes)
 

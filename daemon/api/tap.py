@@ -1,6 +1,6 @@
 """``/tap``: live decoded messages, to any number of WebSocket clients, never slowing the daemon.
 
-Invariants: while no client is connected ``service.dispatcher.tap`` is
+Invariants: while no client is connected the dispatcher's ``tap`` is
 ``None`` (the dispatcher's cost is one attribute check per message); while at
 least one is, it is :meth:`TapHub.hook`, which only matches each client's
 filter, appends to the client's bounded buffer (:data:`BUFFER` records) and
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..config import RouteSection
     from ..handler import HandlerRunner
     from ..plugin import Message
-    from ..service import Service
+    from ..view import DaemonView
 
 __all__ = ["BUFFER", "FILTERS", "TapClient", "TapFilter", "TapHub"]
 
@@ -185,7 +185,7 @@ class TapClient:
 class TapHub:
     """Every ``/tap`` client; installs :meth:`hook` as the dispatcher's ``tap`` while any is."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: DaemonView) -> None:
         self.service = service
         self.clients: list[TapClient] = []
 
@@ -195,7 +195,7 @@ class TapHub:
             client.offer(message, targets)
 
     def _install(self) -> None:
-        self.service.dispatcher.tap = self.hook if self.clients else None
+        self.service.set_tap(self.hook if self.clients else None)
 
     async def serve(self, ws: ApiConnection, match: TapFilter) -> None:
         """One client's life: buffered and sent to until it (or the server) closes."""
