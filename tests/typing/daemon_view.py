@@ -14,7 +14,7 @@ from wsroute.view import DaemonView
 def observe(daemon: DaemonView) -> int:
     figures = len(daemon.runners) + len(daemon.connections) + daemon.unmatched.get("a", 0)
     daemon.set_tap(None)  # the one change an observer may make
-    daemon.dispatcher  # type: ignore[attr-defined]
+    daemon.dispatcher.tap = None  # type: ignore[attr-defined]
     daemon.shutdown()  # type: ignore[attr-defined]
     daemon.runners["x"] = daemon.runners["y"]  # type: ignore[index]
     daemon.config = daemon.config  # type: ignore[misc]
