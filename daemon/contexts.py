@@ -18,14 +18,29 @@ import structlog
 
 from .ack import Ack
 from .exceptions import SendError
-from .plugin import Codec, DeadLetter, Frame, Message, Outgoing, StructArg
+from .plugin import (
+    Codec,
+    DeadLetter,
+    Frame,
+    HandlerContext,
+    Message,
+    Outgoing,
+    SourceContext,
+    StructArg,
+)
 
 if TYPE_CHECKING:
     from .connection import Connection
     from .dispatch import Dispatcher
     from .handler import HandlerRunner
 
-__all__ = ["DaemonHandlerContext", "DaemonSourceContext", "Host", "outgoing"]
+__all__ = [
+    "DaemonHandlerContext",
+    "DaemonSourceContext",
+    "HandlerContextBase",
+    "Host",
+    "outgoing",
+]
 
 
 class Host(Protocol):
@@ -41,7 +56,54 @@ class Host(Protocol):
         """Where source ``source``'s dead letters go under the running config."""
 
 
-class DaemonHandlerContext:
+class HandlerContextBase:
+    """:class:`~wsroute.HandlerContext`'s ``send`` and ``subscribe``, written once.
+
+    Their keywords (``json``, ``struct``, ``text``, ``raw``) are those of the
+    protocol (:mod:`wsroute.plugin`, where they are documented); a context built
+    on this class says only where a built frame goes (:meth:`_send`,
+    :meth:`_subscribe`) and how a refused combination is raised (:meth:`_build`).
+    The daemon's context and the testing kit's ``RecordingContext`` are.
+    """
+
+    async def send(
+        self,
+        connection: str,
+        *,
+        json: Any = None,
+        struct: StructArg | None = None,
+        text: str | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        """Send one frame upstream through ``connection``'s codec."""
+        await self._send(connection, self._build(json=json, struct=struct, text=text, raw=raw))
+
+    async def subscribe(
+        self,
+        connection: str,
+        name: str,
+        *,
+        json: Any = None,
+        struct: StructArg | None = None,
+        text: str | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        """Send a frame now (if connected) and after every reconnect, until unsubscribed."""
+        frame = self._build(json=json, struct=struct, text=text, raw=raw)
+        await self._subscribe(connection, name, frame)
+
+    def _build(self, **frame: Any) -> Outgoing:
+        """The frame; ``ValueError`` for a combination ``Outgoing.build`` refuses."""
+        return Outgoing.build(**frame)
+
+    async def _send(self, connection: str, frame: Outgoing) -> None:
+        raise NotImplementedError
+
+    async def _subscribe(self, connection: str, name: str, frame: Outgoing) -> None:
+        raise NotImplementedError
+
+
+class DaemonHandlerContext(HandlerContextBase):
     """The :class:`~wsroute.HandlerContext` the daemon gives each handler."""
 
     def __init__(self, name: str, host: Host) -> None:
@@ -57,37 +119,20 @@ class DaemonHandlerContext:
     def log(self) -> Any:
         return self._log
 
-    async def send(
-        self,
-        connection: str,
-        *,
-        json: Any = None,
-        struct: StructArg | None = None,
-        text: str | None = None,
-        raw: bytes | None = None,
-    ) -> None:
-        await self._host.connection(connection).send(
-            outgoing(json=json, struct=struct, text=text, raw=raw)
-        )
+    def _build(self, **frame: Any) -> Outgoing:
+        return outgoing(**frame)  # SendError: the handler's failure, retried or dead-lettered
+
+    async def _send(self, connection: str, frame: Outgoing) -> None:
+        await self._host.connection(connection).send(frame)
+
+    async def _subscribe(self, connection: str, name: str, frame: Outgoing) -> None:
+        await self._host.connection(connection).subscribe(name, frame)
 
     async def emit(self, message: Message) -> None:
         # emit(), not dispatch(): a worker must not wait for the memory budget.
         pending = self._host.dispatcher.emit(message)
         if pending is not None:
             await pending
-
-    async def subscribe(
-        self,
-        connection: str,
-        name: str,
-        *,
-        json: Any = None,
-        struct: StructArg | None = None,
-        text: str | None = None,
-        raw: bytes | None = None,
-    ) -> None:
-        frame = outgoing(json=json, struct=struct, text=text, raw=raw)
-        await self._host.connection(connection).subscribe(name, frame)
 
     async def unsubscribe(self, connection: str, name: str) -> None:
         self._host.connection(connection).unsubscribe(name)
@@ -216,3 +261,11 @@ def outgoing(**kwargs: Any) -> Outgoing:
         return Outgoing.build(**kwargs)
     except ValueError as exc:
         raise SendError(str(exc)) from exc
+
+
+if TYPE_CHECKING:
+
+    def _conforms(handler: DaemonHandlerContext, source: DaemonSourceContext) -> None:
+        # mypy proves here that the daemon's contexts implement the public protocols.
+        _h: HandlerContext = handler
+        _s: SourceContext = source

@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
+from ..contexts import HandlerContextBase
 from ..exceptions import SendError
-from ..plugin import DeadLetter, HandlerContext, Key, Message, Outgoing, StructArg
+from ..plugin import DeadLetter, HandlerContext, Key, Message, Outgoing
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
 
-class RecordingContext:
+class RecordingContext(HandlerContextBase):
     """A :class:`~wsroute.HandlerContext` that records instead of sending.
 
     Every ``send`` lands in ``sent`` as ``(connection, Outgoing)``, every
@@ -56,38 +57,22 @@ class RecordingContext:
         if self.connections is not None and connection not in self.connections:
             raise SendError(f'unknown connection "{connection}"')
 
-    async def send(
-        self,
-        connection: str,
-        *,
-        json: Any = None,
-        struct: StructArg | None = None,
-        text: str | None = None,
-        raw: bytes | None = None,
-    ) -> None:
-        """Record the frame (``ValueError`` for a combination the daemon would refuse)."""
+    # send() and subscribe() are HandlerContextBase's: ValueError for a combination
+    # of frame keywords the daemon would refuse.
+    async def _send(self, connection: str, frame: Outgoing) -> None:
+        """Record the frame."""
         self._check(connection)
-        self.sent.append((connection, Outgoing.build(json=json, struct=struct, text=text, raw=raw)))
+        self.sent.append((connection, frame))
 
     async def emit(self, message: Message) -> None:
         """Record the derived message."""
         self.emitted.append(message)
 
-    async def subscribe(
-        self,
-        connection: str,
-        name: str,
-        *,
-        json: Any = None,
-        struct: StructArg | None = None,
-        text: str | None = None,
-        raw: bytes | None = None,
-    ) -> None:
+    async def _subscribe(self, connection: str, name: str, frame: Outgoing) -> None:
         """Record the subscription and its immediate send."""
         self._check(connection)
-        outgoing = Outgoing.build(json=json, struct=struct, text=text, raw=raw)
-        self.subscriptions[(connection, name)] = outgoing
-        self.sent.append((connection, outgoing))
+        self.subscriptions[(connection, name)] = frame
+        self.sent.append((connection, frame))
 
     async def unsubscribe(self, connection: str, name: str) -> None:
         """Forget the subscription."""
