@@ -9,26 +9,21 @@ One concept per module:
 - :mod:`.paths`: path security (``plugin_paths`` writable by others are refused);
 - :mod:`.contracts`: the contract a plugin must fit, checked when it is loaded;
 - :mod:`.extras`: import failures, naming the pip extra that installs a missing module;
-- :mod:`.factories`: building options and creating handler, codec and source instances.
-
-What ``wsroute plugins [--json]`` prints belongs to the CLI (:mod:`wsroute.cli`);
-:func:`describe` and :func:`format_plugins` are still importable from here.
+- :mod:`.factories`: building options and creating handler, codec and source instances;
+- :mod:`.listing`: what ``wsroute plugins [--json]`` prints (:func:`describe`,
+  :func:`format_plugins`).
 
 Invariant: importing this package discovers and imports no plugin.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .contracts import plugin_info
 from .discovery import Registry
 from .factories import build_options, create_codec, create_handler, create_source
 from .info import GROUPS, Kind, PluginInfo
+from .listing import describe, format_plugins
 from .paths import check_plugin_path
-
-if TYPE_CHECKING:
-    from ..cli import describe, format_plugins
 
 __all__ = [
     "GROUPS",
@@ -44,14 +39,3 @@ __all__ = [
     "format_plugins",
     "plugin_info",
 ]
-
-_FROM_CLI = ("describe", "format_plugins")
-
-
-def __getattr__(name: str) -> Any:
-    # The listing lives in the CLI; imported on first use so the registry does not load the CLI.
-    if name in _FROM_CLI:
-        from .. import cli
-
-        return getattr(cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
