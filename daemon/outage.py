@@ -189,14 +189,14 @@ class Outage:
         self._ended_seconds += took
         self.log.warning(f"{self._logged_as}_recovered", down_for=round(took, 3), **context)
 
-    async def wait(self, error: BaseException, delays: Iterator[float]) -> None:
+    async def wait(self, error: BaseException, delays: Iterator[float], **context: object) -> None:
         """Wait before the next try: the next of ``delays`` (from :func:`backoff`), at least
         the error's ``retry_after``, never past ``timeout``.
 
         Raises :class:`OutageExpired` once the outage lasted ``timeout``.
         Cancellable: a stop ends the wait.
         """
-        self.failed(error)
+        self.failed(error, **context)
         if self.expired():
             raise OutageExpired(
                 f"{self._logged_as} unavailable for {self.seconds:.1f}s "
@@ -208,7 +208,9 @@ class Outage:
             delay = min(float(retry_after), RETRY_AFTER_CAP)
         if self.timeout is not None:
             delay = min(delay, max(0.0, self.timeout - self.seconds))
-        self.log.debug(f"{self._logged_as}_retry", error=_describe(error), delay=round(delay, 3))
+        self.log.info(
+            f"{self._logged_as}_retry", error=_describe(error), delay=round(delay, 3), **context
+        )
         await anyio.sleep(delay)
 
     def delays(self) -> Iterator[float]:

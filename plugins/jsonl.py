@@ -11,6 +11,12 @@ to a power loss). A write that fails halfway is cut back off the file, so the
 file never holds a torn line written by a live process; a line torn by a crash
 is closed with a newline at the next start.
 
+Outage or failure (:mod:`wsroute.outage`): a full disk (``ENOSPC``, or a
+quota: ``EDQUOT``) is an **outage** — the write is cut back, ``handle()``
+raises :class:`~wsroute.Unavailable`, and the daemon holds the message and
+writes it again once there is space; any other error (no permission, a
+read-only file system) is a **failure**.
+
 Give each file one writer: the rollback truncates to the size before the write,
 which would cut another process's lines written in between.
 
@@ -30,7 +36,7 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.to_thread
 
-from wsroute import HandlerContext, Issue, Message, check_output_file
+from wsroute import HandlerContext, Issue, Message, Unavailable, check_output_file
 from wsroute.records import encode_record, parse_record, record
 
 __all__ = ["JsonlHandler", "encode_record", "parse_record", "record"]
@@ -38,6 +44,8 @@ __all__ = ["JsonlHandler", "encode_record", "parse_record", "record"]
 # Rotation (logrotate's rename, or a delete) is noticed by comparing inodes, at
 # most this often: a stat per message would cost more than the write.
 _REOPEN_CHECK = 1.0
+# A full disk: wait for space (an outage), do not fail the message.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class JsonlHandler:
@@ -111,16 +119,25 @@ class JsonlHandler:
         self._open()
 
     async def handle(self, message: Message) -> None:
-        """Append one line; return once it is in the file (and synced, with ``fsync``)."""
-        self.append(encode_record(message))
-        if self.options.fsync:
-            await self._sync(self._appended)
+        """Append one line; return once it is in the file (and synced, with ``fsync``).
+
+        A full disk raises :class:`~wsroute.Unavailable` (an outage).
+        """
+        await self._append_lines(encode_record(message))
 
     async def handle_batch(self, messages: list[Message]) -> None:
         """Append the batch's lines in one write: all of them are handled, or none."""
-        self.append(b"".join([encode_record(message) for message in messages]))
-        if self.options.fsync:
-            await self._sync(self._appended)
+        await self._append_lines(b"".join([encode_record(message) for message in messages]))
+
+    async def _append_lines(self, data: bytes) -> None:
+        try:
+            self.append(data)
+            if self.options.fsync:
+                await self._sync(self._appended)
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise Unavailable(str(exc), engine="jsonl") from exc
+            raise
 
     async def stop(self) -> None:
         """Sync (with ``fsync``) and close the file."""

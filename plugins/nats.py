@@ -25,10 +25,19 @@ as headers: ``connection``, ``key`` (JSON), ``seq``, ``received_at``, and
 ``kind`` (``text`` for a text frame; ``message`` for a message without a raw
 frame, whose payload is then its JSON record).
 
-The client connects in the background and reconnects on its own, forever. While
-it is not connected, ``handle()`` waits for it within the handler's ``timeout``
-rather than queueing in the client's buffer, so a message that timed out is not
-sent later behind the daemon's back.
+The client connects in the background and reconnects on its own, forever.
+
+Outage or failure (:mod:`wsroute.outage`): not connected, the connection lost,
+no answer within ``ack_timeout``, no responders, no response from the stream
+(an election), or a JetStream error with a 5xx/408 code is an **outage**:
+``handle()`` raises :class:`~wsroute.Unavailable` and the daemon holds the
+message and publishes it again (the same ``Nats-Msg-Id``) once the cluster
+answers. A payload over the server's ``max_payload``, a JetStream error for
+the message itself (over the stream's ``max_msg_size``, say), or a
+permissions violation for the subject is a **failure**: the handler's
+``retries``, then the dead letter. A permissions violation comes as an
+asynchronous ``-ERR`` from the server: a publish that the server answered
+with one since it was sent fails with it, as ``NatsRefused``.
 """
 
 from __future__ import annotations
@@ -40,17 +49,33 @@ from typing import Literal, cast
 import anyio
 import anyio.abc
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from wsroute import Duration, HandlerContext, Message
+from wsroute import Duration, HandlerContext, Message, Unavailable
+from wsroute.outage import is_outage_status
 from wsroute.plugins.jetstream.connection import check_servers, connect_kwargs, servers_for_logs
 from wsroute.plugins.redis.dedupe import content_digest, upstream_seq
 from wsroute.plugins.redis.entry import encode_entry
 from wsroute.plugins.sinks import TlsSection
 from wsroute.records import encode_record
 
-__all__ = ["NatsHandler", "PublishStats", "msg_id", "payload_and_headers"]
+__all__ = ["NatsHandler", "NatsRefused", "PublishStats", "msg_id", "payload_and_headers"]
+
+# How the server words a refused publish in its asynchronous -ERR.
+_PUBLISH_REFUSED = "Permissions Violation for Publish"
+# How long a message waits for a connection being made before it counts as an outage.
+_CONNECT_GRACE = 1.0
+
+
+class NatsRefused(RuntimeError):
+    """The server refused this publish (a permissions violation): a failure, not an outage."""
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def payload_and_headers(message: Message, payload: str) -> tuple[bytes, dict[str, str] | None]:
@@ -185,6 +210,9 @@ class NatsHandler:
         self._js: JetStreamContext | None = None
         self._connected = anyio.Event()
         self._quiet = False
+        # Permissions violations for publishing to our subject, as the server reported them.
+        self._refusals = 0
+        self._refusal = ""
 
     @property
     def connected(self) -> bool:
@@ -256,6 +284,9 @@ class NatsHandler:
             )
 
     async def _on_error(self, exc: Exception) -> None:
+        if _PUBLISH_REFUSED in str(exc):
+            self._refusals += 1
+            self._refusal = str(exc)
         # Every failed reconnect attempt reports here: one warning per outage is enough.
         level = "debug" if self._quiet else "warning"
         self._quiet = not self._client.is_connected
@@ -283,17 +314,43 @@ class NatsHandler:
             self._ctx.log.info("sink_totals", **dataclasses.asdict(self.stats))
 
     async def handle(self, message: Message) -> None:
-        """Publish; return once flushed (core NATS) or acknowledged (JetStream)."""
+        """Publish; return once flushed (core NATS) or acknowledged (JetStream).
+
+        Raises :class:`~wsroute.Unavailable` when the cluster is (an outage),
+        anything else when the message itself was refused (a failure).
+        """
         options = self.options
         data, headers = payload_and_headers(message, options.payload)
-        while not self._client.is_connected:  # wait for it, bounded by the handler's timeout
-            if self._connected.is_set():
-                await anyio.sleep(0.05)  # lost, and the client has not told us yet
-            else:
-                await self._connected.wait()
-        if self._js is not None:
+        if options.jetstream:
             headers = dict(headers or {})
             headers["Nats-Msg-Id"] = msg_id(message, options.dedupe, options.dedupe_field)
+        if not self._client.is_connected or (options.jetstream and self._js is None):
+            # Not queued in the client's buffer: sent only once a server has it.
+            with anyio.move_on_after(min(_CONNECT_GRACE, options.connect_timeout)):
+                await self._connected.wait()
+            if not self._client.is_connected or (options.jetstream and self._js is None):
+                raise Unavailable(f"not connected to {', '.join(self._servers_for_logs)}")
+        refusals = self._refusals
+        try:
+            await self._publish(data, headers)
+        except (nats.errors.MaxPayloadError, nats.errors.BadSubjectError):
+            raise  # this message: a failure
+        except nats.js.errors.APIError as exc:
+            if self._refusals != refusals:
+                raise NatsRefused(self._refusal) from exc
+            if exc.code is not None and is_outage_status(exc.code):
+                raise Unavailable(_describe(exc)) from exc
+            raise
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            if self._refusals != refusals:
+                raise NatsRefused(self._refusal) from exc
+            raise Unavailable(_describe(exc)) from exc
+        if self._refusals != refusals:
+            raise NatsRefused(self._refusal)
+
+    async def _publish(self, data: bytes, headers: dict[str, str] | None) -> None:
+        options = self.options
+        if self._js is not None:
             ack = await self._js.publish(
                 options.subject, data, timeout=options.ack_timeout, headers=headers
             )

@@ -6,14 +6,18 @@ runs on anyio). One client per handler keeps a pool of up to
 (``concurrency``).
 
 A message is handled when the server answered 2xx: the request left the
-process and the server took it. A 5xx, a 429 or a transport error (refused,
-reset, timed out) is tried again within the same ``handle()``, ``request_retries`` times
-with doubling delays, honouring ``Retry-After`` when it fits under
-``backoff_max``; what still fails raises, and the daemon's own retries and dead
-letters take over. Any other status (a 400, a 404) fails at once: the same
-request would fail again. Keep the handler's ``timeout`` (a delivery key) above
-what the attempts can take (``request_timeout × (request_retries + 1)`` plus the
-delays), or set ``request_retries = 0`` and leave retrying to the daemon.
+process and the server took it. A 5xx, a 408, a 429 or a transport error
+(refused, reset, timed out) is tried again within the same ``handle()``,
+``request_retries`` times with doubling delays, honouring ``Retry-After`` when
+it fits under ``backoff_max``; what still fails is an **outage**
+(:mod:`wsroute.outage`): ``handle()`` raises :class:`WebhookUnavailable` (an
+:class:`~wsroute.Unavailable`, with the ``Retry-After``), and the daemon holds
+the message and sends it again once the server takes requests, for as long as
+it takes or until the handler's ``outage_timeout``. Any other status (a 400, a
+404) is a **failure** at once: the same request would fail again; the
+handler's ``retries``, then the dead letter. Keep the handler's ``timeout`` (a
+delivery key) above what the attempts of one call can take (``request_timeout
+× (request_retries + 1)`` plus the delays).
 
 Header values (``Authorization = "Bearer ${credential:hook-token}"``) are
 interpolated by the config loader and never logged.
@@ -34,12 +38,13 @@ import anyio
 import httpx
 import msgspec
 
-from wsroute import Duration, HandlerContext, Message
+from wsroute import Duration, HandlerContext, Message, Unavailable
 from wsroute.net import redact_url, retry_after
+from wsroute.outage import is_outage_status
 from wsroute.plugins.sinks import TlsSection, ssl_context
 from wsroute.records import record
 
-__all__ = ["WebhookError", "WebhookHandler"]
+__all__ = ["WebhookError", "WebhookHandler", "WebhookUnavailable"]
 
 _ERROR_BODY = 200
 
@@ -50,6 +55,20 @@ class WebhookError(RuntimeError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class WebhookUnavailable(WebhookError, Unavailable):
+    """The server is unavailable (transport error, 5xx, 408, 429): an outage, not a failure.
+
+    ``retry_after``: the server's ``Retry-After`` in seconds, when it sent one.
+    """
+
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        WebhookError.__init__(self, message, status)
+        self.retry_after = retry_after
+        self.engine = "webhook"
 
 
 def _fallback(value: Any) -> Any:
@@ -98,15 +117,16 @@ def array_body(messages: list[Message], payload: str) -> bytes:
 
 
 def _retryable(status: int) -> bool:
-    return status == 429 or status >= 500
+    return is_outage_status(status)
 
 
 class WebhookHandler:
     """Send each message to an HTTP endpoint (POST by default, JSON body).
 
-    2xx means handled; 5xx, 429 and transport errors are retried ``request_retries``
-    times with backoff (``Retry-After`` honoured), then raised to the daemon's
-    retries and dead letters. Keep-alive connection pool, TLS options, header
+    2xx means handled; 5xx, 408, 429 and transport errors are retried
+    ``request_retries`` times with backoff (``Retry-After`` honoured), then
+    reported as an outage the daemon waits out; other statuses are failures
+    (the daemon's retries, then the dead letter). Keep-alive connection pool, TLS options, header
     values with ``${...}`` secrets.
     """
 
@@ -145,7 +165,8 @@ class WebhookHandler:
         request_retries: int = field(
             default=1,
             metadata={
-                "doc": "Tries again after a 5xx, 429 or transport error, within one handle()."
+                "doc": "Tries again after a 5xx, 408, 429 or transport error, within one "
+                "handle(); then the daemon waits the outage out."
             },
         )
         backoff: Duration = field(
@@ -154,8 +175,8 @@ class WebhookHandler:
         backoff_max: Duration = field(
             default=Duration(2.0),
             metadata={
-                "doc": "Cap on the delay; a longer Retry-After fails the attempt at once "
-                "(the daemon retries later)."
+                "doc": "Cap on the delay; a longer Retry-After ends the call at once "
+                "(the daemon's outage wait honours it)."
             },
         )
         max_connections: int = field(
@@ -243,6 +264,11 @@ class WebhookHandler:
         for index, message in enumerate(messages):
             try:
                 await self.handle(message)
+            except WebhookUnavailable as exc:
+                # The server is down: the rest of the batch waits with this one, unsent.
+                for rest in range(index, len(messages)):
+                    failures[rest] = exc
+                break
             except Exception as exc:
                 failures[index] = exc
         return failures or None
@@ -263,23 +289,22 @@ class WebhookHandler:
                     options.method, options.url, content=content, headers=headers
                 )
             except httpx.TransportError as exc:
-                error = WebhookError(f"{type(exc).__name__}: {str(exc) or 'no answer'}")
+                error = WebhookUnavailable(f"{type(exc).__name__}: {str(exc) or 'no answer'}")
                 error.__cause__ = exc
             else:
                 status = response.status_code
                 if 200 <= status < 300:
                     return
                 text = response.text[:_ERROR_BODY].strip()
-                error = WebhookError(
-                    f"HTTP {status} {response.reason_phrase}" + (f": {text}" if text else ""),
-                    status,
-                )
+                said = f"HTTP {status} {response.reason_phrase}" + (f": {text}" if text else "")
                 if not _retryable(status):
-                    raise error
+                    raise WebhookError(said, status)
                 wait = retry_after(response.headers)
+                error = WebhookUnavailable(said, status, wait)
             if attempt > options.request_retries:
                 raise error
             if wait is not None and wait > options.backoff_max:
+                # The daemon's outage wait honours it, without holding this call.
                 error.args = (f"{error}; Retry-After {wait:g}s is beyond backoff_max",)
                 raise error
             pause = max(delay, wait or 0.0)

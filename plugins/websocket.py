@@ -19,11 +19,15 @@ sends its ``jsonl`` record as JSON text); ``body`` — the decoded body as JSON
 text (a bytes body as a binary frame); ``record`` — the ``jsonl`` record as
 JSON text.
 
-Messages wait for the connection (its ``on_connect`` done) within the
-handler's ``timeout``. ``confirm`` says when one counts as handled: ``pong``
-(the default) once the server answered a ping sent after the frame — it has
-read the frame, so a connection that dies first fails the message, and the
-daemon retries it (at least once); ``write`` as soon as the frame is in the
+Outage or failure (:mod:`wsroute.outage`): a server that is down, a
+connection not made yet (its ``on_connect`` not done within a second) or lost
+while sending is an **outage** — ``handle()`` raises
+:class:`~wsroute.Unavailable`, and the daemon holds the message and sends it
+again once the connection is back. A message that cannot be encoded is a
+**failure**. ``confirm`` says when one counts as handled: ``pong`` (the
+default) once the server answered a ping sent after the frame — it has read
+the frame, so a connection that dies first is an outage for the message, and
+the daemon sends it again (at least once); ``write`` as soon as the frame is in the
 kernel's socket buffer (if it is still queued in the process, a pong is
 awaited instead) — it survives the daemon being killed, but not the
 connection dying just then. With ``concurrency = N``, N frames await their
@@ -50,12 +54,15 @@ from wsroute import (
     Outgoing,
     SendError,
     TextCodec,
+    Unavailable,
 )
 from wsroute.records import encode_record
 
 __all__ = ["WebsocketHandler", "outgoing_for"]
 
 _CODECS: dict[str, type[Any]] = {"bytes": BytesCodec, "json": JsonCodec, "text": TextCodec}
+# How long a message waits for a connection being made before it counts as an outage.
+_CONNECT_GRACE = 1.0
 
 
 def outgoing_for(message: Message, payload: str) -> Outgoing:
@@ -149,15 +156,22 @@ class WebsocketHandler:
         """
         await self.connection.run(task_status=task_status)
 
+    @staticmethod
+    def _connected(connection: Connection) -> bool:
+        return connection.state is ConnectionState.CONNECTED
+
     async def handle(self, message: Message) -> None:
         """Send the frame; return once the server confirmed it (``confirm``)."""
         outgoing = outgoing_for(message, self.options.payload)
         connection = self.connection
-        while connection.state is not ConnectionState.CONNECTED:
+        if connection.state is not ConnectionState.CONNECTED:
             if self._ready.is_set():  # stale: set by the previous session
                 self._ready = anyio.Event()
-            await self._ready.wait()  # bounded by the handler's timeout
+            with anyio.move_on_after(_CONNECT_GRACE):
+                await self._ready.wait()
+            if not self._connected(connection):
+                raise Unavailable(f"{connection.url_for_logs} is not connected")
         try:
             await connection.send_confirmed(outgoing, self.options.confirm)
         except SendError as exc:
-            raise SendError(f"handler {self._ctx.name!r}: {exc}") from exc
+            raise Unavailable(f"handler {self._ctx.name!r}: {exc}") from exc

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from wsroute import ConfigError, DeadLetter, Message, Outgoing, SendError
+from wsroute import ConfigError, DeadLetter, Message, Outgoing, SendError, Unavailable
 from wsroute.plugins.jsonl import JsonlHandler, encode_record, parse_record, record
 from wsroute.plugins.log import shorten
 from wsroute.testing import RecordingContext, build_codec, build_handler, decode, message
@@ -233,12 +233,13 @@ def test_jsonl_options_are_validated() -> None:
 
 
 @pytest.mark.anyio
-async def test_jsonl_full_disk_raises_and_writes_nothing() -> None:
+async def test_jsonl_full_disk_is_an_outage_and_writes_nothing() -> None:
     handler = build_handler("jsonl", {"path": "/dev/full"})
     await handler.start()
-    with pytest.raises(OSError, match=r'cannot append to "/dev/full"') as caught:
+    with pytest.raises(Unavailable, match=r'cannot append to "/dev/full"') as caught:
         await handler.handle(message("lost"))
-    assert caught.value.errno == errno.ENOSPC
+    assert isinstance(caught.value.__cause__, OSError)
+    assert caught.value.__cause__.errno == errno.ENOSPC
     await handler.stop()
 
 

@@ -450,7 +450,7 @@ async def test_an_outage_is_retried_with_backoff_and_reading_goes_on(
     assert [m.fields["stream_id"] for m in Collect.seen["work"][2:]] == later
     assert stats.redis_errors >= 2
     assert events(logs, "redis_unavailable")
-    assert events(logs, "redis_reconnected")
+    assert events(logs, "redis_recovered")
     reader = [e["delay"] for e in events(logs, "redis_retry") if e["op"] == "xreadgroup"]
     assert len(reader) >= 3
     assert max(reader) > min(reader)  # it backs off
@@ -494,7 +494,7 @@ async def test_a_redis_crash_loses_no_entry_it_had_written_to_disk(
             assert await pending(client) == 0
     assert 0 < handled_at_kill < 40  # the crash hit in the middle of the work
     assert events(logs, "redis_unavailable")
-    assert events(logs, "redis_reconnected")
+    assert events(logs, "redis_recovered")
     assert not events(logs, "source_crashed")
 
 

@@ -384,6 +384,7 @@ async def test_outage_dead_letters_then_recovers(tmp_path: Path, wsroute_daemon:
             stop=crash,
             start=down.unlink,  # it starts again
             delivered=lambda: len(lines(out)),
+            held=False,  # a command that exits is a failure, not an outage
         )
         dead_file = daemon.tmp_path / "dead.jsonl"
     assert [rec["body"]["n"] for _, rec in lines(out)] == [1, 3]

@@ -1,7 +1,8 @@
 """The ``redis`` sink against a real redis-server started by the tests.
 
-The server runs without persistence in tmp_path on a free port; an outage is
-the server really stopped, and the recovery the server really started again.
+The server runs without persistence in tmp_path on a free port (with AOF for
+the restart under the daemon); an outage is the server really stopped, and the
+recovery the server really started again.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from wsroute import ConfigError, DeadLetter, Message
 from wsroute.plugins.redis.batcher import Batcher, PipelineError
 from wsroute.plugins.redis.entry import encode_entry
 from wsroute.plugins.redis.roundtrip import round_trip
+from wsroute.plugins.redis.shards import shard_of
 from wsroute.plugins.redis.sink import RedisHandler
 from wsroute.records import parse_record
 from wsroute.testing import (
@@ -377,11 +379,8 @@ handlers = ["ticks"]
 [handlers.ticks]
 plugin = "redis"
 url = "${REDIS_URL}"
-stream = "ticks"
-socket_timeout = "1s"
-concurrency = 4
-timeout = "2s"
-retries = 2
+stream = "${STREAM}"
+shards = ${SHARDS}
 
 [handlers.dlq]
 plugin = "jsonl"
@@ -389,32 +388,86 @@ path = "${WSROUTE_TMP}/dead.jsonl"
 """
 
 
+def _config(stream: str, shards: int) -> str:
+    return CONFIG.replace("${STREAM}", stream).replace("${SHARDS}", str(shards))
+
+
+def _frame_numbers(entries: list[Any]) -> list[int]:
+    return [json.loads(fields[b"frame"])["n"] for _, fields in entries]
+
+
 @needs_redis
 @pytest.mark.anyio
-async def test_outage_retries_dead_letters_then_recovers(
+async def test_redis_restarted_mid_stream_loses_nothing(
+    tmp_path: Path, wsroute_daemon: Any
+) -> None:
+    """AOF on (as in production): redis-server stopped under the sink for a second and
+    started again while frames keep coming; every frame stored, none dead-lettered."""
+    server = RedisServer(tmp_path / "aof", persistent=True)
+    server.start()
+    upstream = ScriptedUpstream()
+    count = 60
+    try:
+        with capture_logs() as logs:
+            env = {"REDIS_URL": server.url}
+            async with wsroute_daemon(
+                _config("ticks", 1), upstream=upstream, environ=env
+            ) as daemon:
+                await daemon.wait_until(lambda: upstream.connected == 1)
+                for n in range(1, count + 1):
+                    await upstream.send(json.dumps({"type": "tick", "n": n}))
+                    if n == 20:
+                        await daemon.wait_until(lambda: daemon.stats("ticks")["handled"] == 20)
+                        await anyio.to_thread.run_sync(server.stop)
+                    if n == 40:  # 20 frames held meanwhile
+                        assert daemon.stats("ticks")["outage"] == 1
+                        await anyio.to_thread.run_sync(server.start)
+                    await anyio.sleep(0.02)
+                await daemon.wait_until(
+                    lambda: daemon.stats("ticks")["handled"] == count, timeout=15
+                )
+                stats = daemon.stats("ticks")
+                dead_file = daemon.tmp_path / "dead.jsonl"
+        async with client(server) as redis:
+            entries = await redis.xrange("ticks")
+    finally:
+        server.stop()
+    numbers = _frame_numbers(entries)
+    assert sorted(set(numbers)) == list(range(1, count + 1))  # at least once, in order
+    assert numbers == sorted(numbers)
+    assert stats["dead_lettered"] == 0
+    assert stats["failures"] == 0
+    assert not dead_file.exists() or not dead_file.read_text()
+    assert len([e for e in logs if e["event"] == "redis_unavailable"]) == 1
+    assert [e["event"] for e in logs if e["event"] == "redis_recovered"] == ["redis_recovered"]
+
+
+@needs_redis
+@pytest.mark.anyio
+async def test_wrongtype_dead_letters_that_message_while_the_rest_flow(
     redis_server: RedisServer, wsroute_daemon: Any
 ) -> None:
+    # Two route keys on two shards; one shard's key is a string: XADD there is WRONGTYPE.
+    keys = ["good", "bad", "other", "more", "again"]
+    bad = next(k for k in keys[1:] if shard_of(json.dumps(k), 2) != shard_of('"good"', 2))
+    stream = "{ticks.%d}:in"
+    async with client(redis_server) as redis:
+        await redis.set(stream % shard_of(json.dumps(bad), 2), "not a stream")
     upstream = ScriptedUpstream()
     env = {"REDIS_URL": redis_server.url}
-    async with wsroute_daemon(CONFIG, upstream=upstream, environ=env) as daemon:
+    async with wsroute_daemon(_config(stream, 2), upstream=upstream, environ=env) as daemon:
         await daemon.wait_until(lambda: upstream.connected == 1)
-        await upstream.send('{"type": "tick", "n": 1}')
-        await daemon.wait_until(lambda: daemon.stats("ticks")["handled"] == 1)
-
-        redis_server.stop()
-        await upstream.send('{"type": "tick", "n": 2}')
-        await daemon.wait_until(lambda: daemon.stats("ticks")["dead_lettered"] == 1, timeout=15)
-        assert daemon.stats("ticks")["failures"] == 3  # the first attempt and two retries
-
-        await anyio.to_thread.run_sync(redis_server.start)
-        await upstream.send('{"type": "tick", "n": 3}')
-        await daemon.wait_until(lambda: daemon.stats("ticks")["handled"] == 2, timeout=10)
+        for n in range(1, 7):
+            await upstream.send(json.dumps({"type": bad if n == 3 else "good", "n": n}))
+        await daemon.wait_until(lambda: daemon.stats("ticks")["handled"] == 5, timeout=10)
+        await daemon.wait_until(lambda: daemon.stats("ticks")["dead_lettered"] == 1)
+        stats = daemon.stats("ticks")
         dead_file = daemon.tmp_path / "dead.jsonl"
     dead = [json.loads(line) for line in dead_file.read_text().splitlines()]
-    assert [(d["body"]["n"], d["handler"], d["reason"]) for d in dead] == [
-        (2, "ticks", "handler_error")
-    ]
+    assert [(d["body"]["n"], d["reason"]) for d in dead] == [(3, "handler_error")]
+    assert "WRONGTYPE" in dead[0]["error"]
+    assert stats["failures"] == 4  # a refusal: the first attempt and the default 3 retries
+    assert stats["outage"] == 0
     async with client(redis_server) as redis:
-        entries = await redis.xrange("ticks")
-    # The server came back empty (no persistence): only what was sent after it.
-    assert [json.loads(e[1][b"frame"])["n"] for e in entries] == [3]
+        good = await redis.xrange(stream % shard_of('"good"', 2))
+    assert _frame_numbers(good) == [1, 2, 4, 5, 6]

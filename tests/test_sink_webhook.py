@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import sys
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,9 @@ import pytest
 import trustme
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.tls import TLSListener
+from structlog.testing import capture_logs
 
-from wsroute import ConfigError
+from wsroute import ConfigError, Unavailable
 from wsroute.plugins.webhook import WebhookError, WebhookHandler, request_body
 from wsroute.testing import ScriptedUpstream, build_handler, free_port, message, run_outage
 
@@ -49,7 +50,13 @@ class HttpServer:
     port: int = field(default_factory=free_port)
     script: deque[tuple[int, dict[str, str]] | str] = field(default_factory=deque)
     default: int = 200
+    #: Headers of the ``default`` answer (``Retry-After``).
+    default_headers: dict[str, str] = field(default_factory=dict)
+    #: Answers a request on its own terms first: a status for it, or None.
+    refuse: Callable[[Request], int | None] | None = None
     requests: list[Request] = field(default_factory=list)
+    #: Each request's answer: ``(request, status)``.
+    answered: list[tuple[Request, int]] = field(default_factory=list)
     connections: int = 0
     tls: ssl.SSLContext | None = None
 
@@ -87,12 +94,19 @@ class HttpServer:
                     name, _, value = line.partition(":")
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.receive_exactly(int(headers.get("content-length", "0")))
-                self.requests.append(Request(method, path, headers, body))
+                request = Request(method, path, headers, body)
+                self.requests.append(request)
                 answer = self.script.popleft() if self.script else (self.default, {})
                 if answer == "hang":
                     await anyio.sleep_forever()
                 assert isinstance(answer, tuple)
                 status, extra = answer
+                if not self.script and status == self.default:
+                    extra = dict(self.default_headers)
+                refused = self.refuse(request) if self.refuse is not None else None
+                if refused is not None:
+                    status, extra = refused, {}
+                self.answered.append((request, status))
                 text = f"status {status}".encode()
                 out = [f"HTTP/1.1 {status} Whatever", f"Content-Length: {len(text)}"]
                 out += [f"{k}: {v}" for k, v in extra.items()]
@@ -198,6 +212,7 @@ async def test_retries_spent_raise_with_the_status() -> None:
             with pytest.raises(WebhookError, match="HTTP 503") as info:
                 await handler.handle(message({}))
     assert info.value.status == 503
+    assert isinstance(info.value, Unavailable)  # an outage: the daemon waits it out
     assert len(server.requests) == 2
 
 
@@ -205,8 +220,9 @@ async def test_retries_spent_raise_with_the_status() -> None:
 async def test_a_client_error_is_not_retried() -> None:
     server = HttpServer(default=404)
     async with server.running(), started({"url": server.url, "request_retries": 3}) as handler:
-        with pytest.raises(WebhookError, match="HTTP 404"):
+        with pytest.raises(WebhookError, match="HTTP 404") as info:
             await handler.handle(message({}))
+    assert not isinstance(info.value, Unavailable)  # a failure: retries, then the dead letter
     assert len(server.requests) == 1
 
 
@@ -216,11 +232,13 @@ async def test_a_long_retry_after_fails_at_once() -> None:
     server.script.append((429, {"Retry-After": "120"}))
     async with server.running(), started({"url": server.url, "backoff_max": "1s"}) as handler:
         with (
-            pytest.raises(WebhookError, match="Retry-After 120s is beyond backoff_max"),
+            pytest.raises(WebhookError, match="Retry-After 120s is beyond backoff_max") as info,
             anyio.fail_after(1),  # not even backoff_max
         ):
             await handler.handle(message({}))
-    assert len(server.requests) == 1  # no retry
+    assert len(server.requests) == 1  # no retry within the call
+    assert isinstance(info.value, Unavailable)
+    assert info.value.retry_after == 120  # the daemon's outage wait honours it
 
 
 @pytest.mark.anyio
@@ -269,11 +287,6 @@ handlers = ["hook"]
 plugin = "webhook"
 url = "${HOOK_URL}"
 headers = { Authorization = "Bearer ${HOOK_TOKEN}" }
-request_timeout = "500ms"
-request_retries = 1
-backoff = "50ms"
-timeout = "2s"
-retries = 2
 
 [handlers.dlq]
 plugin = "jsonl"
@@ -281,8 +294,13 @@ path = "${WSROUTE_TMP}/dead.jsonl"
 """
 
 
+def _n(request: Request) -> int:
+    n: int = json.loads(request.body)["body"]["n"]
+    return n
+
+
 @pytest.mark.anyio
-async def test_outage_dead_letters_then_recovers(wsroute_daemon: Any) -> None:
+async def test_an_outage_holds_the_message_then_delivers_it(wsroute_daemon: Any) -> None:
     server = HttpServer()
     env = {"HOOK_URL": server.url, "HOOK_TOKEN": "t0ken"}
     async with wsroute_daemon(CONFIG, upstream=ScriptedUpstream(), environ=env) as daemon:
@@ -290,10 +308,55 @@ async def test_outage_dead_letters_then_recovers(wsroute_daemon: Any) -> None:
             daemon, "hook", serve=server.running, delivered=lambda: len(server.requests)
         )
         dead_file = daemon.tmp_path / "dead.jsonl"
-    assert [json.loads(r.body)["body"]["n"] for r in server.requests] == [1, 3]
+    assert [_n(r) for r in server.requests] == [1, 2, 3]
     assert {r.headers["authorization"] for r in server.requests} == {"Bearer t0ken"}
-    # The server gone: refused, retried (retries = 2), dead-lettered.
-    assert outage.down["failures"] == 3
+    assert outage.down["failures"] == 0  # refused connections: an outage, not failures
+    assert not dead_file.exists() or not dead_file.read_text()
+
+
+@pytest.mark.anyio
+async def test_refused_then_503_retry_after_then_back_delivers_each_once(
+    wsroute_daemon: Any,
+) -> None:
+    """Down 3 s, then 503 with Retry-After: 1 for 2 s, then up; frames sent throughout,
+    one of which the endpoint answers 400: only that one is dead-lettered."""
+    server = HttpServer(refuse=lambda r: 400 if _n(r) == 5 else None)
+    upstream = ScriptedUpstream()
+    env = {"HOOK_URL": server.url, "HOOK_TOKEN": "t"}
+    count = 0
+
+    async def send(seconds: float) -> None:
+        nonlocal count
+        for _ in range(round(seconds / 0.1)):
+            count += 1
+            await upstream.send(json.dumps({"type": "tick", "n": count}))
+            await anyio.sleep(0.1)
+
+    with capture_logs() as logs:
+        async with wsroute_daemon(CONFIG, upstream=upstream, environ=env) as daemon:
+            await daemon.wait_until(lambda: upstream.connected == 1)
+            async with server.running():
+                await send(1.0)  # 10 frames, n = 5 refused with a 400
+                await daemon.wait_until(lambda: daemon.stats("hook")["handled"] == 9, 5)
+                assert daemon.stats("hook")["dead_lettered"] == 1
+            await send(3.0)  # refused: connection refused
+            assert daemon.stats("hook")["outage"] == 1
+            server.default, server.default_headers = 503, {"Retry-After": "1"}
+            async with server.running():
+                await send(2.0)  # 503, Retry-After: 1
+                assert daemon.stats("hook")["outage"] == 1
+                server.default, server.default_headers = 200, {}
+                await send(0.5)
+                await daemon.wait_until(lambda: daemon.stats("hook")["handled"] == count - 1, 15)
+            stats = daemon.stats("hook")
+            dead_file = daemon.tmp_path / "dead.jsonl"
+    taken = [_n(request) for request, status in server.answered if status == 200]
+    assert sorted(taken) == [n for n in range(1, count + 1) if n != 5]  # each exactly once
+    assert any(status == 503 for _, status in server.answered)
     dead = [json.loads(line) for line in dead_file.read_text().splitlines()]
-    assert [d["body"]["n"] for d in dead] == [2]
-    assert "t0ken" not in dead_file.read_text()
+    assert [(d["body"]["n"], d["reason"]) for d in dead] == [(5, "handler_error")]
+    assert stats["dead_lettered"] == 1
+    assert stats["failures"] == 4  # the 400: the first attempt and the default 3 retries
+    assert len([e for e in logs if e["event"] == "webhook_unavailable"]) == 1
+    [recovered] = [e for e in logs if e["event"] == "webhook_recovered"]
+    assert recovered["down_for"] >= 5.0

@@ -1,4 +1,4 @@
-"""A sink's outage end to end: handled, target down, dead-lettered, target back, handled.
+"""A sink's outage end to end: handled, target down, held, target back, all handled.
 
 Invariant: :func:`run_outage` drives a running :class:`~wsroute.testing.Daemon`
 through exactly three messages and three phases, each bounded by its
@@ -28,7 +28,8 @@ class Outage:
     up: dict[str, int]
     """After the first message was handled, the target up."""
     down: dict[str, int]
-    """After the second message was dead-lettered, the target down."""
+    """The target down: after the handler began holding the second message (its
+    ``outage`` is 1), or after it was dead-lettered (``held=False``)."""
     back: dict[str, int]
     """After the third message was handled, the target up again."""
 
@@ -59,8 +60,9 @@ async def run_outage(
     delivered: Callable[[], int] | None = None,
     frame: Callable[[int], bytes | str] = _tick,
     timeout: float = 15.0,
+    held: bool = True,
 ) -> Outage:
-    """A sink's outage, end to end: handled, target down, dead-lettered, target back, handled.
+    """A sink's outage, end to end: handled, target down, held, target back, handled.
 
     ``daemon`` runs with a :class:`ScriptedUpstream` whose messages are routed
     to ``[handlers.HANDLER]`` (and nowhere else that fails), with a
@@ -73,12 +75,20 @@ async def run_outage(
 
     1. the target is brought up (``serve``), ``ready()`` is awaited if given;
        frame ``frame(1)`` is sent upstream and handled;
-    2. the target goes down; ``frame(2)`` is dead-lettered, not handled;
-    3. the target comes back; ``frame(3)`` is handled.
+    2. the target goes down; ``frame(2)`` is held: the handler reports an
+       outage (``handle()`` raised :class:`~wsroute.Unavailable`), nothing is
+       handled or dead-lettered;
+    3. the target comes back; ``frame(2)`` and ``frame(3)`` are handled.
+
+    That is the outage rule every built-in sink follows (docs/plugins.md).
+    ``held=False`` checks a handler whose target being down is a failure (an
+    ``exec`` command that exits): ``frame(2)`` is dead-lettered in phase 2 and
+    only ``frame(3)`` is handled in phase 3.
 
     ``frame(n)`` defaults to the JSON text ``{"type": "tick", "n": n}`` (for
     ``codec = "json"``). With ``delivered``, a count of what the target has
-    received, it must follow: 1, still 1 during the outage, then 2. Fails with
+    received, it must follow: 1, still 1 during the outage, then 3 (2 with
+    ``held=False``). Fails with
     an ``AssertionError`` naming the phase and the counters; returns the
     counters of each phase for the test's own checks (``failures``, say), and
     leaves the dead letters (what the dead-letter handler wrote) to the test.
@@ -132,15 +142,24 @@ async def run_outage(
 
         await down()
         await upstream.send(frame(2))
-        await until("target down", "message 2 dead-lettered", lambda: stats()["dead_lettered"] == 1)
+        if held:
+            await until("target down", "message 2 held in an outage", lambda: stats()["outage"])
+        else:
+            await until(
+                "target down", "message 2 dead-lettered", lambda: stats()["dead_lettered"] == 1
+            )
         during = stats()
         assert during["handled"] == 1, f"handled during the outage of {handler!r}: {during}"
+        if held:
+            assert during["dead_lettered"] == 0, f"dead-lettered in an outage: {during}"
+            assert during["in_flight"] == 1, f"message 2 not held in the outage: {during}"
         if delivered is not None:
             assert delivered() == 1, f"the target got message 2 while down: {delivered()}"
 
         await up()
         await upstream.send(frame(3))
-        await until("target back", "message 3 handled", handled(2))
+        await until("target back", "messages handled", handled(3 if held else 2))
         after = stats()
-        assert after["dead_lettered"] == 1, f"dead-lettered after the outage: {after}"
+        dead = 0 if held else 1
+        assert after["dead_lettered"] == dead, f"dead-lettered after the outage: {after}"
     return Outage(up=first, down=during, back=after)

@@ -8,9 +8,11 @@ read the replies, in RESP2 or RESP3.
 Invariants:
 
 - :meth:`GroupCommands.call` never raises a Redis error or ``OSError``: a
-  worker waits Redis out (capped, jittered exponential backoff, forever) and
-  logs the outage once as an error, each retry as a warning and the
-  reconnection with its duration.
+  worker waits Redis out with the outage helper (:class:`wsroute.Outage`:
+  capped, jittered exponential backoff, forever), which logs
+  ``redis_unavailable`` once per outage and ``redis_recovered`` with its
+  length. A refusal (``WRONGTYPE``) is waited out too: a source has no dead
+  letter for a command, and the operator sees the error in the log.
 - A group that vanished (``NOGROUP``: Redis restarted empty, the stream or
   group was deleted; ``UNBLOCKED``: the stream of a blocked read was deleted)
   is recreated with ``XGROUP CREATE ... MKSTREAM`` at ``create_group``'s start,
@@ -22,15 +24,15 @@ Invariants:
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 from structlog.typing import FilteringBoundLogger
+
+from wsroute import Outage
 
 if TYPE_CHECKING:
     from .source import StreamStats
@@ -76,7 +78,8 @@ class GroupCommands:
         self.stats = stats
         self.log = log
         self._group_lock: anyio.Lock | None = None
-        self._down_since: float | None = None  # first failed command of an outage
+        #: Redis as this consumer sees it: its outage state, waits and log events.
+        self.outage = Outage("redis", log, initial=_RETRY_INITIAL, cap=_RETRY_MAX)
 
     async def create_group(self) -> bool:
         """XGROUP CREATE ... MKSTREAM; ``False`` when it exists already."""
@@ -94,35 +97,25 @@ class GroupCommands:
 
         Never raises a Redis error: a worker waits out Redis, it does not crash on it.
         """
-        delays = _backoff()
+        outage = self.outage
+        delays = outage.delays()
         while True:
             try:
                 result = await command()
             except ResponseError as exc:
-                error: Exception = exc
+                self.stats.redis_errors += 1
                 if _group_missing(exc):
-                    self.stats.redis_errors += 1
                     await self._recover_group(op, exc)
                     await anyio.sleep(next(delays))
                     continue
+                await outage.wait(exc, delays, op=op)
             except (RedisError, OSError) as exc:
-                error = exc
+                self.stats.redis_errors += 1
+                await outage.wait(exc, delays, op=op)
             else:
-                if self._down_since is not None:
-                    self.log.info(
-                        "redis_reconnected",
-                        op=op,
-                        down_for=round(time.monotonic() - self._down_since, 3),
-                    )
-                    self._down_since = None
+                if outage.active:
+                    outage.recovered(op=op)
                 return result
-            self.stats.redis_errors += 1
-            delay = next(delays)
-            if self._down_since is None:
-                self._down_since = time.monotonic()
-                self.log.error("redis_unavailable", op=op, error=describe(error))
-            self.log.warning("redis_retry", op=op, error=describe(error), delay=round(delay, 3))
-            await anyio.sleep(delay)
 
     async def _recover_group(self, op: str, exc: Exception) -> None:
         """The group (or the whole stream) is gone: Redis restarted empty, or someone deleted it."""
@@ -228,10 +221,3 @@ def _group_missing(exc: ResponseError) -> bool:
     # NOGROUP: no such key or group. UNBLOCKED: a blocked XREADGROUP's stream was deleted.
     text = str(exc)
     return text.startswith(("NOGROUP", "UNBLOCKED"))
-
-
-def _backoff() -> Iterator[float]:
-    delay = _RETRY_INITIAL
-    while True:
-        yield delay * random.uniform(0.5, 1.0)
-        delay = min(_RETRY_MAX, delay * 2)

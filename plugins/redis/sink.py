@@ -41,7 +41,12 @@ Invariants:
   order of the upstream's sequence numbers).
 - Delivery is at least once (without ``dedupe``): a round trip cut off by a lost
   connection fails every message in it, and some of them may already be in the
-  stream when the daemon retries them.
+  stream when the daemon sends them again.
+- Outage or failure (:mod:`.outage`): a lost connection, a timeout, or a reply
+  like ``LOADING`` or ``READONLY`` is an outage — the message is reported as
+  :class:`~wsroute.Unavailable`, and the daemon holds it and sends it again
+  (the same dedupe key) once Redis is back; a reply like ``WRONGTYPE`` refused
+  that message: a failure.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from wsroute.records import encode_record
 from .batcher import Batcher
 from .dedupe import SCRIPTS, DedupeError, dedupe_key, upstream_seq
 from .entry import encode_entry_bytes, pack_entry_bytes, pack_messages
+from .outage import unavailable
 from .roundtrip import Command, round_trip
 from .shards import SHARD, hash_tag, shard_of, shard_stream
 
@@ -269,7 +275,7 @@ class RedisHandler:
         """Create the client and check the server; a server that is down is only logged."""
         options = self.options
         # One immediate retry on a fresh connection covers a pooled connection that
-        # died with a server restart; anything longer is the daemon's retries' job.
+        # died with a server restart; anything longer is an outage the daemon waits out.
         self._client = aioredis.Redis.from_url(
             options.url,
             socket_timeout=options.socket_timeout,
@@ -300,8 +306,18 @@ class RedisHandler:
             await client.aclose()
 
     async def handle(self, message: Message) -> None:
-        """XADD or PUBLISH the message; return once Redis answered (or it was a duplicate)."""
-        await self._batcher.submit(self._item(message))
+        """XADD or PUBLISH the message; return once Redis answered (or it was a duplicate).
+
+        Raises :class:`~wsroute.Unavailable` when Redis is (an outage).
+        """
+        item = self._item(message)
+        try:
+            await self._batcher.submit(item)
+        except Exception as exc:
+            outage = unavailable(exc)
+            if outage is exc:
+                raise
+            raise outage from exc
 
     async def handle_batch(self, messages: list[Message]) -> dict[int, BaseException] | None:
         """XADD or PUBLISH the messages in one pipelined round trip (``pack`` frames per entry).
@@ -309,8 +325,21 @@ class RedisHandler:
         Returns the positions of the messages that failed alone (Redis refused
         their command, a late frame under ``dedupe = "seq"``, a message without
         its ``dedupe_field``) with their errors, or ``None``; raises when the
-        round trip itself failed, which fails every message of the call.
+        round trip itself failed, which fails every message of the call. An
+        outage (a lost connection, ``LOADING``...) is :class:`~wsroute.Unavailable`.
         """
+        try:
+            failures = await self._handle_batch(messages)
+        except Exception as exc:
+            outage = unavailable(exc)
+            if outage is exc:
+                raise
+            raise outage from exc
+        if failures:
+            return {position: unavailable(error) for position, error in failures.items()}
+        return None
+
+    async def _handle_batch(self, messages: list[Message]) -> dict[int, BaseException] | None:
         if self._plain:
             try:
                 commands = self._plain_xadds(messages)
