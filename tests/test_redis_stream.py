@@ -485,7 +485,7 @@ async def test_a_redis_crash_loses_no_entry_it_had_written_to_disk(
                 return wanted <= {m.fields["stream_id"] for m in Collect.seen["work"]}
 
             await wait_until(all_handled, timeout=15)
-            await wait_until(lambda: not source_of(service)._to_ack, timeout=5)
+            await wait_until(lambda: not source_of(service).ledger.to_ack, timeout=5)
             # Acks lost with the crash come back as pending: reclaimed after min_idle.
             for _ in range(50):
                 if await pending(client) == 0:

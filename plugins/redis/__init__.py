@@ -12,7 +12,11 @@ Modules, one concept each:
 - :mod:`.shards`: shard streams and Redis Cluster hash tags;
 - :mod:`.dedupe`: HA pairs of ingest daemons storing one copy of each frame;
 - :mod:`.source`: :class:`~.source.RedisStreamSource`
-  (``type = "redis-stream"``): a consumer of a consumer group;
+  (``type = "redis-stream"``): a consumer of a consumer group — start, read, stop;
+- :mod:`.source_options`: the source's options and counters;
+- :mod:`.ledger`: the entry IDs a worker holds, by state; the in-flight cap; batched ``XACK``;
+- :mod:`.delivery`: entries read → messages routed (one ``deliver_many`` per read) or
+  dead-lettered (undecodable, ``max_deliveries``);
 - :mod:`.group`: the source's Redis commands, retried through outages, with the
   group recreated when it vanished;
 - :mod:`.reclaim`: taking over idle entries of dead workers, and the lease that

@@ -44,23 +44,20 @@ A packed entry (``kind = "pack"``: the sink's ``pack`` option) becomes one messa
 per frame, each with ``fields["pack_index"]``; the entry is acknowledged once all of
 them settled, and ``max_in_flight`` and ``max_deliveries`` count it as one entry.
 
-Where the pieces live: the entry format is :mod:`.entry`'s (:func:`decode_message`,
-:func:`unpack_frames`, :func:`decode_packed_message`); Redis commands, their retries
-and group recovery are :mod:`.group`'s; reclaim and the lease are :mod:`.reclaim`'s.
-This module holds the consumer's state — every entry ID it holds is in exactly one
-of in flight, dead-lettering, waiting for ``XACK``, ``XACK`` under way — and moves
-IDs through it.
+Where the pieces live: the options and counters are :mod:`.source_options`'s; the
+entry format is :mod:`.entry`'s; Redis commands, their retries and group recovery
+are :mod:`.group`'s; what the worker holds — every entry ID in exactly one of in
+flight, dead-lettering, waiting for ``XACK``, ``XACK`` under way — the in-flight cap
+and the batched ``XACK`` are :mod:`.ledger`'s; entries turned into routed messages
+and dead letters are :mod:`.delivery`'s; reclaim and the lease are :mod:`.reclaim`'s.
+This module is the consumer itself: start, read (own pending entries first, then
+new ones), redeliveries one at a time, stop.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal
 
 import anyio
 
@@ -69,147 +66,35 @@ import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
-from wsroute import DecodeError, Duration, Message, SourceContext, SourceLimits
+from wsroute import SourceContext, SourceLimits
 
-from .entry import (
-    KIND_PACK,
-    decode_message,
-    decode_packed_message,
-    undecodable_message,
-    unpack_frames,
-)
-from .group import Entries, GroupCommands, describe, raw_reply, stream_entries
-from .reclaim import Reclaimer, ReclaimOptions
-from .roundtrip import round_trip
+from .delivery import Delivery
+from .group import Entries, GroupCommands, raw_reply, stream_entries
+from .ledger import Ledger
+from .reclaim import Reclaimer
+from .source_options import ReadOptions, StreamSourceOptions, StreamStats, default_consumer
 
 __all__ = ["ReadOptions", "RedisStreamSource", "StreamStats", "default_consumer"]
 
-_KIND_PACK = KIND_PACK.encode()
-
-# Settled IDs are acknowledged in one XACK at most this long after they settled,
-# or at once when this many are waiting: one round trip per batch, not per message.
-_ACK_EVERY = 0.05
-_ACK_BATCH = 100
-_ACK_MAX = 1000  # IDs per XACK command
-# close() acknowledges what settled during the drain within this budget.
-_CLOSE_ACK_BUDGET = 5.0
 # Trimmed IDs shown in one log line (the count is always complete).
 _LOG_IDS = 20
-
-
-def default_consumer() -> str:
-    """``<hostname>:<instance>``: ``$WSROUTE_INSTANCE`` (set it per systemd instance), else 1."""
-    return f"{socket.gethostname()}:{os.environ.get('WSROUTE_INSTANCE') or '1'}"
-
-
-@dataclass
-class ReadOptions:
-    """``read = { count, block }``: how new entries are fetched."""
-
-    count: int = field(default=100, metadata={"doc": "Entries fetched per XREADGROUP (at most)."})
-    block: Duration = field(
-        default=Duration(1.0),
-        metadata={"doc": "How long one XREADGROUP waits for new entries (BLOCK)."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.count < 1:
-            raise ValueError(f"read.count must be at least 1, got {self.count}")
-        if self.block < 0.001:
-            # BLOCK 0 means "forever" to Redis: shutdown and outages would go unnoticed.
-            raise ValueError(f"read.block must be at least 1ms, got {self.block:g}s")
-
-
-@dataclass
-class StreamStats:
-    """The source's counters; :attr:`RedisStreamSource.stats`, logged as ``source_totals``."""
-
-    read: int = 0  # entries taken from Redis: new, own pending and reclaimed
-    recovered: int = 0  # of those, this consumer's own pending entries re-read at start
-    reclaimed: int = 0  # of those, idle entries taken over with XAUTOCLAIM
-    delivered: int = 0  # routed (ctx.deliver)
-    dead_lettered: int = 0  # sent to the dead-letter handler: decode_error, max_deliveries
-    acked: int = 0  # IDs acknowledged with XACK
-    trimmed_unprocessed: int = 0  # pending entries found trimmed away: data loss
-    groups_recreated: int = 0
-    redis_errors: int = 0  # failed commands (each retried)
 
 
 class RedisStreamSource:
     """Consume a Redis stream as one consumer of a consumer group (``type = "redis-stream"``)."""
 
-    @dataclass
-    class Options:
-        stream: str = field(
-            metadata={"doc": 'The stream key, e.g. "{ticks}:in" (braces: a Cluster hash tag).'}
-        )
-        url: str = field(
-            default="redis://127.0.0.1:6379/0",
-            metadata={"doc": "redis:// or rediss:// URL (password, database number)."},
-        )
-        group: str = field(default="wsroute", metadata={"doc": "The consumer group."})
-        consumer: str = field(
-            default="",
-            metadata={
-                "doc": "This worker's name in the group: unique per live process, the same "
-                "after a restart (empty: <hostname>:<$WSROUTE_INSTANCE or 1>)."
-            },
-        )
-        create_group: Literal["oldest", "newest", "no"] = field(
-            default="oldest",
-            metadata={
-                "doc": "Create a missing group (and stream) starting at the oldest entry, "
-                "at new entries only, or not at all (wait for it, logging errors)."
-            },
-        )
-        read: ReadOptions = field(default_factory=ReadOptions, metadata={"doc": "{ count, block }"})
-        reclaim: ReclaimOptions = field(
-            default_factory=ReclaimOptions, metadata={"doc": "{ min_idle, every, count }"}
-        )
-        lease: bool = field(
-            default=True,
-            metadata={
-                "doc": "Renew in-flight entries every reclaim.min_idle / 3 so other workers "
-                "do not take them from a slow handler (off: such an entry is handled twice)."
-            },
-        )
-        max_deliveries: int = field(
-            default=0,
-            metadata={
-                "doc": "Dead-letter an entry delivered more often than this without being "
-                "acknowledged (it crashes or hangs the process); 0: never. Needs a "
-                "dead-letter handler."
-            },
-        )
-        max_in_flight: int = field(
-            default=1000,
-            metadata={"doc": "Entries read and not yet settled, at most (backpressure)."},
-        )
-
-        def __post_init__(self) -> None:
-            for name in ("stream", "group"):
-                if not getattr(self, name):
-                    raise ValueError(f"{name} must not be empty")
-            if not self.url.startswith(("redis://", "rediss://", "unix://")):
-                # Only the scheme: the rest of the URL may hold a password.
-                scheme = self.url.partition(":")[0]
-                raise ValueError(f"url must be redis://, rediss:// or unix://, not {scheme!r}")
-            if self.max_deliveries < 0:
-                raise ValueError(f"max_deliveries must not be negative, got {self.max_deliveries}")
-            if self.max_in_flight < 1:
-                raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+    Options = StreamSourceOptions
 
     @classmethod
-    def limits(cls, options: RedisStreamSource.Options) -> SourceLimits:
+    def limits(cls, options: StreamSourceOptions) -> SourceLimits:
         """For ``wsroute check``: handler budgets below min_idle, a dead-letter handler."""
         return SourceLimits(
             redelivery_after=float(options.reclaim.min_idle),
             needs_dead_letter=options.max_deliveries > 0,
         )
 
-    def __init__(self, options: Options, ctx: SourceContext) -> None:
+    def __init__(self, options: StreamSourceOptions, ctx: SourceContext) -> None:
         self.options = options
         self.ctx = ctx
         self.consumer = options.consumer or default_consumer()
@@ -236,6 +121,16 @@ class RedisStreamSource:
             log=self.log,
         )
         self._serial = options.max_deliveries > 0
+        self.ledger = Ledger(
+            self.commands, cap=options.max_in_flight, stats=self.stats, log=self.log
+        )
+        self.delivery = Delivery(
+            ctx,
+            self.ledger,
+            max_deliveries=options.max_deliveries,
+            stats=self.stats,
+            log=self.log,
+        )
         self.reclaimer = Reclaimer(
             self,
             self.commands,
@@ -245,15 +140,6 @@ class RedisStreamSource:
             stats=self.stats,
             log=self.log,
         )
-        # Entry IDs this process holds, by state; an ID is in at most one of them.
-        self._in_flight: set[str] = set()  # routed, not settled yet
-        self._dead: set[str] = set()  # sent to the dead-letter handler, not written yet
-        self._to_ack: set[str] = set()  # settled, XACK not sent yet
-        self._acking: set[str] = set()  # settled, XACK under way
-        self._room: anyio.Event | None = None  # set when in-flight drops below the cap
-        self._priority = 0  # reclaimers waiting for room: the reader lets them go first
-        self._ack_now: anyio.Event | None = None  # set when a batch of acks is waiting
-        self._waiting_for: dict[str, anyio.Event] = {}  # one-at-a-time redeliveries
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -268,7 +154,7 @@ class RedisStreamSource:
             min_idle=options.reclaim.min_idle,
         )
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._acker)
+            tg.start_soon(self.ledger.acker)
             if options.lease:
                 tg.start_soon(self.reclaimer.lease)
             if options.create_group != "no":
@@ -281,23 +167,10 @@ class RedisStreamSource:
 
     async def close(self) -> None:
         """After the drain: acknowledge what settled, log the totals, close the client."""
-        with anyio.move_on_after(_CLOSE_ACK_BUDGET):
-            while self._to_ack:
-                try:
-                    await self._ack_batch()
-                except (RedisError, OSError) as exc:
-                    self.stats.redis_errors += 1
-                    self.log.warning("ack_retry", error=describe(exc), waiting=len(self._to_ack))
-                    await anyio.sleep(0.2)
-        if self._to_ack:
-            self.log.error(
-                "ack_failed",
-                count=len(self._to_ack),
-                note="settled but not acknowledged: these entries will be delivered again",
-            )
+        await self.ledger.ack_settled()
         self.log.info(
             "source_totals",
-            left_pending=len(self._in_flight) + len(self._dead) + len(self._to_ack),
+            left_pending=self.ledger.left_pending,
             **dataclasses.asdict(self.stats),
         )
         await self.commands.client.aclose()
@@ -352,38 +225,22 @@ class RedisStreamSource:
             if entries:
                 await self.handle_entries(entries, redelivered=False)
 
-    def take_ownership(self, entries: Entries) -> Entries:
-        """Mark fresh entries in flight, synchronously; drop the ones this process holds.
+    # -- what reclaim and the lease need (reclaim.Holder) ----------------------
 
-        Whatever this process still holds (routed, dead-lettering, waiting for XACK)
-        is never delivered a second time by it, however it comes back from Redis.
-        """
-        in_flight, dead, to_ack, acking = self._in_flight, self._dead, self._to_ack, self._acking
-        ids = [entry[0] for entry in entries]
-        if (
-            in_flight.isdisjoint(ids)
-            and to_ack.isdisjoint(ids)
-            and acking.isdisjoint(ids)
-            and dead.isdisjoint(ids)
-        ):  # the usual case, checked in C: none of them is held
-            in_flight.update(ids)
-            self.stats.read += len(entries)
-            return entries
-        taken = []
-        for entry in entries:
-            entry_id = entry[0]
-            # self.holds(entry_id), inlined: this runs once per entry read.
-            if (
-                entry_id in in_flight
-                or entry_id in to_ack
-                or entry_id in acking
-                or entry_id in dead
-            ):
-                continue
-            in_flight.add(entry_id)
-            taken.append(entry)
-        self.stats.read += len(taken)
-        return taken
+    def take_ownership(self, entries: Entries) -> Entries:
+        return self.ledger.take_ownership(entries)
+
+    def holds(self, entry_id: str) -> bool:
+        return self.ledger.holds(entry_id)
+
+    def held(self) -> list[str]:
+        return self.ledger.held()
+
+    async def wait_room(self, *, priority: bool = False) -> int:
+        return await self.ledger.wait_room(priority=priority)
+
+    def queue_acks(self, ids: list[str]) -> None:
+        self.ledger.queue_acks(ids)
 
     # -- delivering ----------------------------------------------------------
 
@@ -402,22 +259,22 @@ class RedisStreamSource:
         if trimmed:
             self.report_trimmed(trimmed, found_by)
             for entry_id in trimmed:
-                self._settled(entry_id)  # acknowledge: it is gone, leave the PEL
+                self.ledger.settled(entry_id)  # acknowledge: it is gone, leave the PEL
         if not (redelivered and self._serial):
-            await self._deliver_all(entries)
+            await self.delivery.deliver_all(entries)
             return
         for entry_id, fields in entries:
             if not fields:
                 continue
             deliveries = await self._deliveries(entry_id)
-            event = self._waiting_for[entry_id] = anyio.Event()
-            await self._deliver(entry_id, fields, deliveries=deliveries)
+            event = self.ledger.waiting_for[entry_id] = anyio.Event()
+            await self.delivery.deliver_one(entry_id, fields, deliveries=deliveries)
             # Wait for it to settle (a handler that hangs gets min_idle), then
             # acknowledge at once: a crash now can only blame the next entry.
             with anyio.move_on_after(self.options.reclaim.min_idle):
                 await event.wait()
-            self._waiting_for.pop(entry_id, None)
-            await self._flush_acks()
+            self.ledger.waiting_for.pop(entry_id, None)
+            await self.ledger.flush_acks()
 
     async def _deliveries(self, entry_id: str) -> int:
         """How often Redis delivered the entry (this delivery included); 0 if not pending."""
@@ -434,236 +291,6 @@ class RedisStreamSource:
         )
         return int(rows[0]["times_delivered"]) if rows else 0
 
-    async def _deliver_all(self, entries: Entries) -> None:
-        """Route entries read in one go (not counted redeliveries): one ``ctx.deliver_many``
-        for every message of them (each frame of a pack), in order.
-
-        An entry settles once all its messages did (a pack's dead-lettered frames
-        included); undecodable entries and frames are dead-lettered on the way,
-        before the batch is routed. The per-message path is inlined: it runs once
-        per message a worker handles.
-        """
-        ctx = self.ctx
-        name = ctx.name
-        decode = ctx.decode
-        messages: list[Message] = []
-        owners: list[str] = []  # the entry ID of each message
-        packs: dict[str, int] = {}  # a pack's frames not settled yet, by entry ID
-        append, own = messages.append, owners.append
-        for entry_id, fields in entries:
-            if not fields:
-                continue
-            if fields.get(b"kind") == _KIND_PACK:
-                await self._collect_pack(entry_id, fields, messages, owners, packs)
-                continue
-            try:
-                message = decode_message(name, entry_id, fields, decode)
-            except (ValueError, DecodeError) as exc:
-                await self._undecodable(entry_id, fields, exc)
-                continue
-            append(message)
-            own(entry_id)
-        if not messages:
-            return
-        self.stats.delivered += len(messages)
-        in_flight, to_ack = self._in_flight, self._to_ack
-
-        def on_settled(index: int) -> None:
-            # self._settled(entry_id), inlined for an entry that was routed: not
-            # dead-lettering, and not waited for one at a time.
-            entry_id = owners[index]
-            if packs:
-                left = packs.get(entry_id)
-                if left is not None:
-                    if left > 1:
-                        packs[entry_id] = left - 1
-                        return
-                    del packs[entry_id]
-            in_flight.discard(entry_id)
-            to_ack.add(entry_id)
-            if self._room is not None:
-                self._wake_readers()
-            if len(to_ack) >= _ACK_BATCH and self._ack_now is not None:
-                self._ack_now.set()
-
-        await ctx.deliver_many(messages, on_settled)
-
-    async def _collect_pack(
-        self,
-        entry_id: str,
-        fields: dict[bytes, bytes],
-        messages: list[Message],
-        owners: list[str],
-        packs: dict[str, int],
-    ) -> None:
-        """:meth:`_deliver_pack` for :meth:`_deliver_all`: a pack's messages join the batch
-        (``packs[entry_id]`` counts its frames); an undecodable frame is dead-lettered now."""
-        ctx = self.ctx
-        try:
-            frames = unpack_frames(fields)
-        except ValueError as exc:
-            await self._undecodable_pack(entry_id, fields, exc)
-            return
-        packs[entry_id] = len(frames)
-        name = ctx.name
-        decode = ctx.decode
-        for index, frame_fields in enumerate(frames):
-            try:
-                message = decode_packed_message(name, entry_id, frame_fields, decode)
-            except (ValueError, DecodeError) as exc:
-                letter = self._undecodable_frame(entry_id, frame_fields, index, exc)
-                await ctx.dead_letter(
-                    letter,
-                    "decode_error",
-                    error=str(exc),
-                    on_settled=partial(self._pack_frame_settled, packs, entry_id),
-                )
-                continue
-            message.fields["pack_index"] = index
-            messages.append(message)
-            owners.append(entry_id)
-
-    def _pack_frame_settled(self, packs: dict[str, int], entry_id: str) -> None:
-        """A frame of a pack collected by :meth:`_collect_pack` settled (its dead letter)."""
-        left = packs[entry_id] - 1
-        if left:
-            packs[entry_id] = left
-            return
-        del packs[entry_id]
-        self._settled(entry_id)
-
-    def _undecodable_frame(
-        self, entry_id: str, frame_fields: dict[str, bytes], index: int, exc: Exception
-    ) -> Message:
-        """The dead letter of one undecodable frame of a pack (counted and logged)."""
-        as_stored = {key.encode(): value for key, value in frame_fields.items()}
-        letter = undecodable_message(self.ctx.name, entry_id, as_stored)
-        letter.fields["pack_index"] = index
-        self.log.warning("entry_undecodable", stream_id=entry_id, pack_index=index, error=str(exc))
-        self.stats.dead_lettered += 1
-        return letter
-
-    async def _undecodable_pack(
-        self, entry_id: str, fields: dict[bytes, bytes], exc: ValueError
-    ) -> None:
-        """A pack whose frames cannot be read: the whole entry is one dead letter."""
-        letter = undecodable_message(
-            self.ctx.name, entry_id, {**fields, b"frame": fields.get(b"frames", b"")}
-        )
-        self.log.warning("entry_undecodable", stream_id=entry_id, error=str(exc))
-        await self._dead_letter(entry_id, letter, "decode_error", str(exc))
-
-    async def _deliver(self, entry_id: str, fields: dict[bytes, bytes], deliveries: int) -> None:
-        ctx = self.ctx
-        limit = self.options.max_deliveries
-        if fields.get(b"kind") == _KIND_PACK:
-            await self._deliver_pack(entry_id, fields, deliveries)
-            return
-        try:
-            message = decode_message(ctx.name, entry_id, fields, ctx.decode)
-        except (ValueError, DecodeError) as exc:
-            await self._undecodable(entry_id, fields, exc)
-            return
-        if limit and deliveries > limit:
-            message.fields["delivery_count"] = deliveries
-            error = (
-                f"entry {entry_id} delivered {deliveries} times without being acknowledged "
-                f"(max_deliveries = {limit})"
-            )
-            self.log.error(
-                "max_deliveries_exceeded", stream_id=entry_id, deliveries=deliveries, limit=limit
-            )
-            await self._dead_letter(entry_id, message, "max_deliveries", error)
-            return
-        self.stats.delivered += 1
-        await ctx.deliver(message, partial(self._settled, entry_id))
-
-    async def _undecodable(
-        self, entry_id: str, fields: dict[bytes, bytes], exc: ValueError | DecodeError
-    ) -> None:
-        letter = undecodable_message(self.ctx.name, entry_id, fields)
-        self.log.warning("entry_undecodable", stream_id=entry_id, error=str(exc))
-        await self._dead_letter(entry_id, letter, "decode_error", str(exc))
-
-    async def _deliver_pack(
-        self, entry_id: str, fields: dict[bytes, bytes], deliveries: int
-    ) -> None:
-        """Deliver each frame of a packed entry; the entry settles once all of them did."""
-        ctx = self.ctx
-        try:
-            frames = unpack_frames(fields)
-        except ValueError as exc:
-            await self._undecodable_pack(entry_id, fields, exc)
-            return
-        left = len(frames)
-
-        def one_settled() -> None:
-            nonlocal left
-            left -= 1
-            if left == 0:
-                self._settled(entry_id)
-
-        limit = self.options.max_deliveries
-        name = ctx.name
-        decode = ctx.decode
-        deliver = ctx.deliver
-        stats = self.stats
-        for index, frame_fields in enumerate(frames):
-            try:
-                message = decode_packed_message(name, entry_id, frame_fields, decode)
-            except (ValueError, DecodeError) as exc:
-                letter = self._undecodable_frame(entry_id, frame_fields, index, exc)
-                await ctx.dead_letter(
-                    letter, "decode_error", error=str(exc), on_settled=one_settled
-                )
-                continue
-            message.fields["pack_index"] = index
-            if limit and deliveries > limit:
-                message.fields["delivery_count"] = deliveries
-                error = (
-                    f"entry {entry_id} delivered {deliveries} times without being acknowledged "
-                    f"(max_deliveries = {limit})"
-                )
-                if index == 0:
-                    self.log.error(
-                        "max_deliveries_exceeded",
-                        stream_id=entry_id,
-                        deliveries=deliveries,
-                        limit=limit,
-                        frames=len(frames),
-                    )
-                stats.dead_lettered += 1
-                await ctx.dead_letter(
-                    message, "max_deliveries", error=error, on_settled=one_settled
-                )
-                continue
-            stats.delivered += 1
-            await deliver(message, one_settled)
-
-    async def _dead_letter(self, entry_id: str, message: Message, reason: str, error: str) -> None:
-        """Dead-letter without routing; acknowledged once the dead-letter handler wrote it."""
-        self._in_flight.discard(entry_id)
-        self._dead.add(entry_id)
-        self.stats.dead_lettered += 1
-        self._wake_readers()
-        settled = partial(self._settled, entry_id)
-        await self.ctx.dead_letter(message, reason, error=error, on_settled=settled)
-
-    def _settled(self, entry_id: str) -> None:
-        """on_settled: every routed handler finished (or the dead letter was written)."""
-        self._in_flight.discard(entry_id)
-        self._dead.discard(entry_id)
-        to_ack = self._to_ack
-        to_ack.add(entry_id)
-        if self._room is not None:
-            self._wake_readers()
-        if self._waiting_for:
-            event = self._waiting_for.get(entry_id)
-            if event is not None:
-                event.set()
-        if len(to_ack) >= _ACK_BATCH and self._ack_now is not None:
-            self._ack_now.set()
-
     def report_trimmed(self, ids: list[str], found_by: str) -> None:
         self.stats.trimmed_unprocessed += len(ids)
         self.log.error(
@@ -675,100 +302,3 @@ class RedisStreamSource:
             note="pending entries were trimmed out of the stream before being handled: "
             "data loss; raise the sink's max_len or add workers",
         )
-
-    # -- backpressure --------------------------------------------------------
-
-    def _cap(self) -> int:
-        return self.options.max_in_flight
-
-    def holds(self, entry_id: str) -> bool:
-        return (
-            entry_id in self._in_flight
-            or entry_id in self._to_ack
-            or entry_id in self._acking
-            or entry_id in self._dead
-        )
-
-    def held(self) -> list[str]:
-        """Every entry ID this process holds: the lease renews them."""
-        return [*self._in_flight, *self._dead, *self._to_ack, *self._acking]
-
-    async def wait_room(self, *, priority: bool = False) -> int:
-        """Wait until fewer than ``max_in_flight`` entries are unsettled; return the room.
-
-        While a ``priority`` caller (the reclaimer) waits, other callers wait behind it.
-        """
-        if priority:
-            self._priority += 1
-        try:
-            while (room := self._cap() - len(self._in_flight)) <= 0 or (
-                self._priority and not priority
-            ):
-                if self._room is None:
-                    self._room = anyio.Event()
-                await self._room.wait()
-        finally:
-            if priority:
-                self._priority -= 1
-                self._wake_readers(force=True)
-        return room
-
-    def _wake_readers(self, *, force: bool = False) -> None:
-        room = self._room
-        if room is not None and (force or len(self._in_flight) < self._cap()):
-            self._room = None
-            room.set()
-
-    # -- acknowledging -------------------------------------------------------
-
-    def queue_acks(self, ids: list[str]) -> None:
-        """Acknowledge IDs this process does not hold (gone from the stream) with the next XACK."""
-        self._to_ack.update(ids)
-
-    async def _acker(self) -> None:
-        while True:
-            self._ack_now = anyio.Event()
-            with anyio.move_on_after(_ACK_EVERY):
-                await self._ack_now.wait()
-            while self._to_ack:
-                await self.commands.call("xack", self._ack_batch)
-
-    async def _flush_acks(self) -> None:
-        """XACK everything settled so far, including a batch the acker is sending right now."""
-        while self._to_ack or self._acking:
-            if self._to_ack:
-                await self.commands.call("xack", self._ack_batch)
-            else:
-                await anyio.sleep(0.005)
-
-    async def _ack_batch(self) -> None:
-        """One XACK of up to _ACK_MAX settled IDs; on failure they stay queued."""
-        to_ack = self._to_ack
-        if len(to_ack) <= _ACK_MAX:
-            batch = list(to_ack)
-            to_ack.clear()
-        else:
-            batch = list(_first(to_ack, _ACK_MAX))
-            to_ack.difference_update(batch)
-        if not batch:
-            return
-        self._acking.update(batch)
-        try:
-            # Packed by hiredis (roundtrip.py): a tenth of redis-py's cost per ID.
-            command = ("XACK", self.options.stream, self.options.group, *batch)
-            (reply,) = await round_trip(self.commands.client, [command])
-            if isinstance(reply, Exception):
-                raise reply
-        except BaseException:
-            self._acking.difference_update(batch)
-            self._to_ack.update(batch)
-            raise
-        self._acking.difference_update(batch)
-        self.stats.acked += len(batch)
-
-
-def _first(items: set[str], count: int) -> Iterator[str]:
-    for n, item in enumerate(items):
-        if n >= count:
-            return
-        yield item
