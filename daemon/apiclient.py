@@ -13,14 +13,15 @@ import http.client
 import json
 import os
 import socket
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from .config import load, parse_listen
+from .config.load import parse_toml
 from .exceptions import ConfigError
+from .inputs import MAX_CONFIG_BYTES, InputRefused, decode_text, read_file
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -131,10 +132,11 @@ def _listen_of(path: str, *, given: bool) -> list[str]:
 
 def _raw_listen(path: str) -> list[str] | None:
     try:
-        with open(path, "rb") as fh:
-            document = tomllib.load(fh)
+        document, issue = parse_toml(decode_text(read_file(path, MAX_CONFIG_BYTES)))
         listen = document["daemon"]["api"]["listen"]
-    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError):
+    except (InputRefused, KeyError, TypeError):
+        return None
+    if issue is not None:
         return None
     if not isinstance(listen, list) or not all(isinstance(x, str) for x in listen):
         return None

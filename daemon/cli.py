@@ -31,6 +31,25 @@ EX_CONFIG = 78
 DEFAULT_CONFIG = "/etc/wsroute/wsroute.toml"
 
 
+def _ranged(kind: type[int] | type[float], low: float, high: float, what: str) -> Any:
+    """An argparse ``type`` that takes a number from ``low`` to ``high`` (``inf`` and
+    ``nan`` never): outside, argparse names the option and exits 2."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not low <= value <= high:  # also false for nan
+            shown = (f"{low:g}", f"{high:g}") if kind is float else (str(low), str(high))
+            raise argparse.ArgumentTypeError(
+                f"expected {what} from {shown[0]} to {shown[1]}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsroute",
@@ -100,7 +119,12 @@ def _parser() -> argparse.ArgumentParser:
         "instead of passing them to a dead-letter handler",
     )
     demo = sub.add_parser("demo", help="an embedded upstream plus the daemon on the demo config")
-    demo.add_argument("--duration", type=float, default=0.0, help="stop after N seconds")
+    demo.add_argument(
+        "--duration",
+        type=_ranged(float, 0, 86400, "seconds"),
+        default=0.0,
+        help="stop after N seconds (0: run until Ctrl-C; at most a day)",
+    )
     demo.add_argument("-c", "--config", default=None, help="demo config (default: built in)")
     _observe_verbs(sub)
     return parser
@@ -152,7 +176,12 @@ def _observe_verbs(sub: Any) -> None:
         tap.add_argument(
             f"--{name}", action="append", metavar=name[0].upper(), help=f"{what}; repeatable"
         )
-    tap.add_argument("--limit", type=int, metavar="N", help="stop after N records")
+    tap.add_argument(
+        "--limit",
+        type=_ranged(int, 1, 2**63 - 1, "a number of records"),
+        metavar="N",
+        help="stop after N records",
+    )
     top = sub.add_parser(
         "top",
         help="a live view of connections and handlers with rates",
@@ -160,7 +189,11 @@ def _observe_verbs(sub: Any) -> None:
     )
     with_api(top)
     top.add_argument(
-        "--interval", type=float, default=1.0, metavar="S", help="seconds between reads (1)"
+        "--interval",
+        type=_ranged(float, 0.1, 3600, "seconds"),
+        default=1.0,
+        metavar="S",
+        help="seconds between reads, 0.1 to 3600 (1)",
     )
 
 

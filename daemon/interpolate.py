@@ -10,7 +10,9 @@ and arrays, at any depth; never keys) may use:
     ``VAR``, or the literal ``default`` when ``VAR`` is unset or empty.
 ``${file:/path}``
     the contents of a UTF-8 file, one trailing newline stripped; a relative
-    path is taken from the config file's folder.
+    path is taken from the config file's folder. At most 1 MiB, a regular file
+    only (:data:`~wsroute.inputs.MAX_VALUE_FILE_BYTES`): ``/dev/zero`` or a FIFO
+    is refused, not read.
 ``${credential:NAME}``
     a systemd credential: the file ``$CREDENTIALS_DIRECTORY/NAME``
     (``LoadCredential=``/``SetCredential=`` in the unit), one trailing newline stripped.
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .exceptions import ConfigError, ConfigIssue
+from .inputs import MAX_VALUE_FILE_BYTES, InputRefused, read_file
 from .validate import join_path
 
 __all__ = ["Expansion", "Interpolation", "expand", "interpolate"]
@@ -213,10 +216,9 @@ def _read_file(file_path: str, base_dir: str | None) -> str:
         raise _Failure('"${file:}" needs a path: ${file:/etc/wsroute/token}')
     full = os.path.join(base_dir, file_path) if base_dir else file_path
     try:
-        with open(full, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise _Failure(f"cannot read ${{file:{file_path}}}: {_why(exc, full)}") from None
+        data = read_file(full, MAX_VALUE_FILE_BYTES)
+    except InputRefused as exc:
+        raise _Failure(f"cannot read ${{file:{file_path}}}: {exc} ({full})") from None
     return _text(data, f"${{file:{file_path}}}")
 
 
@@ -237,18 +239,10 @@ def _read_credential(name: str, environ: Mapping[str, str]) -> str:
         raise _Failure(f"{what}: $CREDENTIALS_DIRECTORY {directory} is not a directory")
     full = os.path.join(directory, name)
     try:
-        with open(full, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise _Failure(
-            f"{what} from $CREDENTIALS_DIRECTORY {directory}: {_why(exc, full)}"
-        ) from None
+        data = read_file(full, MAX_VALUE_FILE_BYTES)
+    except InputRefused as exc:
+        raise _Failure(f"{what} from $CREDENTIALS_DIRECTORY {directory}: {exc} ({full})") from None
     return _text(data, f'credential "{name}"')
-
-
-def _why(exc: OSError, full: str) -> str:
-    # strerror alone ("No such file or directory") plus the path we tried; never the content.
-    return f"{exc.strerror or type(exc).__name__} ({full})"
 
 
 def _text(data: bytes, what: str) -> str:

@@ -114,7 +114,7 @@ class _Record(msgspec.Struct):
 _decoder = msgspec.json.Decoder(_Record)
 
 
-def parse_record(line: bytes | str) -> Message:
+def parse_record(line: bytes | bytearray | memoryview | str) -> Message:
     """Rebuild the :class:`~wsroute.Message` a jsonl line was written from (for replay).
 
     The raw frame is not part of the record, so ``raw`` is empty — except in
@@ -131,6 +131,8 @@ def parse_record(line: bytes | str) -> Message:
         raise ValueError(f"not a wsroute record: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise ValueError(f"not a JSON line: {exc}") from exc
+    except RecursionError:
+        raise ValueError("nested too deeply to be a record (its parser ran out of stack)") from None
     body = rec.body
     if rec.body_encoding == "base64":
         if not isinstance(body, str):

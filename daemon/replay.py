@@ -4,7 +4,8 @@ Each line of a file the ``jsonl`` handler wrote becomes a message again:
 
 - a record a handler dead-lettered (``handler`` set) goes to that handler only,
   so handlers that already succeeded do not see it twice (``--through-routes``
-  routes it like a fresh message instead);
+  routes it like a fresh message instead); when the config has no such handler
+  the record fails, with a line that says so, and is never routed;
 - a record of an undecodable frame (``reason = "decode_error"``) holds the
   frame byte for byte (its body); it is decoded again with its connection's
   codec (a fixed codec config may now read it), then routed;
@@ -18,11 +19,13 @@ cannot be decoded, or a handler gives up on it: it is then dead-lettered again
 — to the dead-letter handler the daemon would use (the handler's, or
 ``[daemon] dead_letter``), or with ``--failed FILE`` appended to that file as
 a jsonl record of the same shape — or, with nowhere to go, logged as
-``message_lost``. A malformed line is reported with its line number and
+``message_lost``. A malformed line, or one longer than
+:data:`~wsroute.inputs.MAX_RECORD_BYTES`, is reported with its line number and
 counted as failed, and a record no route takes is counted as failed too. The
 summary line on stderr counts the records read, handled, dead-lettered again
 and failed; the exit status is 0 when every record was handled, 1 otherwise,
-66 when the file cannot be read (or the ``--failed`` file cannot be opened).
+66 when the file cannot be read (or the ``--failed`` file cannot be opened); only
+a regular file is read, one record at a time.
 
 No upstream is connected: handlers that send upstream get a SendError and
 their retries and dead letters apply. Replay never drops: every handler's
@@ -36,7 +39,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Any, cast
+from collections.abc import Iterator
+from typing import Any, BinaryIO, cast
 
 import anyio
 import structlog
@@ -45,6 +49,7 @@ from .ack import Ack
 from .config import Config
 from .exceptions import ConfigError, ConfigIssue, DecodeError, PluginError
 from .handler import HandlerRunner
+from .inputs import MAX_RECORD_BYTES, InputRefused, open_records, records
 from .logging import configure
 from .plugin import DeadLetter, Frame, Message
 from .service import Service, plan
@@ -57,22 +62,28 @@ EX_NOINPUT = 66
 log = structlog.get_logger("wsroute.replay")
 
 
-def _read(path: str) -> tuple[list[Message], int]:
-    """The records of ``path``, and how many lines were malformed (each reported)."""
+def _records(path: str, file: BinaryIO) -> Iterator[tuple[int, Message | None]]:
+    """The records of ``file`` one at a time with their line numbers (``None`` for a
+    malformed line, each reported), so that memory holds one record, whatever the
+    file's size."""
     from .records import parse_record
 
-    messages: list[Message] = []
-    bad = 0
-    with open(path, "rb") as file:
-        for number, line in enumerate(file, 1):
-            if not line.strip():
-                continue
-            try:
-                messages.append(parse_record(line))
-            except ValueError as exc:
-                bad += 1
-                print(f"wsroute: {path}:{number}: {exc}", file=sys.stderr)
-    return messages, bad
+    for number, line in records(file):
+        if line is None:
+            print(
+                f"wsroute: {path}:{number}: record larger than the limit of "
+                f"{MAX_RECORD_BYTES // 2**20} MiB",
+                file=sys.stderr,
+            )
+            yield number, None
+            continue
+        if not line.strip():
+            continue
+        try:
+            yield number, parse_record(line)
+        except ValueError as exc:
+            print(f"wsroute: {path}:{number}: {exc}", file=sys.stderr)
+            yield number, None
 
 
 class _Tally:
@@ -209,10 +220,17 @@ def replay(
     """Replay ``path``: 0 when every record was handled again, 1 if not, 66 if unreadable."""
     configure(config.daemon.log_level, config.daemon.log_format)
     try:
-        messages, bad = _read(path)
-    except OSError as exc:
-        print(f"wsroute: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        file = open_records(path)
+    except InputRefused as exc:
+        print(f"wsroute: cannot read {path}: {exc}", file=sys.stderr)
         return EX_NOINPUT
+    with file:
+        return _replay(config, path, file, through_routes, failed_path)
+
+
+def _replay(
+    config: Config, path: str, file: BinaryIO, through_routes: bool, failed_path: str | None
+) -> int:
     # Offline, nothing is gained by dropping: every handler waits for room instead.
     config.handlers = {
         name: dataclasses.replace(section, overflow="block")
@@ -230,8 +248,6 @@ def replay(
     # machine the daemon runs on) does not apply here.
     service = Service(the_plan, connect=False, preflight=False)
     tally = _Tally()
-    tally.read = len(messages) + bad
-    tally.failed = bad
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
@@ -241,7 +257,21 @@ def replay(
                 runner.dead_letter = cast(HandlerRunner, _DeadLetters(runner.dead_letter, failed))
             daemon = _DeadLetters(service.dispatcher.dead_letter, failed)
             try:
-                for message in messages:
+                for number, message in _records(path, file):
+                    tally.read += 1
+                    if message is None:
+                        tally.failed += 1
+                        continue
+                    missing = None if through_routes else _missing_handler(service, message)
+                    if missing is not None:
+                        tally.failed += 1
+                        print(
+                            f'wsroute: {path}:{number}: no handler named "{missing}" in this '
+                            "config: the record goes to the handler that dead-lettered it "
+                            "only (--through-routes routes it instead)",
+                            file=sys.stderr,
+                        )
+                        continue
                     await _feed(service, message, through_routes, tally, daemon)
                 tally.fed = True
                 tally.check()
@@ -276,6 +306,13 @@ def replay(
         failed=tally.failed,
     )
     return 0 if tally.handled == tally.read else 1
+
+
+def _missing_handler(service: Service, message: Message) -> str | None:
+    """The handler that dead-lettered the record when this config lacks it: such a
+    record goes to that handler only, never through the routes."""
+    handler = message.dead_letter.handler if message.dead_letter is not None else None
+    return handler if handler is not None and handler not in service.runners else None
 
 
 def _issues(group: BaseExceptionGroup[Any]) -> list[ConfigIssue]:

@@ -16,8 +16,11 @@ strings, which the daemon then masks in every log line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import decimal
 import difflib
+import math
 import re
 import types
 import typing
@@ -71,6 +74,15 @@ _SIZE_UNITS = {
 }
 
 
+#: The longest duration any key takes (365 days): a longer one is a typo, and past
+#: about 292 years the standard library's timeouts overflow.
+MAX_DURATION = 365 * 86400.0
+#: The largest size any key takes (1 TiB).
+MAX_SIZE = 2**40
+#: Integers are TOML's: 64-bit signed.
+_INT_RANGE = range(-(2**63), 2**63)
+
+
 def parse_duration(text: str) -> float:
     """``"250ms"`` → 0.25, ``"1m30s"`` → 90.0; ``ValueError`` for anything else."""
     compact = text.strip()
@@ -94,7 +106,8 @@ def parse_size(text: str) -> int:
     match = _SIZE.match(text)
     if not match:
         raise ValueError(text)
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    # Decimal: exact, and a 400-digit number is large, not an OverflowError.
+    return int(decimal.Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
 def format_duration(seconds: float) -> str:
@@ -191,24 +204,45 @@ def convert(tp: Any, value: Any, path: str, issues: list[ConfigIssue]) -> Any:
     """Convert ``value`` to the annotation ``tp``; on failure append issues, return INVALID."""
     if tp is Any:
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        issues.append(ConfigIssue(path, f"expected a finite number, got {_show(value)}"))
+        return INVALID
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
+        issues.append(ConfigIssue(path, "expected a 64-bit integer, got a larger one"))
+        return INVALID
     if tp is Duration:
         if isinstance(value, str):
             try:
-                return Duration(parse_duration(value))
+                seconds = parse_duration(value)
             except ValueError:
                 pass
+            else:
+                if seconds <= MAX_DURATION:
+                    return Duration(seconds)
+                issues.append(
+                    ConfigIssue(
+                        path, f'expected a duration of at most 8760h (365 days), got "{value}"'
+                    )
+                )
+                return INVALID
         elif value == 0 and isinstance(value, int | float) and not isinstance(value, bool):
             return Duration(0.0)
         return _fail(issues, path, tp, value)
     if tp is Size:
+        size: int | None = None
         if isinstance(value, str):
-            try:
-                return Size(parse_size(value))
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                size = parse_size(value)
         elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return Size(value)
-        return _fail(issues, path, tp, value)
+            size = value
+        if size is None:
+            return _fail(issues, path, tp, value)
+        if size > MAX_SIZE:
+            issues.append(
+                ConfigIssue(path, f"expected a size of at most 1024GiB, got {_show(value)}")
+            )
+            return INVALID
+        return Size(size)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _convert_dataclass(tp, value, path, issues)
     origin = get_origin(tp)
@@ -234,6 +268,9 @@ def convert(tp: Any, value: Any, path: str, issues: list[ConfigIssue]) -> Any:
             result = convert(arm, value, path, scratch)
             if not scratch:
                 return result
+        lists = [a for a in arms if get_origin(a) in (list, tuple)]
+        if isinstance(value, list) and len(lists) == 1:
+            return convert(lists[0], value, path, issues)  # the array's own items' errors
         issues.append(ConfigIssue(path, f"expected {describe_type(tp)}, got {_show(value)}"))
         return INVALID
     if origin in (list, tuple):

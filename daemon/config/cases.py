@@ -11,17 +11,17 @@ runs against. Nothing here decodes or routes: that is :mod:`wsroute.configtest`.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import ConfigError, ConfigIssue
+from ..inputs import MAX_CONFIG_BYTES, InputRefused, decode_text, read_file
 from ..plugin import Key
 from ..validate import INVALID, convert, did_you_mean, join_path
 from ..validate import _show as show_value
 from .issues import finish
 from .lines import line_in, line_index
-from .load import _syntax_issue
+from .load import parse_toml
 from .schema import Config, _doc, _FrameFields
 
 __all__ = ["ExpectTable", "FrameTable", "TestCase", "load_cases"]
@@ -122,24 +122,23 @@ class TestCase:
 def load_cases(path: str, config: Config) -> list[TestCase]:
     """Read a tests file and check it against ``config``; :class:`ConfigError` lists all."""
     try:
-        with open(path, "rb") as fh:
-            text = fh.read().decode("utf-8")
-    except OSError as exc:
+        data = read_file(path, MAX_CONFIG_BYTES)
+    except InputRefused as exc:
         raise ConfigError(
-            [ConfigIssue("", f"cannot read tests file {path}: {exc.strerror or exc}")],
-            source=path,
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([ConfigIssue("", "not UTF-8 text")], source=path) from exc
+            [ConfigIssue("", f"cannot read tests file {path}: {exc}")], source=path
+        ) from None
+    try:
+        text = decode_text(data)
+    except InputRefused as exc:
+        raise ConfigError([ConfigIssue("", str(exc), line=exc.line)], source=path) from None
     return loads_cases(text, config, path=path)
 
 
 def loads_cases(text: str, config: Config, *, path: str | None = None) -> list[TestCase]:
     """:func:`load_cases` for text already read."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([_syntax_issue(exc, text)], source=path) from exc
+    document, issue = parse_toml(text)
+    if issue is not None:
+        raise ConfigError([issue], source=path)
     issues: list[ConfigIssue] = []
     for key in document:
         if key != "tests":

@@ -18,6 +18,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..exceptions import ConfigError, ConfigIssue
+from ..inputs import (
+    MAX_CONFIG_BYTES,
+    InputRefused,
+    decode_text,
+    nested_too_deep,
+    read_file,
+    too_deep,
+)
 from ..interpolate import interpolate
 from ..logging import register_secrets
 from ..validate import INVALID, convert, did_you_mean, join_path
@@ -69,20 +77,15 @@ def load_partial(
 
 def _read(name: str) -> str:
     try:
-        with open(name, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
+        data = read_file(name, MAX_CONFIG_BYTES)
+    except InputRefused as exc:
         raise ConfigError(
-            [ConfigIssue("", f"cannot read config file {name}: {exc.strerror or exc}")],
-            source=name,
-        ) from exc
+            [ConfigIssue("", f"cannot read config file {name}: {exc}")], source=name
+        ) from None
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(
-            [ConfigIssue("", f"not UTF-8 text (byte {exc.start})", line=line)], source=name
-        ) from exc
+        return decode_text(data)
+    except InputRefused as exc:
+        raise ConfigError([ConfigIssue("", str(exc), line=exc.line)], source=name) from None
 
 
 def loads(
@@ -106,10 +109,9 @@ def _parse(
     text: str, path: str | None, environ: Mapping[str, str] | None
 ) -> tuple[Config | None, list[ConfigIssue]]:
     """The config (partial when there are issues) and every issue, finished."""
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        return None, [_syntax_issue(exc, text)]
+    document, issue = parse_toml(text)
+    if issue is not None:
+        return None, [issue]
     base_dir = os.path.dirname(os.path.abspath(path)) if path else None
     expanded = interpolate(document, os.environ if environ is None else environ, base_dir=base_dir)
     register_secrets(resolved_secrets(expanded))
@@ -120,6 +122,25 @@ def _parse(
         config.path = path
         config.lines = line_index(text)
     return config, finish(issues, text, expanded.expansions)
+
+
+def parse_toml(text: str) -> tuple[dict[str, Any], ConfigIssue | None]:
+    """The TOML document of ``text``, or the issue that stops it: a syntax error, or
+    nesting deeper than :data:`~wsroute.inputs.MAX_DEPTH` (which nothing after the
+    parser could walk safely)."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return {}, _syntax_issue(exc, text)
+    except RecursionError:  # deeper still than the check below: the parser ran out of stack
+        return {}, ConfigIssue("", nested_too_deep())
+    keys = too_deep(document)
+    if keys is not None:
+        path = ""
+        for key in keys:
+            path = join_path(path, key)
+        return {}, ConfigIssue(path, nested_too_deep())
+    return document, None
 
 
 def _syntax_issue(exc: tomllib.TOMLDecodeError, text: str) -> ConfigIssue:

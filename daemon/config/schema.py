@@ -17,6 +17,7 @@ import importlib.util
 import math
 import re
 import struct as _struct
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -298,6 +299,14 @@ class CloseFrameSection(_FrameFields):
             )
 
 
+def _has_userinfo(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return False  # a broken url is reported by its own check
+    return parts.username is not None or parts.password is not None
+
+
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
@@ -397,6 +406,14 @@ class ConnectionSection:
             if "\r" in value or "\n" in value:
                 # The value itself is not shown: it is often a secret.
                 raise ValueError(f"headers: the value of {name} must not contain a line break")
+        if any(name.lower() == "authorization" for name in self.headers) and _has_userinfo(
+            self.url
+        ):
+            # Both would be sent: two Authorization headers, which servers take differently.
+            raise ValueError(
+                "headers: Authorization is set twice, by headers and by the url's "
+                "user:password (sent as Basic): keep one of them"
+            )
 
 
 @dataclass
