@@ -64,7 +64,7 @@ from wsroute.records import encode_record
 __all__ = ["NatsHandler", "NatsRefused", "PublishStats", "msg_id", "payload_and_headers"]
 
 # How the server words a refused publish in its asynchronous -ERR.
-_PUBLISH_REFUSED = "Permissions Violation for Publish"
+_PUBLISH_REFUSED = "permissions violation for publish"
 # How long a message waits for a connection being made before it counts as an outage.
 _CONNECT_GRACE = 1.0
 
@@ -284,7 +284,7 @@ class NatsHandler:
             )
 
     async def _on_error(self, exc: Exception) -> None:
-        if _PUBLISH_REFUSED in str(exc):
+        if _PUBLISH_REFUSED in str(exc).lower():
             self._refusals += 1
             self._refusal = str(exc)
         # Every failed reconnect attempt reports here: one warning per outage is enough.
