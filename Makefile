@@ -43,8 +43,9 @@ WHEELHOUSE := dist/wheelhouse
 wheelhouse: $(STAMP)
 	rm -rf $(WHEELHOUSE)
 	$(BIN)/pip wheel --quiet --wheel-dir $(WHEELHOUSE) '.[all,fast,uvloop]'
+	systemd/install-service --print-target $(BIN)/python > $(WHEELHOUSE)/BUILT-FOR
 	rm -rf build
-	@echo "$(WHEELHOUSE): $$(ls $(WHEELHOUSE) | wc -l) wheels; install with: sudo make install-service"
+	@echo "$(WHEELHOUSE): $$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels for $$(cat $(WHEELHOUSE)/BUILT-FOR); install with: sudo make install-service"
 
 # ... and installed from them on the server (as root; no network, no .venv needed).
 install-service:

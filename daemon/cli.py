@@ -22,6 +22,7 @@ import anyio
 
 from . import __version__
 from .config import Config, load
+from .credentials import DEFAULT_CREDENTIALS_DIR, use_credentials_dir
 from .exceptions import ConfigError, PluginError, WsrouteError
 from .registry.listing import describe, format_plugins
 
@@ -79,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     with_config(test)
     test.add_argument("tests", nargs="+", metavar="TESTS.toml", help="a tests file")
+    for p in (check, test):
+        p.add_argument(
+            "--credentials-dir",
+            metavar="DIR",
+            help="where ${credential:NAME} is read outside systemd (default: "
+            f"$CREDENTIALS_DIRECTORY, else {DEFAULT_CREDENTIALS_DIR} when it exists)",
+        )
     schema = sub.add_parser(
         "schema",
         help="print the config's JSON Schema (for editors), plugin options included",
@@ -255,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args.config)
+        if args.command in ("check", "test"):
+            use_credentials_dir(args.credentials_dir)
         if args.command == "check":
             return _check(args.config)
         if args.command == "plugins":

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .credentials import looks_encrypted
 from .exceptions import ConfigError, ConfigIssue
 from .inputs import MAX_VALUE_FILE_BYTES, InputRefused, read_file
 from .validate import join_path
@@ -233,7 +234,8 @@ def _read_credential(name: str, environ: Mapping[str, str]) -> str:
     if not directory:
         raise _Failure(
             f"{what}: $CREDENTIALS_DIRECTORY is not set "
-            f"(systemd sets it for LoadCredential={name}:... in the unit)"
+            f"(systemd sets it for LoadCredential={name}:... in the unit; "
+            "`wsroute check` and `test` take --credentials-dir DIR)"
         )
     if not os.path.isdir(directory):
         raise _Failure(f"{what}: $CREDENTIALS_DIRECTORY {directory} is not a directory")
@@ -242,6 +244,12 @@ def _read_credential(name: str, environ: Mapping[str, str]) -> str:
         data = read_file(full, MAX_VALUE_FILE_BYTES)
     except InputRefused as exc:
         raise _Failure(f"{what} from $CREDENTIALS_DIRECTORY {directory}: {exc} ({full})") from None
+    if looks_encrypted(data):
+        raise _Failure(
+            f'credential "{name}" in {directory} is encrypted (systemd-creds): only systemd '
+            "can read it, so check the config under systemd: systemd-run --pipe --wait "
+            f"-p LoadCredentialEncrypted={name}:{full} wsroute check -c FILE"
+        )
     return _text(data, f'credential "{name}"')
 
 

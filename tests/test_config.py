@@ -35,7 +35,7 @@ SECRET = "hunter2-very-secret"
 # The smallest config that loads without warnings; tests append to it.
 BASE = """\
 [connections.ex]
-url = "wss://ex.example/"
+url = "wss://ex.test/"
 
 [routes.all]
 handlers = ["out"]
@@ -74,9 +74,15 @@ def at(found: list[ConfigIssue]) -> dict[str, str]:
 # --- the example and the generated reference
 
 
-def test_example_config_is_valid_and_warning_free() -> None:
+def test_example_config_is_valid_and_warns_only_of_its_placeholder_hosts() -> None:
     config = loads(EXAMPLE.read_text(), environ={})
-    assert config.warnings == []
+    assert {(w.path, w.message.split(" is ")[1]) for w in config.warnings} == {
+        (
+            "connections.exchange.url",
+            "a placeholder (a domain kept for examples): set the real host",
+        ),
+        ("connections.events.url", "a placeholder (a domain kept for examples): set the real host"),
+    }
     exchange = config.connections["exchange"]
     assert exchange.headers == {}
     kinds = [
@@ -229,7 +235,7 @@ def test_interpolation_in_config_values(tmp_path: Path) -> None:
 
 
 def test_interpolation_happens_before_type_checks(tmp_path: Path) -> None:
-    text = BASE.replace('url = "wss://ex.example/"', 'url = "${URL}"\nping_interval = "${P:-5s}"')
+    text = BASE.replace('url = "wss://ex.test/"', 'url = "${URL}"\nping_interval = "${P:-5s}"')
     config = load_text(tmp_path, text, {"URL": "ws://a/"})
     assert config.connections["ex"].url == "ws://a/"
     assert config.connections["ex"].ping_interval == 5
@@ -259,7 +265,7 @@ def test_failed_interpolation_has_no_follow_up_errors(tmp_path: Path) -> None:
     # The url stays "${URL}" (not ws://) and the route names "${CONN}": both are
     # only reported as unset variables.
     text = (
-        BASE.replace('"wss://ex.example/"', '"${URL}"')
+        BASE.replace('"wss://ex.test/"', '"${URL}"')
         + '\n[routes.x]\nconnection = "${CONN}"\nhandlers = ["out"]\n'
     )
     found = issues(tmp_path, text)
@@ -273,7 +279,7 @@ def test_failed_interpolation_has_no_follow_up_errors(tmp_path: Path) -> None:
 
 def test_interpolated_secrets_stay_out_of_type_errors(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text(SECRET)
-    text = BASE.replace('"wss://ex.example/"', '"https://${TOKEN}@host/"') + textwrap.dedent(
+    text = BASE.replace('"wss://ex.test/"', '"https://${TOKEN}@host/"') + textwrap.dedent(
         """
         [daemon]
         shutdown_timeout = "${file:secret}"
@@ -351,7 +357,7 @@ def test_section_and_named_entries_must_be_tables(tmp_path: Path) -> None:
 
 def test_misspelt_key_gets_a_hint_and_a_line(tmp_path: Path) -> None:
     text = BASE.replace(
-        'url = "wss://ex.example/"', 'url = "wss://ex.example/"\nping_intervall = "20s"'
+        'url = "wss://ex.test/"', 'url = "wss://ex.test/"\nping_intervall = "20s"'
     )
     issue = only(tmp_path, text)
     assert issue.path == "connections.ex.ping_intervall"
@@ -408,7 +414,7 @@ def test_bad_durations(tmp_path: Path, written: str) -> None:
 )
 def test_sizes(tmp_path: Path, written: str, size: int) -> None:
     text = BASE.replace(
-        'url = "wss://ex.example/"', f'url = "wss://ex.example/"\nmax_frame_size = {written}'
+        'url = "wss://ex.test/"', f'url = "wss://ex.test/"\nmax_frame_size = {written}'
     )
     assert load_text(tmp_path, text).connections["ex"].max_frame_size == size
 
@@ -416,7 +422,7 @@ def test_sizes(tmp_path: Path, written: str, size: int) -> None:
 @pytest.mark.parametrize("written", ['"1mb"', '"1 XiB"', "-1", '"big"'])
 def test_bad_sizes(tmp_path: Path, written: str) -> None:
     text = BASE.replace(
-        'url = "wss://ex.example/"', f'url = "wss://ex.example/"\nmax_frame_size = {written}'
+        'url = "wss://ex.test/"', f'url = "wss://ex.test/"\nmax_frame_size = {written}'
     )
     issue = only(tmp_path, text)
     assert issue.path == "connections.ex.max_frame_size"
@@ -436,8 +442,8 @@ def test_missing_required_keys(tmp_path: Path) -> None:
 
 def test_wrong_types_inside_arrays_and_tables(tmp_path: Path) -> None:
     text = BASE.replace(
-        'url = "wss://ex.example/"',
-        'url = "wss://ex.example/"\nsubprotocols = ["a", 2]\n'
+        'url = "wss://ex.test/"',
+        'url = "wss://ex.test/"\nsubprotocols = ["a", 2]\n'
         'headers = { X = 1 }\ntls = { verify = "no" }',
     )
     assert at(issues(tmp_path, text)) == {
@@ -499,7 +505,7 @@ def test_wrong_types_inside_arrays_and_tables(tmp_path: Path) -> None:
     ],
 )
 def test_connection_checks(tmp_path: Path, table: str, path: str, message: str) -> None:
-    text = BASE.replace('url = "wss://ex.example/"', table)
+    text = BASE.replace('url = "wss://ex.test/"', table)
     issue = only(tmp_path, text)
     assert (issue.path, issue.message) == (path, message)
     assert issue.line is not None
@@ -540,7 +546,7 @@ def test_handler_table_splits_into_delivery_keys_and_plugin_options(tmp_path: Pa
 
 def test_codec_table_splits_into_type_and_options(tmp_path: Path) -> None:
     text = (
-        BASE.replace('url = "wss://ex.example/"', 'url = "wss://ex.example/"\ncodec = "mine"')
+        BASE.replace('url = "wss://ex.test/"', 'url = "wss://ex.test/"\ncodec = "mine"')
         + '\n[codecs.mine]\ntype = "struct"\nheader = "<i"\nfields = ["opcode"]\n'
     )
     config = load_text(tmp_path, text)
@@ -778,7 +784,7 @@ def test_references_are_checked_even_where_types_failed(tmp_path: Path) -> None:
 
 def test_unknown_codec_name_is_left_to_the_plugin_phase(tmp_path: Path) -> None:
     text = BASE.replace(
-        'url = "wss://ex.example/"', 'url = "wss://ex.example/"\ncodec = "protobuf"'
+        'url = "wss://ex.test/"', 'url = "wss://ex.test/"\ncodec = "protobuf"'
     )
     config = load_text(tmp_path, text)
     assert config.warnings == []
@@ -806,7 +812,7 @@ def test_three_mistakes_give_three_issues(tmp_path: Path) -> None:
         log_level = "loud"
 
         [connections.ex]
-        url = "wss://ex.example/"
+        url = "wss://ex.test/"
         ping_intervall = "20s"
 
         [routes.all]
@@ -876,7 +882,7 @@ def test_wildcard_route_takes_every_connection(tmp_path: Path) -> None:
 
 def test_unused_codec_and_near_miss_codec_name(tmp_path: Path) -> None:
     text = BASE.replace(
-        'url = "wss://ex.example/"', 'url = "wss://ex.example/"\ncodec = "exchnage"'
+        'url = "wss://ex.test/"', 'url = "wss://ex.test/"\ncodec = "exchnage"'
     ) + ('\n[codecs.exchange]\ntype = "struct"\n')
     config = load_text(tmp_path, text)
     assert at(config.warnings) == {

@@ -6,10 +6,10 @@ its own loopback, so nothing can be downloaded in it. wsroute is installed
 the way systemd/README.md says, by ``systemd/install-service`` from a
 wheelhouse (``tests/wheelhouse.py`` makes the one ``make wheelhouse`` would,
 without network access): a venv of the distribution's ``/usr/bin/python3`` at
-``/opt/wsroute-VERSION``, ``/opt/wsroute`` pointing at it, the example config
-and the units in ``/etc``. Then the documented steps: edit the config, check
-it, ``systemctl enable --now``, reload, add a credential with the shipped
-drop-in, stop.
+``/opt/wsroute-VERSION``, ``/opt/wsroute`` pointing at it, the production
+config and the units in ``/etc``. Then the documented steps: fill in the
+config, check it, ``systemctl enable --now``, ``wsroute status`` on the API
+socket, reload, add a credential with the shipped drop-in, stop.
 
 Runs as root only (CI: ``.ci/run``); skips with the reason elsewhere, and
 fails instead under CI (``need``/``unavailable`` in tests/conftest.py).
@@ -33,7 +33,7 @@ import pytest
 
 from conftest import need, unavailable
 from systemd_helpers import PROBES, UPSTREAM_CODE, reference_config, wait_for
-from wheelhouse import build_wheelhouse
+from wheelhouse import build_wheelhouse, next_wheelhouse
 
 pytestmark = [pytest.mark.systemd, pytest.mark.slow]
 
@@ -48,12 +48,28 @@ OPT = "/opt/wsroute"
 SOURCE = "/srv/wsroute"  # what the operator copied to the server: the checkout's
 # systemd/ and config/ folders, and dist/wheelhouse
 UNIT = "wsroute.service"
+NEXT = "99.0.0"  # the version number of the upgrade's wheelhouse
 STATE = "/var/lib/private/wsroute"  # StateDirectory= of a DynamicUser= unit
 # sd-messages.h: "Main process exited, code=..., status=...", "Deactivated
 # successfully", "Failed with result '...'".
 MESSAGE_PROCESS_EXIT = "98e322203f7a4ed290d09fe03c09fe15"
 MESSAGE_UNIT_SUCCESS = "7ad2d189f7e94e70a38c781354912448"
 MESSAGE_UNIT_RESULT = "d9b373ed55a64feb8242e02dbe79a49c"
+# What the operator adds to the production config for this upstream (the
+# reference protocol): its codec, the login and the subscribe.
+OPERATOR_TABLES = """
+[[connections.exchange.on_connect]]
+json = { role = "admin", user_id = "container-test" }
+[[connections.exchange.on_connect]]
+struct = { format = "<i", values = [2] }
+json = ["first"]
+
+[codecs.exchange]
+type = "struct"
+header = "<i"
+fields = ["opcode"]
+
+"""
 CREDENTIAL_HEADER = 'headers = { Authorization = "Bearer ${credential:exchange-token}" }'
 CONTAINER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "SYSTEMD_COLORS": "0"}
 
@@ -98,7 +114,9 @@ def build_source(folder: Path) -> Path:
     for name in ("systemd", "config"):
         shutil.copytree(ROOT / name, source / name)
     (source / "dist").mkdir()
-    shutil.move(build_wheelhouse(folder), source / "dist" / "wheelhouse")
+    house = shutil.move(build_wheelhouse(folder), source / "dist" / "wheelhouse")
+    # The next release's wheelhouse, for the upgrade and the rollback.
+    shutil.move(next_wheelhouse(Path(house), folder, NEXT), source / "dist" / f"wheelhouse-{NEXT}")
     return source
 
 
@@ -285,8 +303,9 @@ def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
         for name in ("wsroute.service", "wsroute@.service"):
             shipped = (SYSTEMD_DIR / name).read_text()
             assert (box.root / "etc/systemd/system" / name).read_text() == shipped
-        example = (box.root / "etc/wsroute/wsroute.toml").read_text()
-        assert example == (ROOT / "config/wsroute.example.toml").read_text()
+        installed = (box.root / "etc/wsroute/wsroute.toml").read_text()
+        assert installed == (ROOT / "config/wsroute.production.toml").read_text()
+        assert (box.root / "etc/wsroute/credentials").is_dir()
 
         # The upstream runs in the container too: its network is its own loopback.
         box.run(
@@ -307,14 +326,29 @@ def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
         def upstream_connections() -> int:
             return int(count_file.read_text())
 
-        # The operator points the example config at the upstream, checks it, and
-        # starts the unit: no secret is needed for that.
-        config, found = re.subn(
-            r'^url = "wss://ws\.example\.com[^"]*"', f'url = "{url}"', example, count=1, flags=re.M
-        )
+        # `check` on the installed config warns about the placeholder host (exit 0).
+        placeholder = box.run(f"{OPT}/bin/wsroute", "check", "-c", "/etc/wsroute/wsroute.toml")
+        assert "connections.exchange.url: ws.example.com is a placeholder" in placeholder.stdout
+
+        # The operator fills in the production config for the upstream, checks it
+        # as install-service's hint says, and starts the unit: no secret is needed.
+        placeholder_url = r'^url = "wss://ws\.example\.com[^"]*"'
+        config, found = re.subn(placeholder_url, f'url = "{url}"', installed, count=1, flags=re.M)
         assert found == 1
+        config = config.replace('codec = "json"', 'codec = "exchange"', 1)
+        config = config.replace("[routes.everything]", OPERATOR_TABLES + "[routes.everything]", 1)
+        # Ticks and replies are archived; the upstream's text frames ("welcome",
+        # "news") are unmatched and so kept in the dead letters.
+        config = config.replace(
+            'connection = "exchange"\n', 'connection = "exchange"\nkey = [1, 2]\n', 1
+        )
         box.write("/etc/wsroute/wsroute.toml", config)
-        box.run(f"{OPT}/bin/wsroute", "check", "-c", "/etc/wsroute/wsroute.toml")
+        checked = box.run(
+            f"{OPT}/bin/wsroute",
+            *("check", "-c", "/etc/wsroute/wsroute.toml"),
+            *("--credentials-dir", "/etc/wsroute/credentials"),
+        )
+        assert "placeholder" not in checked.stdout, checked.stdout
         box.run("systemctl", "enable", "--now", UNIT)
         started = box.show(UNIT, "ActiveState", "SubState", "StatusText", "MainPID")
         assert started["ActiveState"] == "active", started
@@ -322,6 +356,9 @@ def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
         archive = box.root / STATE.lstrip("/") / "archive.jsonl"
         wait_for(lambda: _lines(archive) >= 5, 20, "ticks archived by the sandboxed daemon")
         assert upstream_connections() == 1
+        # The production config's API is on the runtime socket: `wsroute status` finds it.
+        shown = box.run(f"{OPT}/bin/wsroute", "status", "-c", "/etc/wsroute/wsroute.toml")
+        assert re.search(r"^exchange\s+connected\b", shown.stdout, re.M), shown.stdout
 
         # Under journald `log_format = "auto"` writes native entries: each key a field.
         entries = [
@@ -382,6 +419,33 @@ def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
         assert restarted["MainPID"] != started["MainPID"]
         wait_for(lambda: upstream_connections() == 2, 20, "the reconnect with the token")
         assert "token-for-the-test" not in box.journal(UNIT)
+
+        # Upgrade with the next release's wheelhouse, then roll back to this one,
+        # as systemd/README.md says: the config and /var/lib/wsroute are kept, the
+        # archive and the dead letters only grow, each switch is one restart.
+        dead_letters = box.root / STATE.lstrip("/") / "dead-letters.jsonl"
+        wait_for(lambda: _lines(dead_letters) >= 2, 20, "unmatched frames dead-lettered")
+        for house, expected in ((f"wheelhouse-{NEXT}", NEXT), ("wheelhouse", version)):
+            kept = (_lines(archive), _lines(dead_letters))
+            connections = upstream_connections()
+            pid = box.show(UNIT, "MainPID")["MainPID"]
+            switched = box.run(f"{SOURCE}/systemd/install-service", f"{SOURCE}/dist/{house}")
+            assert f"installed wsroute {expected};" in switched.stdout, switched.stdout
+            assert "/etc/wsroute/wsroute.toml exists: left as it is" in switched.stdout
+            assert box.run("readlink", OPT).stdout.strip() == f"/opt/wsroute-{expected}"
+            box.run("systemctl", "restart", UNIT, timeout=40)
+            now = box.show(UNIT, "ActiveState", "MainPID")
+            assert now["ActiveState"] == "active", now
+            assert now["MainPID"] != pid
+            shown = box.run(f"{OPT}/bin/wsroute", "--version").stdout.strip()
+            assert shown == f"wsroute {expected}"
+            assert (box.root / "etc/wsroute/wsroute.toml").read_text() == config
+            assert _lines(archive) >= kept[0]
+            assert _lines(dead_letters) >= kept[1]
+            wait_for(lambda c=connections: upstream_connections() > c, 20, "the new session")
+            wait_for(lambda k=kept: _lines(archive) > k[0], 20, "ticks archived after the switch")
+            wait_for(lambda k=kept: _lines(dead_letters) > k[1], 20, "the welcome dead-lettered")
+        assert "delivery_unbalanced" not in box.journal(UNIT)
 
         # Stop: SIGTERM, drain, exit 0; systemd records a clean result. A unit that
         # stopped cleanly is unloaded at once (its `systemctl show` is all defaults),

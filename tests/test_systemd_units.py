@@ -306,11 +306,11 @@ def test_quickstart_and_systemd_readme_agree_line_by_line() -> None:
     quickstart = _first_sh_block((root / "README.md").read_text(), "## Quickstart")
     install = _first_sh_block((SYSTEMD_DIR / "README.md").read_text(), "## Install")
     assert quickstart == install
-    # What the lines name exists: the make target, the script, the example config.
+    # What the lines name exists: the make target, the script, the production config.
     assert "\nwheelhouse:" in (root / "Makefile").read_text()
     script = SYSTEMD_DIR / "install-service"
     assert os.access(script, os.X_OK)
-    assert '"$root/config/wsroute.example.toml" /etc/wsroute/wsroute.toml' in script.read_text()
+    assert '"$root/config/wsroute.production.toml" /etc/wsroute/wsroute.toml' in script.read_text()
 
 
 def test_install_script_refuses_what_it_cannot_use(tmp_path: Path) -> None:

@@ -36,7 +36,33 @@ def build_wheelhouse(folder: Path) -> Path:
     """``folder/wheelhouse``: wsroute's wheel and one wheel per run-time dependency."""
     house = folder / "wheelhouse"
     house.mkdir(parents=True)
-    source = folder / "wsroute-source"
+    _build_wsroute(folder / "wsroute-source", house, version=None)
+    (wheel,) = house.glob("wsroute-*.whl")
+    for dist in _dependencies(_requires(wheel)):
+        repack(dist, house)
+    # What `make wheelhouse` records: the interpreter the wheels are for.
+    target = subprocess.run(
+        [str(ROOT / "systemd" / "install-service"), "--print-target", sys.executable],
+        check=True,
+        timeout=30,
+        capture_output=True,
+        text=True,
+    ).stdout
+    (house / "BUILT-FOR").write_text(target)
+    return house
+
+
+def next_wheelhouse(house: Path, folder: Path, version: str) -> Path:
+    """``folder/wheelhouse-VERSION``: ``house`` with wsroute's wheel rebuilt as ``version``
+    (the same code under a newer version number: an upgrade to install, and to roll back)."""
+    newer = folder / f"wheelhouse-{version}"
+    shutil.copytree(house, newer, ignore=shutil.ignore_patterns("wsroute-*.whl"))
+    _build_wsroute(folder / f"wsroute-source-{version}", newer, version=version)
+    return newer
+
+
+def _build_wsroute(source: Path, house: Path, *, version: str | None) -> None:
+    """wsroute's own wheel into ``house``, from a copy of the checkout's sources."""
     source.mkdir()
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in SOURCES:
@@ -45,6 +71,13 @@ def build_wheelhouse(folder: Path) -> Path:
             shutil.copytree(path, source / name, ignore=skip)
         else:
             shutil.copy2(path, source / name)
+    if version is not None:
+        init = source / "daemon" / "__init__.py"
+        text, found = re.subn(
+            r'^__version__ = ".*"$', f'__version__ = "{version}"', init.read_text(), flags=re.M
+        )
+        assert found == 1
+        init.write_text(text)
     subprocess.run(
         [
             *(sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check"),
@@ -55,10 +88,6 @@ def build_wheelhouse(folder: Path) -> Path:
         timeout=180,
         capture_output=True,
     )
-    (wheel,) = house.glob("wsroute-*.whl")
-    for dist in _dependencies(_requires(wheel)):
-        repack(dist, house)
-    return house
 
 
 def _requires(wheel: Path) -> list[str]:
