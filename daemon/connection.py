@@ -104,7 +104,15 @@ class ConnectionStats:
     connected_since: float = 0.0  # Unix time, 0 when not connected
     disconnected_at: float = 0.0  # Unix time of the last disconnect, 0 while never
     last_error: str | None = None  # why the last attempt or session ended
+    last_error_at: float = 0.0  # Unix time of last_error
     last_close_code: int | None = None
+    last_decode_error: str | None = None  # the codec's reason for the last refused frame
+    last_decode_error_at: float = 0.0  # Unix time
+
+    def note_error(self, error: str) -> None:
+        """Why the last attempt or session ended, and when (``wsroute status`` shows its age)."""
+        self.last_error = error
+        self.last_error_at = time.time()
 
 
 class Backoff:
@@ -278,7 +286,9 @@ class Connection:
         self.stats.failed_attempts = old.failed_attempts
         self.stats.last_frame_at = old.last_frame_at
         self.stats.disconnected_at = old.disconnected_at
-        self.stats.last_error = old.last_error
+        self.stats.last_error, self.stats.last_error_at = old.last_error, old.last_error_at
+        self.stats.last_decode_error = old.last_decode_error
+        self.stats.last_decode_error_at = old.last_decode_error_at
         self.stats.last_close_code = old.last_close_code
         self._disconnected_at = previous._disconnected_at
 
@@ -339,7 +349,7 @@ class Connection:
             wait = retry_after(exc.headers) if status in (429, 503) else None
             delay = backoff.next()
             level = "error" if status in (401, 403) else "warning"
-            self.stats.last_error = f"handshake_rejected status={status}"
+            self.stats.note_error(f"handshake_rejected status={status}")
             getattr(self.log, level)(
                 "handshake_rejected",
                 status=status,
@@ -349,23 +359,23 @@ class Connection:
             return max(delay, wait) if wait is not None else delay
         except ssl.SSLCertVerificationError as exc:
             self.stats.failed_attempts += 1
-            self.stats.last_error = f"tls_error: {exc.verify_message or exc}"
+            self.stats.note_error(f"tls_error: {exc.verify_message or exc}")
             self.log.error("tls_error", error=exc.verify_message or str(exc), url=self.url_for_logs)
             return backoff.next()
         except ssl.SSLError as exc:
             self.stats.failed_attempts += 1
-            self.stats.last_error = f"tls_error: {exc}"
+            self.stats.note_error(f"tls_error: {exc}")
             self.log.error("tls_error", error=str(exc), url=self.url_for_logs)
             return backoff.next()
         except BadURL as exc:
             self.stats.failed_attempts += 1
             error = str(exc).replace(self.section.url, self.url_for_logs)  # it may quote the URL
-            self.stats.last_error = f"connect_failed: {error}"
+            self.stats.note_error(f"connect_failed: {error}")
             self.log.error("connect_failed", error=error, url=self.url_for_logs)
             return backoff.next()
         except (OSError, TimeoutError, HandshakeFailed, EOFError) as exc:
             self.stats.failed_attempts += 1
-            self.stats.last_error = f"connect_failed: {_short(exc)}"
+            self.stats.note_error(f"connect_failed: {_short(exc)}")
             self.log.warning("connect_failed", error=_short(exc), url=self.url_for_logs)
             return backoff.next()
 
@@ -400,7 +410,7 @@ class Connection:
         cause = self._close_cause or cause
         self.stats.last_close_code = code
         event = "connection_closed" if stopping else "connection_lost"
-        self.stats.last_error = f"{event} code={code}" + (f" cause={cause}" if cause else "")
+        self.stats.note_error(f"{event} code={code}" + (f" cause={cause}" if cause else ""))
         getattr(self.log, "info" if stopping else "warning")(
             "connection_closed" if stopping else "connection_lost",
             code=code,
@@ -536,6 +546,8 @@ class Connection:
             self._blocked = False
 
     async def _decode_failed(self, frame: Frame, error: DecodeError) -> None:
+        self.stats.last_decode_error = str(error)
+        self.stats.last_decode_error_at = time.time()
         self.log.warning(
             "frame_undecodable",
             error=str(error),

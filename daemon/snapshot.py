@@ -55,7 +55,12 @@ def status(daemon: DaemonView) -> dict[str, Any]:
             "reconnects": stats.reconnects,
             "failed_attempts": stats.failed_attempts,
             "last_error": mask_secrets(stats.last_error) if stats.last_error else None,
+            "last_error_at": stats.last_error_at or None,
             "last_close_code": stats.last_close_code,
+            "last_decode_error": (
+                mask_secrets(stats.last_decode_error) if stats.last_decode_error else None
+            ),
+            "last_decode_error_at": stats.last_decode_error_at or None,
             "outage_seconds": outage,
         }
     handlers: dict[str, Any] = {}

@@ -85,9 +85,22 @@ def problems(status: Mapping[str, Any]) -> list[str]:
             if conn.get("last_error"):
                 what += f": {conn['last_error']}"
             found.append(what)
+        if conn.get("decode_errors"):
+            what = f"connection {name}: {conn['decode_errors']:,} frames the codec refused"
+            if conn.get("last_decode_error"):
+                what += f", the last: {one_line(conn['last_decode_error'])}"
+            found.append(what + " (dead-lettered)")
     for name, handler in status.get("handlers", {}).items():
         if not handler.get("started", True):
             found.append(f"handler {name} has not started")
+        if handler.get("outage"):
+            what = f"handler {name}'s engine is unavailable"
+            since = handler.get("outage_since")
+            if isinstance(since, int | float):
+                what += f" (for {duration(max(0.0, time.time() - since))})"
+            if handler.get("outage_error"):
+                what += f": {handler['outage_error']}"
+            found.append(what + "; its messages are held, not failed")
         fill = _fill(handler)
         if fill is not None and fill > QUEUE_ALERT:
             found.append(f"handler {name}'s queue is {fill:.0%} full")
@@ -177,6 +190,8 @@ def _connections(
     if show_rates:
         table.add_column("frames/s", justify="right", no_wrap=True)
     table.add_column("reconnects", justify="right", no_wrap=True)
+    table.add_column("decode errors", justify="right", no_wrap=True)
+    table.add_column("unmatched", justify="right", no_wrap=True)
     table.add_column("last error")
     connections = status.get("connections", {})
     for name, conn in connections.items():
@@ -200,9 +215,11 @@ def _connections(
             row.append(Text(rate(per_second.frames.get(name) if per_second else None)))
         reconnects = conn.get("reconnects") or 0
         row.append(Text(count(reconnects), style=WARN if reconnects else ""))
-        error = conn.get("last_error") or ""
-        if error and conn.get("last_close_code") is not None and "code=" not in error:
-            error += f" (code {conn['last_close_code']})"
+        row.append(_counter(conn.get("decode_errors"), WARN))
+        row.append(_counter(conn.get("unmatched"), ""))
+        error, at = last_error(conn)
+        if error and at is not None:
+            error += f" ({duration(max(0.0, now - at))} ago)"
         row.append(Text(error or "-", style=(BAD if not up else WARN) if error else DIM))
         table.add_row(*row)
     if not connections:
@@ -229,6 +246,7 @@ def _handlers(
         table.add_column("dead/s", justify="right", no_wrap=True)
     for column in ("dropped", "lost", "retries", "timeouts"):
         table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("outage", justify="right", no_wrap=True)
     handlers = status.get("handlers", {})
     for name, h in handlers.items():
         fill = _fill(h)
@@ -257,6 +275,11 @@ def _handlers(
         row.append(_counter(h.get("lost"), BAD))
         row.append(_counter(h.get("retries"), WARN))
         row.append(_counter(h.get("timeouts"), WARN))
+        since = h.get("outage_since")
+        if h.get("outage") and isinstance(since, int | float):
+            row.append(Text(duration(max(0.0, time.time() - since)), style=BAD))
+        else:
+            row.append(Text("-", style=DIM))
         table.add_row(*row)
     if not handlers:
         table.add_row(Text("(none)", style=DIM))
@@ -276,6 +299,25 @@ def _sources(status: Mapping[str, Any], style: box.Box | None) -> Table:
             count(source.get("in_flight")),
         )
     return table
+
+
+def last_error(conn: Mapping[str, Any]) -> tuple[str, float | None]:
+    """A connection's newest error and when it happened: why its last session or
+    attempt ended, or the codec's reason for the last refused frame."""
+    session = conn.get("last_error") or ""
+    if session and conn.get("last_close_code") is not None and "code=" not in session:
+        session += f" (code {conn['last_close_code']})"
+    session_at = conn.get("last_error_at")
+    decode = conn.get("last_decode_error")
+    decode_at = conn.get("last_decode_error_at")
+    if decode and (not session or (decode_at or 0) >= (session_at or 0)):
+        return one_line(f"decode_error: {decode}"), decode_at
+    return one_line(session), session_at
+
+
+def one_line(text: str) -> str:
+    """An error message as one line of a table (a codec's message may hold newlines)."""
+    return " ".join(text.split())
 
 
 def _counter(value: Any, alert: str) -> Text:
