@@ -356,9 +356,7 @@ def test_section_and_named_entries_must_be_tables(tmp_path: Path) -> None:
 
 
 def test_misspelt_key_gets_a_hint_and_a_line(tmp_path: Path) -> None:
-    text = BASE.replace(
-        'url = "wss://ex.test/"', 'url = "wss://ex.test/"\nping_intervall = "20s"'
-    )
+    text = BASE.replace('url = "wss://ex.test/"', 'url = "wss://ex.test/"\nping_intervall = "20s"')
     issue = only(tmp_path, text)
     assert issue.path == "connections.ex.ping_intervall"
     assert issue.message == 'unknown key (did you mean "ping_interval"?)'
@@ -783,9 +781,7 @@ def test_references_are_checked_even_where_types_failed(tmp_path: Path) -> None:
 
 
 def test_unknown_codec_name_is_left_to_the_plugin_phase(tmp_path: Path) -> None:
-    text = BASE.replace(
-        'url = "wss://ex.test/"', 'url = "wss://ex.test/"\ncodec = "protobuf"'
-    )
+    text = BASE.replace('url = "wss://ex.test/"', 'url = "wss://ex.test/"\ncodec = "protobuf"')
     config = load_text(tmp_path, text)
     assert config.warnings == []
     assert codec_reference(config, "ex") == ("protobuf", {})
@@ -881,9 +877,9 @@ def test_wildcard_route_takes_every_connection(tmp_path: Path) -> None:
 
 
 def test_unused_codec_and_near_miss_codec_name(tmp_path: Path) -> None:
-    text = BASE.replace(
-        'url = "wss://ex.test/"', 'url = "wss://ex.test/"\ncodec = "exchnage"'
-    ) + ('\n[codecs.exchange]\ntype = "struct"\n')
+    text = BASE.replace('url = "wss://ex.test/"', 'url = "wss://ex.test/"\ncodec = "exchnage"') + (
+        '\n[codecs.exchange]\ntype = "struct"\n'
+    )
     config = load_text(tmp_path, text)
     assert at(config.warnings) == {
         "connections.ex.codec": '"exchnage" is neither a [codecs.NAME] table nor a built-in '
