@@ -80,6 +80,10 @@ _JSON_ERRORS = (msgspec.DecodeError, UnicodeError, RecursionError)
 _SCALARS = (str, int, float)
 
 
+#: What :func:`dotted_path` accepts, for the JSON Schema of the codecs' options.
+DOTTED_PATH = r"^[^.]+(\.[^.]+)*$"
+
+
 def dotted_path(path: str) -> tuple[str, ...]:
     """Split a dotted key path (``"data.channel"`` → ``("data", "channel")``) once, up front.
 
@@ -217,7 +221,8 @@ class JsonCodec:
         key: str = field(
             default="type",
             metadata={
-                "doc": 'Dotted path of the route key in the JSON object: "type", "data.channel".'
+                "doc": 'Dotted path of the route key in the JSON object: "type", "data.channel".',
+                "schema": {"pattern": DOTTED_PATH},
             },
         )
         validate: bool = field(default=True, metadata={"doc": _VALIDATE_DOC})
@@ -376,7 +381,10 @@ class StructCodec:
         )
         text_key: str = field(
             default="type",
-            metadata={"doc": "Dotted path of the route key in a JSON text frame."},
+            metadata={
+                "doc": "Dotted path of the route key in a JSON text frame.",
+                "schema": {"pattern": DOTTED_PATH},
+            },
         )
         validate: bool = field(default=True, metadata={"doc": _VALIDATE_DOC})
 

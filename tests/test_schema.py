@@ -210,7 +210,8 @@ def test_a_full_schema_has_plugin_paths_plugins_the_builtins_one_does_not(
         only = json.loads(capsys.readouterr().out)
     finally:
         sys.modules.pop("wsr_schema_probe", None)
-    arms = full["properties"]["handlers"]["additionalProperties"]["allOf"]
+    (handler_table,) = full["properties"]["handlers"]["patternProperties"].values()
+    arms = handler_table["allOf"]
     probe = [
         a for a in arms if a["if"]["properties"]["plugin"]["const"] == "wsr_schema_probe:Probe"
     ]

@@ -1,18 +1,25 @@
 """``wsroute schema``: the config as a JSON Schema (draft 2020-12), for editors and CI.
 
 Generated from the same dataclasses as the config reference (docs/config.md):
-their types, defaults and ``doc`` metadata; a plugin's options from its
+their types, defaults, bounds and ``doc`` metadata; a plugin's options from its
 ``Options`` dataclass. A ``[handlers.NAME]`` table is checked against the
 options of the plugin its ``plugin`` key names, a ``[codecs.NAME]`` or
 ``[sources.NAME]`` table against its ``type``'s (``if``/``then`` on the name).
 
-Invariant: what the schema rejects, ``wsroute check`` rejects too (it may
-accept less: rules across keys and tables live in ``__post_init__`` and the
-loader's passes, which a schema cannot express). A string holding a
-``${...}`` reference is accepted wherever a string-written value (a duration,
-a size, hex bytes, an enum) is, since it is checked only once interpolated.
-A plugin named by ``"package.module:attr"`` or one not loaded here is not
-checked beyond the daemon's own keys.
+Invariant: what the schema rejects, ``wsroute check`` rejects too, and the
+other way round for a value on its own (its type, bounds, enum, spelling);
+rules across keys and tables live in ``__post_init__`` and the loader's passes,
+which a schema cannot express. A string holding a ``${...}`` reference is
+accepted wherever a string is, since it is checked only once interpolated. A
+plugin named by ``"package.module:attr"`` or one not loaded here is not checked
+beyond the daemon's own keys.
+
+Shaped for the messages an editor shows (Taplo and the editors built on it
+report each failed keyword at the value it failed on, and an error about a
+table at every key inside it): an enum is ``if``/``else`` so its message lists
+the allowed values; an unknown key fails at its own value (at each key of an
+unknown table), never at the table around it; the daemon's keys are checked
+once in a plugin's table, not again in the plugin's branch.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from ..plugin import Duration, Size
@@ -42,14 +49,18 @@ __all__ = ["DRAFT", "config_schema", "toml_default"]
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
-# The loader's spellings (wsroute.validate), as patterns.
-_DURATION = r"^\s*(\d+(\.\d+)?\s*(ms|s|m|h)\s*)+$"
-_SIZE = r"^\s*\d+(\.\d+)?\s*(B|KiB|MiB|GiB|KB|MB|GB)\s*$"
+# The loader's spellings (wsroute.validate), as patterns: parse_duration strips the
+# text, allows any whitespace between a number and its unit, only spaces between parts.
+_DURATION = r"\s*([0-9]+(\.[0-9]+)?\s*(ms|s|m|h) *)+\s*$"
+_SIZE = r"\s*[0-9]+(\.[0-9]+)?\s*(B|KiB|MiB|GiB|KB|MB|GB)\s*$"
+_NONZERO = r"(?=.*[1-9])"  # a duration or size above 0 has a digit that is not 0
 _HEX = r"^\s*([0-9A-Fa-f]{2}\s*)*$"
 _NAME = r"^[A-Za-z0-9_-]+$"
 # A value written with ${VAR}, ${file:...} or ${credential:...}: checked once interpolated.
-_INTERPOLATED: dict[str, Any] = {"type": "string", "pattern": r"\$\{[^}]+\}"}
+_INTERPOLATED = r"\$\{[^}]+\}"
 _TARGET = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+_UNKNOWN = "#/$defs/unknown-key"
+_BAD_NAME = "#/$defs/bad-name"
 
 
 def config_schema(plugins: Iterable[PluginInfo]) -> dict[str, Any]:
@@ -85,7 +96,27 @@ def config_schema(plugins: Iterable[PluginInfo]) -> dict[str, Any]:
         "description": "The TOML config of the wsroute daemon (`wsroute schema` prints this).",
         "type": "object",
         "properties": {name: properties[name] for name in SECTIONS},
-        "additionalProperties": False,
+        "additionalProperties": {"$ref": _UNKNOWN},
+        "$defs": {
+            "unknown-key": _at_every_key(_UNKNOWN, "unknown key: not a key of this table"),
+            "bad-name": _at_every_key(
+                _BAD_NAME, 'invalid name: use only letters, digits, "_" and "-"'
+            ),
+        },
+    }
+
+
+def _at_every_key(ref: str, message: str) -> dict[str, Any]:
+    """Fails at every value inside (an error at a table is shown at each of its keys)."""
+    return {
+        "if": {"type": "object", "minProperties": 1},
+        "then": {"additionalProperties": {"$ref": ref}},
+        "else": {
+            "if": {"type": "array", "minItems": 1},
+            "then": {"items": {"$ref": ref}},
+            # Always fails; the message shows this schema, so it carries the explanation.
+            "else": {"not": {"description": message}},
+        },
     }
 
 
@@ -93,9 +124,18 @@ def _named(table: dict[str, Any], description: str) -> dict[str, Any]:
     return {
         "description": description,
         "type": "object",
-        "propertyNames": {"pattern": _NAME},
-        "additionalProperties": table,
+        "patternProperties": {_NAME: table},
+        "additionalProperties": {"$ref": _BAD_NAME},
     }
+
+
+def _or_interpolated(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema``, unless the value is a string with a ``${...}`` (checked once expanded).
+
+    ``if``/``else`` rather than ``anyOf``: a failure reports ``schema``'s own message
+    (``"drop-old" is not one of [...]``), not that no branch of an ``anyOf`` matched.
+    """
+    return {"if": {"type": "string", "pattern": _INTERPOLATED}, "else": schema}
 
 
 def _plugin_table(cls: type, key: str, plugins: list[PluginInfo]) -> dict[str, Any]:
@@ -104,7 +144,11 @@ def _plugin_table(cls: type, key: str, plugins: list[PluginInfo]) -> dict[str, A
     names = [info.name for info in plugins]
     own["properties"][key] = {
         **own["properties"][key],
-        "anyOf": [{"enum": names}, {"type": "string", "pattern": _TARGET}],
+        "type": "string",
+        # "module:attr" and ${...} are not known here; any other name must be installed.
+        "if": {"pattern": f"{_INTERPOLATED}|:"},
+        "then": {"pattern": f"{_INTERPOLATED}|{_TARGET}"},
+        "else": {"enum": names},
     }
     # Open by default: a "module:attr" plugin's options are not known here.
     own.pop("additionalProperties")
@@ -112,9 +156,9 @@ def _plugin_table(cls: type, key: str, plugins: list[PluginInfo]) -> dict[str, A
     for info in plugins:
         options = _table(info.options) if info.options is not None else _table(_NoOptions)
         closed = {
-            # The daemon's keys win: the loader gives them to the daemon, not the plugin.
-            "properties": {**options["properties"], **own["properties"]},
-            "additionalProperties": False,
+            # The daemon's keys are checked above, once: here they are only allowed.
+            "properties": {**options["properties"], **dict.fromkeys(own["properties"], True)},
+            "additionalProperties": {"$ref": _UNKNOWN},
         }
         if options.get("required"):
             closed["required"] = options["required"]
@@ -143,7 +187,7 @@ def _table(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
         if not f.init or f.name in skip:
             continue
         tp = hints[f.name]
-        prop = _type(tp)
+        prop = _type(tp, f.metadata)
         doc = f.metadata.get("doc")
         if doc:
             prop["description"] = str(doc)
@@ -163,7 +207,7 @@ def _table(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
         schema["description"] = summary
     if required:
         schema["required"] = required
-    schema["additionalProperties"] = False
+    schema["additionalProperties"] = {"$ref": _UNKNOWN}
     return schema
 
 
@@ -174,23 +218,39 @@ def _summary(cls: type) -> str:
     return " ".join(doc.strip().split("\n\n")[0].split())
 
 
-def _type(tp: Any) -> dict[str, Any]:
+def _bounds(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """A field's bounds (``wsroute.validate.BOUNDS``) as JSON Schema keywords."""
+    keywords = {"minimum": "minimum", "above": "exclusiveMinimum", "maximum": "maximum"}
+    return {keywords[k]: v for k, v in metadata.items() if k in keywords}
+
+
+def _type(tp: Any, metadata: Mapping[str, Any] = {}) -> dict[str, Any]:
+    """The schema of one annotation and its field's metadata: bounds, and the JSON
+    Schema keywords of ``metadata["schema"]`` (a rule its ``__post_init__`` checks)."""
+    extra = dict(metadata.get("schema", {}))
+    if tp is str and extra:
+        return {"type": "string", **_or_interpolated(extra)}
+    return {**_type_only(tp, metadata), **extra}
+
+
+def _type_only(tp: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:
     """The schema of one annotation, as :func:`wsroute.validate.convert` accepts it."""
     if tp is Any:
         return {}
     if tp is Duration:
+        positive = metadata.get("above") is not None or (metadata.get("minimum") or 0) > 0
+        text = {"type": "string", "pattern": f"^{_NONZERO if positive else ''}{_DURATION}"}
         return {
-            "anyOf": [{"type": "string", "pattern": _DURATION}, {"enum": [0]}, _INTERPOLATED],
-            "description": 'A duration: "250ms", "30s", "5m", "1h", "1m30s" (or 0).',
+            **_or_interpolated(text if positive else {"if": {"const": 0}, "else": text}),
+            "examples": ["30s"],
         }
     if tp is Size:
+        low = metadata.get("minimum") or 0
+        text = {"type": "string", "pattern": f"^{_NONZERO if low > 0 else ''}{_SIZE}"}
+        number = {"type": "integer", "minimum": low}
         return {
-            "anyOf": [
-                {"type": "string", "pattern": _SIZE},
-                {"type": "integer", "minimum": 0},
-                _INTERPOLATED,
-            ],
-            "description": 'A size: "512B", "64KiB", "1MiB" (or bytes as an integer).',
+            **_or_interpolated({"if": {"type": "number"}, "then": number, "else": text}),
+            "examples": ["1MiB"],
         }
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _table(tp)
@@ -198,22 +258,27 @@ def _type(tp: Any) -> dict[str, Any]:
     args = get_args(tp)
     if origin is Literal:
         if all(isinstance(a, str) for a in args):
-            return {"anyOf": [{"enum": list(args)}, _INTERPOLATED]}
+            return _or_interpolated({"enum": list(args)})
         return {"enum": list(args)}
     if origin in (Union, types.UnionType):
         arms = [a for a in args if a is not type(None)]
         if len(arms) == 1:
-            return _type(arms[0])
+            return _type_only(arms[0], metadata)
         return {"anyOf": [_type(a) for a in arms]}
     if origin in (list, tuple):
         return {"type": "array", "items": _type(args[0]) if args else {}}
     if origin is dict:
         return {"type": "object", "additionalProperties": _type(args[1]) if len(args) == 2 else {}}
     if tp is bytes:
-        return {"anyOf": [{"type": "string", "pattern": _HEX}, _INTERPOLATED]}
-    simple = {str: "string", int: "integer", float: "number", bool: "boolean"}
-    if tp in simple:
-        return {"type": simple[tp]}
+        return _or_interpolated({"type": "string", "pattern": _HEX})
+    if tp is int:
+        return {"type": "integer", **_bounds(metadata)}
+    if tp is float:
+        return {"type": "number", **_bounds(metadata)}
+    if tp is str:
+        return {"type": "string"}
+    if tp is bool:
+        return {"type": "boolean"}
     raise TypeError(f"no JSON Schema for the annotation {tp!r}")
 
 

@@ -182,6 +182,8 @@ def _table(cls: type) -> str:
 
 def _row(cls: type, doc: FieldDoc) -> str:
     kind = _TYPE_TEXT.get((cls, doc.name), doc.type)
+    if doc.bounds:
+        kind = f"{kind}, {doc.bounds}"
     if doc.required:
         default = "required"
     elif doc.default == "(table)":

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from ..exceptions import ConfigIssue
 from ..plugin import Duration, Key, Outgoing, Size
 from ..tls import TlsOptions
+from ..validate import BOUNDS
 from ..validate import _show as show_value
 
 DELIVERY_KEYS = (
@@ -40,8 +41,17 @@ DELIVERY_KEYS = (
 LIFECYCLE_KEYS = ("$connected", "$disconnected")
 
 
-def _doc(text: str, **kw: Any) -> Any:
-    return field(metadata={"doc": text}, **kw)
+def _doc(text: str, *, schema: dict[str, Any] | None = None, **kw: Any) -> Any:
+    """A documented field. Bounds (``minimum=1``, ``above=0``, ``maximum=1.0``) are
+    checked by the converter and stated in the JSON Schema; ``schema`` adds JSON
+    Schema keywords for a rule ``__post_init__`` checks (a URL's scheme)."""
+    metadata: dict[str, Any] = {"doc": text}
+    for key in BOUNDS:
+        if key in kw:
+            metadata[key] = kw.pop(key)
+    if schema:
+        metadata["schema"] = schema
+    return field(metadata=metadata, **kw)
 
 
 @dataclass
@@ -54,7 +64,11 @@ class ApiSection:
         '"unix:PATH" (a Unix socket, e.g. "unix:/run/wsroute/api.sock"). Empty: no API.',
         default_factory=list,
     )
-    socket_mode: str = _doc('Permissions of the Unix sockets, in octal: "0660".', default="0660")
+    socket_mode: str = _doc(
+        'Permissions of the Unix sockets, in octal: "0660".',
+        default="0660",
+        schema={"pattern": r"^\s*\+?(0[oO])?0*[0-7]{1,3}\s*$"},
+    )
     tap_over_tcp: bool = _doc(
         "Also serve /status and /tap, which show message contents, on TCP addresses "
         "(by default only on Unix sockets, which file permissions protect).",
@@ -146,6 +160,7 @@ class DaemonSection:
         "the handlers drain below it. A safety net above the per-handler bounds: it "
         "never drops.",
         default=Size(512 * 2**20),
+        minimum=1,
     )
     api: ApiSection = _doc("The operator's API: [daemon.api] below.", default_factory=ApiSection)
 
@@ -166,13 +181,15 @@ TlsSection = TlsOptions
 class ReconnectSection:
     """``connections.NAME.reconnect``: capped exponential backoff with jitter."""
 
-    initial: Duration = _doc("First delay after a failure.", default=Duration(0.5))
+    initial: Duration = _doc("First delay after a failure.", default=Duration(0.5), above=0)
     max: Duration = _doc("Cap on the delay.", default=Duration(30.0))
-    factor: float = _doc("Growth of the delay per failed attempt.", default=2.0)
+    factor: float = _doc("Growth of the delay per failed attempt.", default=2.0, minimum=1.0)
     jitter: float = _doc(
         "Share of each delay drawn at random: the delay is uniform in "
         "[d × (1 − jitter), d]; 1.0 is full jitter.",
         default=0.5,
+        minimum=0.0,
+        maximum=1.0,
     )
     reset_after: Duration = _doc(
         "A connection that stayed up this long resets the backoff to `initial`.",
@@ -211,7 +228,7 @@ class ExpectSection:
     """``expect = { key = 2, timeout = "5s" }``: wait for a reply with this route key."""
 
     key: str | int | float | bool = _doc("The route key of the awaited reply.")
-    timeout: Duration = _doc("No such reply in time: reconnect.", default=Duration(5.0))
+    timeout: Duration = _doc("No such reply in time: reconnect.", default=Duration(5.0), above=0)
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
@@ -273,7 +290,7 @@ class StepSection(_FrameFields):
 class EverySection(_FrameFields):
     """One ``[[connections.NAME.every]]``: a frame sent periodically while connected."""
 
-    interval: Duration = _doc("Time between two sends.", default=Duration(30.0))
+    interval: Duration = _doc("Time between two sends.", default=Duration(30.0), above=0)
 
     def __post_init__(self) -> None:
         if self.interval <= 0:
@@ -314,8 +331,10 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 class ConnectionSection:
     """``[connections.NAME]``: one upstream WebSocket, kept connected."""
 
-    url: str = _doc("ws:// or wss:// URL of the upstream.")
-    codec: str = _doc("A [codecs.NAME] table or a built-in codec name.", default="json")
+    url: str = _doc("ws:// or wss:// URL of the upstream.", schema={"pattern": "^wss?://"})
+    codec: str = _doc(
+        "A [codecs.NAME] table or a built-in codec name.", default="json", schema={"minLength": 1}
+    )
     headers: dict[str, str] = _doc(
         "Extra HTTP headers of the handshake (values never logged).", default_factory=dict
     )
@@ -329,6 +348,7 @@ class ConnectionSection:
     max_frame_size: Size = _doc(
         "Larger frames close the connection (1009). There is no unlimited: 0 is refused.",
         default=Size(2**20),
+        minimum=1,
     )
     open_timeout: Duration = _doc("TCP + TLS + handshake budget.", default=Duration(10.0))
     close_timeout: Duration = _doc(
@@ -339,6 +359,7 @@ class ConnectionSection:
     proxy: str = _doc(
         'none (proxy variables ignored) | env (HTTPS_PROXY...) | "http://..." | "socks5://..."',
         default="none",
+        schema={"pattern": "^(none|env|(https?|socks5h?|socks4)://.*)$"},
     )
     redirects: Literal["same-origin", "any", "none"] = _doc(
         "HTTP redirects of the handshake (10 at most, within open_timeout): same-origin "
@@ -432,13 +453,16 @@ class CodecSection:
 class RouteSection:
     """``[routes.NAME]``: which messages go to which handlers."""
 
-    handlers: list[str] = _doc("Handlers that receive the matching messages.")
+    handlers: list[str] = _doc(
+        "Handlers that receive the matching messages.", schema={"minItems": 1}
+    )
     connection: str | None = _doc(
         "Only messages from this connection (or source); any when left out.", default=None
     )
     key: Key | list[Key] = _doc(
         'One route key or a list; any key (but not "$connected"/"$disconnected") when left out.',
         default=None,
+        schema={"minItems": 1},  # an array only: [] matches nothing
     )
 
     def __post_init__(self) -> None:
@@ -473,7 +497,7 @@ class RouteSection:
 class BatchSection:
     """A handler's ``batch = { max = N, wait = "20ms" }``: how its ``handle_batch`` is fed."""
 
-    max: int = _doc("Most messages in one handle_batch() call.", default=100)
+    max: int = _doc("Most messages in one handle_batch() call.", default=100, minimum=1)
     wait: Duration = _doc(
         "How long a worker holding fewer than max messages waits for more before it "
         "calls handle_batch(); 0 sends what is queued at once.",
@@ -492,31 +516,34 @@ class HandlerSection:
     """``[handlers.NAME]``: a handler plugin, its options and its delivery settings."""
 
     plugin: str = _doc('An entry-point name, or "package.module:attr".')
-    queue: int = _doc("Bounded queue size.", default=10000)
+    queue: int = _doc("Bounded queue size.", default=10000, minimum=1)
     queue_bytes: Size = _doc(
         "Bound on the bytes queued, estimated per message as 3 × its raw frame "
         "(the frame, and its decoded body taken as twice the frame). A queue "
         "takes a message while below both bounds: one message larger than this is "
         "still queued alone.",
         default=Size(64 * 2**20),
+        minimum=1,
     )
     overflow: Literal["block", "drop-oldest", "drop-newest"] = _doc(
         "Full queue (queue or queue_bytes reached): block (backpressure to the socket) | "
         "drop-oldest | drop-newest.",
         default="block",
     )
-    concurrency: int = _doc("Worker tasks of this handler.", default=1)
+    concurrency: int = _doc("Worker tasks of this handler.", default=1, minimum=1)
     timeout: Duration = _doc("Budget per message attempt; 0 disables.", default=Duration(5.0))
     retries: int = _doc(
         "Attempts after the first, with backoff, before dead-lettering. Only failures "
         "(the engine refused the message) count: an outage (the engine unavailable) is "
         "waited out.",
         default=3,
+        minimum=0,
     )
     outage_timeout: Duration | None = _doc(
         "How long an outage of the handler's engine may last before the messages it "
         "holds are dead-lettered (reason outage); unset: wait as long as it takes.",
         default=None,
+        above=0,
     )
     dead_letter: str | None = _doc(
         "Handler for what this one gives up on (default: [daemon] dead_letter).", default=None
