@@ -236,3 +236,41 @@ def test_a_type_error_does_not_hide_plugin_errors(
         'handlers.a.queue: expected an integer, got "ten" (line 16)',
         "handlers.b.max_body: must not be negative (line 20)",
     ]
+
+
+def test_a_tables_own_type_errors_hide_none_of_its_options_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every problem of every table in one run: the delivery keys' types, the plugin's
+    # unknown keys and option types, an enum, a source's own keys and its options.
+    problems = check(
+        tmp_path,
+        """
+        [routes.r]
+        handlers = ["archive"]
+
+        [handlers.archive]
+        plugin = "jsonl"
+        path = "/tmp/never-written.jsonl"
+        queue = "many"
+        overflow = "drop-old"
+        fsync = "yes"
+        pathh = 1
+
+        [sources.s]
+        type = "redis-stream"
+        codec = 5
+        streem = "x"
+        """,
+        capsys,
+    )
+    assert problems == [
+        'handlers.archive.queue: expected an integer, got "many" (line 7)',
+        'handlers.archive.overflow: expected one of "block" | "drop-oldest" | "drop-newest", '
+        'got "drop-old" (did you mean "drop-oldest"?) (line 8)',
+        'handlers.archive.fsync: expected a boolean, got "yes" (line 9)',
+        'handlers.archive.pathh: unknown key (did you mean "path"?) (line 10)',
+        "sources.s.stream: missing required key (line 12)",
+        "sources.s.codec: expected a string, got 5 (line 14)",
+        'sources.s.streem: unknown key (did you mean "stream"?) (line 15)',
+    ]

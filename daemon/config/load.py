@@ -194,7 +194,15 @@ def _build(document: dict[str, Any], issues: list[ConfigIssue]) -> Config | None
     _check_references(document, tables, issues)
     if daemon is INVALID:
         return None
-    # With issues, only the tables that converted: the plugin phase checks those too.
+    # With issues, the tables that converted, and a stand-in for each handler or source
+    # whose own keys did not: the plugin phase checks their options too, so that a type
+    # error in a delivery key hides no unknown option of the same table.
+    for name, table in tables["handlers"].items():
+        if handlers.get(name) is INVALID:
+            handlers[name] = _stand_in(table, "plugin", HandlerSection, ())
+    for name, table in tables["sources"].items():
+        if sources.get(name) is INVALID:
+            sources[name] = _stand_in(table, "type", SourceSection, ("codec",))
     return Config(
         daemon=daemon,
         connections=_valid(connections),
@@ -203,6 +211,24 @@ def _build(document: dict[str, Any], issues: list[ConfigIssue]) -> Config | None
         handlers=_valid(handlers),
         sources=_valid(sources),
     )
+
+
+def _stand_in(table: dict[str, Any], key: str, cls: type, kept: tuple[str, ...]) -> Any:
+    """A handler or source section whose own keys failed: its plugin, its options and
+    the defaults, for the plugin phase's issues only (a config with issues never runs).
+    ``INVALID`` when not even the plugin's name is usable."""
+    plugin = table.get(key)
+    if not isinstance(plugin, str) or not plugin:
+        return INVALID
+    ours = {key, *(DELIVERY_KEYS if cls is HandlerSection else ("codec", "dead_letter"))}
+    fields: dict[str, Any] = {
+        k: v for k, v in table.items() if k in kept and isinstance(v, str) and v
+    }
+    fields["options"] = {k: v for k, v in table.items() if k not in ours}
+    try:
+        return cls(**{key: plugin}, **fields)
+    except (TypeError, ValueError):
+        return INVALID
 
 
 def _valid(tables: dict[str, Any]) -> dict[str, Any]:
