@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 from .config import load, parse_listen
 from .config.load import parse_toml
-from .exceptions import ConfigError
+from .exceptions import ConfigError, WsrouteError
 from .inputs import MAX_CONFIG_BYTES, InputRefused, decode_text, read_file
 
 __all__ = [
@@ -47,7 +47,7 @@ DEFAULT_TIMEOUT = 5.0
 _ANY_HOST = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
-class ApiError(Exception):
+class ApiError(WsrouteError):
     """What went wrong reaching the API, in one line, and the exit status it means."""
 
     def __init__(self, message: str, exit_code: int = EX_UNAVAILABLE) -> None:

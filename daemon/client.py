@@ -35,7 +35,7 @@ import anyio.abc
 from .budget import message_size
 from .config import ConnectionSection, StructSection
 from .connection import Connection, ConnectionState, ConnectionStats, make_ssl_context
-from .exceptions import ConfigError, ConfigIssue
+from .exceptions import ConfigError, ConfigIssue, ConnectionClosed
 from .plugin import Codec, Duration, Message, Outgoing, Size, StructArg
 from .validate import _show as show_value
 from .validate import convert_or_raise
@@ -192,10 +192,11 @@ class Client:
         return len(self._messages)
 
     async def wait_connected(self) -> None:
-        """Return once connected and ``on_connect`` is done (at once if it is now)."""
+        """Return once connected and ``on_connect`` is done (at once if it is now);
+        :class:`~wsroute.ConnectionClosed` once the client is closed."""
         while not self._ready():
             if self._finished:
-                raise anyio.ClosedResourceError("the client is closed")
+                raise ConnectionClosed(f"{self.name}: the client is closed")
             up = self._up
             await up.wait()
             if up is self._up and not self._ready():
@@ -332,9 +333,12 @@ class Client:
         ``text`` or ``raw``.
 
         Raises :class:`~wsroute.SendError` when not connected right now (between
-        two attempts, see :meth:`wait_connected`) or if the connection closes
-        while sending, ``ValueError`` for a combination that is not one frame.
+        two attempts, see :meth:`wait_connected`), :class:`~wsroute.ConnectionClosed`
+        (a ``SendError``) once the client is closed, ``ValueError`` for a
+        combination that is not one frame.
         """
+        if self._finished:
+            raise ConnectionClosed(f"{self.name}: the client is closed")
         await self.connection.send(Outgoing.build(json=json, struct=struct, text=text, raw=raw))
 
     async def subscribe(

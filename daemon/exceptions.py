@@ -1,19 +1,30 @@
-"""The one exception tree of wsroute.
+r"""The one exception tree of wsroute: every error it raises on purpose, and its plugins'.
 
 .. code-block:: text
 
-    WsrouteError
-    ├── ConfigError          bad config: one or more ConfigIssue, each with its key path
-    ├── PluginError          a plugin could not be found, imported or does not fit the contract
+    WsrouteError                     catch this to catch anything wsroute raises on purpose
+    ├── ConfigError                  bad config: one or more ConfigIssue, each with its key path
+    ├── OptionError (ValueError)     one plugin option is wrong (raised in Options.__post_init__)
+    ├── PluginError                  a plugin could not be found, imported or does not fit
+    │   └── MissingExtra             a built-in's client library is not installed (the pip extra)
     ├── CodecError
-    │   ├── DecodeError      a frame the codec cannot turn into a message
-    │   └── EncodeError      an outgoing frame the codec cannot build
-    ├── SendError            a frame could not be sent upstream (not connected, closed)
-    ├── Unavailable          a sink's engine is unavailable: an outage, not a failure
-    └── OutageExpired        an outage outlasted the handler's outage_timeout
+    │   ├── DecodeError              a frame the codec cannot turn into a message
+    │   └── EncodeError              an outgoing frame the codec cannot build
+    ├── SendError                    a frame could not be sent upstream (unknown, not connected)
+    │   └── ConnectionClosed         the connection closed: while sending, or for good
+    ├── Unavailable                  a sink's engine is unavailable: an outage, not a failure
+    │   └── WebhookUnavailable       (also a WebhookError)
+    ├── OutageExpired                an outage outlasted the handler's outage_timeout
+    ├── ApiError                     wsroute status/tap/top: the daemon's API (wsroute.apiclient)
+    └── the built-in plugins' errors, each also a RuntimeError (one message's failed attempt:
+        retried, then dead-lettered): ExecError (plugins.exec), WebhookError (.webhook),
+        NatsRefused (.nats), PipelineError (.redis.batcher), DedupeError (.redis.dedupe)
 
-At the CLI boundary each of these becomes one line per problem on stderr and an
-exit code (78 for ConfigError and PluginError), never a traceback.
+Standard bases stay where callers rely on them, by multiple inheritance: an
+``OptionError`` is a ``ValueError`` (what ``__post_init__`` raised before), the
+plugins' errors are ``RuntimeError``\ s. At the CLI boundary each of these
+becomes one line per problem on stderr and an exit code (78 for ConfigError and
+PluginError), never a traceback.
 """
 
 from __future__ import annotations
@@ -25,8 +36,10 @@ __all__ = [
     "CodecError",
     "ConfigError",
     "ConfigIssue",
+    "ConnectionClosed",
     "DecodeError",
     "EncodeError",
+    "OptionError",
     "OutageExpired",
     "PluginError",
     "SendError",
@@ -65,6 +78,23 @@ class ConfigError(WsrouteError):
         super().__init__("\n".join(str(issue) for issue in self.issues))
 
 
+class OptionError(WsrouteError, ValueError):
+    """One option of a plugin is wrong: raise it from ``Options.__post_init__`` (or a
+    codec's constructor) to have the problem reported at that option's key path.
+
+    ``OptionError("limit", "must be above 0")`` in the options of handler
+    ``alarm`` is reported as ``handlers.alarm.limit: must be above 0 (line 12)``.
+    ``key`` may be dotted for a nested table (``"restart.initial"``). A plain
+    ``ValueError`` whose message starts with an option's name (``"limit must be
+    above 0"``, ``"limit: must be above 0"``) is reported the same way.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
 class PluginError(WsrouteError):
     """A plugin could not be found or loaded, or it does not fit the plugin contract."""
 
@@ -83,6 +113,22 @@ class EncodeError(CodecError):
 
 class SendError(WsrouteError):
     """A frame could not be sent upstream: unknown connection, not connected, or closed."""
+
+
+class ConnectionClosed(SendError):
+    """The connection closed, whichever WebSocket library carries it.
+
+    Raised for a frame the socket closed under (the connection reconnects by
+    itself; that frame was not sent), and by a library client that was closed
+    (:meth:`wsroute.Client.send`, :meth:`~wsroute.Client.wait_connected`: no more
+    messages will come). ``code`` and ``reason`` are the close frame's, when
+    there was one.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
 
 
 class Unavailable(WsrouteError):

@@ -35,6 +35,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NewType, Protocol, runtime_checkable
 
+# Defined with the exception tree; part of the plugin API, so importable from here too.
+from .exceptions import OptionError
+
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
@@ -570,20 +573,3 @@ class Source(Protocol):
     async def run(self) -> None:
         """Read and deliver until cancelled."""
         ...
-
-
-class OptionError(ValueError):
-    """One option of a plugin is wrong: raise it from ``Options.__post_init__`` (or a
-    codec's constructor) to have the problem reported at that option's key path.
-
-    ``OptionError("limit", "must be above 0")`` in the options of handler
-    ``alarm`` is reported as ``handlers.alarm.limit: must be above 0 (line 12)``.
-    ``key`` may be dotted for a nested table (``"restart.initial"``). A plain
-    ``ValueError`` whose message starts with an option's name (``"limit must be
-    above 0"``, ``"limit: must be above 0"``) is reported the same way.
-    """
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message

@@ -52,7 +52,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from wsroute import Duration, HandlerContext, Message, SendError, Size
+from wsroute import Duration, HandlerContext, Message, SendError, Size, WsrouteError
 from wsroute.process import child_environ
 from wsroute.records import encode_record
 
@@ -61,7 +61,7 @@ __all__ = ["ExecError", "ExecHandler", "RestartOptions"]
 _STDERR_TAIL = 500
 
 
-class ExecError(RuntimeError):
+class ExecError(WsrouteError, RuntimeError):
     """The program could not take a message: it exited, failed, or is not running."""
 
 

@@ -53,7 +53,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from wsroute import Duration, HandlerContext, Message, Unavailable
+from wsroute import Duration, HandlerContext, Message, Unavailable, WsrouteError
 from wsroute.outage import is_outage_status
 from wsroute.plugins.jetstream.connection import check_servers, connect_kwargs, servers_for_logs
 from wsroute.plugins.redis.dedupe import content_digest, upstream_seq
@@ -69,7 +69,7 @@ _PUBLISH_REFUSED = "permissions violation for publish"
 _CONNECT_GRACE = 1.0
 
 
-class NatsRefused(RuntimeError):
+class NatsRefused(WsrouteError, RuntimeError):
     """The server refused this publish (a permissions violation): a failure, not an outage."""
 
 

@@ -38,7 +38,7 @@ import anyio
 import httpx
 import msgspec
 
-from wsroute import Duration, HandlerContext, Message, Unavailable
+from wsroute import Duration, HandlerContext, Message, Unavailable, WsrouteError
 from wsroute.net import redact_url, retry_after
 from wsroute.outage import is_outage_status
 from wsroute.plugins.sinks import TlsSection, ssl_context
@@ -49,7 +49,7 @@ __all__ = ["WebhookError", "WebhookHandler", "WebhookUnavailable"]
 _ERROR_BODY = 200
 
 
-class WebhookError(RuntimeError):
+class WebhookError(WsrouteError, RuntimeError):
     """The server did not take the request: ``status`` is its answer, ``None`` if none came."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

@@ -11,6 +11,7 @@ PUBLIC = [
     "Codec",
     "CodecError",
     "ConfigError",
+    "ConnectionClosed",
     "Connection",
     "ConnectionOptions",
     "ConnectionState",

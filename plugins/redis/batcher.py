@@ -20,10 +20,12 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from wsroute import WsrouteError
+
 __all__ = ["Batcher", "PipelineError"]
 
 
-class PipelineError(RuntimeError):
+class PipelineError(WsrouteError, RuntimeError):
     """The pipeline round trip a message was part of failed (another message's call saw why)."""
 
 

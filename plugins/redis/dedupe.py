@@ -20,14 +20,14 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from wsroute import Message
+from wsroute import Message, WsrouteError
 
 from .shards import hash_tag
 
 __all__ = ["SCRIPTS", "DedupeError", "content_digest", "dedupe_key", "upstream_seq"]
 
 
-class DedupeError(RuntimeError):
+class DedupeError(WsrouteError, RuntimeError):
     """``dedupe = "seq"`` cannot store a frame in order: it came after a higher sequence number."""
 
 
