@@ -16,6 +16,8 @@ r"""The one exception tree of wsroute: every error it raises on purpose, and its
     │   └── WebhookUnavailable       (also a WebhookError)
     ├── OutageExpired                an outage outlasted the handler's outage_timeout
     ├── ApiError                     wsroute status/tap/top: the daemon's API (wsroute.apiclient)
+    ├── InputRefused                 a file not read (too large, not a regular file, not UTF-8;
+    │                                wsroute.inputs): reported as a ConfigError's issue
     └── the built-in plugins' errors, each also a RuntimeError (one message's failed attempt:
         retried, then dead-lettered): ExecError (plugins.exec), WebhookError (.webhook),
         NatsRefused (.nats), PipelineError (.redis.batcher), DedupeError (.redis.dedupe)

@@ -24,6 +24,8 @@ import stat
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+from .exceptions import WsrouteError
+
 __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_DEPTH",
@@ -51,7 +53,7 @@ MAX_DEPTH = 64
 _CHUNK = 2**16
 
 
-class InputRefused(Exception):
+class InputRefused(WsrouteError):
     """A file that is not read, and why, in words that never quote its content.
 
     ``line`` is the line where the problem is, when there is one.
