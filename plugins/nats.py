@@ -2,8 +2,9 @@
 
 Needs the ``nats`` extra (``pip install 'wsroute[nats]'``: nats-py).
 
-A core NATS publish is followed by a flush (a PING/PONG round trip): the message
-is handled once the server has read it. With ``jetstream = true`` the publish
+A core NATS publish is followed by two flushes (PING/PONG round trips: the
+client may send the first PING ahead of the message): the message is handled
+once the server has read it. With ``jetstream = true`` the publish
 waits for the stream's acknowledgement instead — the message is stored — and
 carries a ``Nats-Msg-Id`` made of the connection, ``seq`` and ``received_at``,
 so the stream drops the copy a retry sends inside its duplicate window.
@@ -360,4 +361,10 @@ class NatsHandler:
                 self.stats.stored += 1
             return
         await self._client.publish(options.subject, data, headers=headers)
-        await self._client.flush(timeout=cast(int, options.ack_timeout))  # seconds; floats work
+        # The client writes a flush's PING at once but the publish from its buffer a
+        # moment later: the first PONG can come before the server read the message
+        # (and before its -ERR). The second PING leaves after the message: its PONG
+        # confirms the server read it, and a refusal arrives before it.
+        timeout = cast(int, options.ack_timeout)  # seconds; floats work
+        await self._client.flush(timeout=timeout)
+        await self._client.flush(timeout=timeout)
