@@ -45,7 +45,7 @@ from wsroute.plugins.jetstream.options import JetStreamOptions
 from wsroute.plugins.nats import msg_id, payload_and_headers
 from wsroute.plugins.redis.entry import encode_entry
 from wsroute.service import plan
-from wsroute.testing import free_port
+from wsroute.testing import ScriptedUpstream, free_port
 
 from conftest import running
 
@@ -303,8 +303,10 @@ subject = "{subject}"
 jetstream = true
 payload = "frame"
 concurrency = 8
-retries = 40
 {dedupe}
+
+[daemon.api]
+listen = ["unix:{folder}/{name}.sock"]
 """
 
 
@@ -366,7 +368,12 @@ class Daemon:
         urls: list[str] | None = None,
     ) -> Daemon:
         text = INGEST.format(
-            port=port, urls=json.dumps(urls or cluster.urls), subject=subject, dedupe=dedupe
+            port=port,
+            urls=json.dumps(urls or cluster.urls),
+            subject=subject,
+            dedupe=dedupe,
+            folder=folder,
+            name=name,
         )
         return cls(folder, name, text)
 
@@ -404,6 +411,18 @@ class Daemon:
 
     def tail(self) -> str:
         return self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
+
+    def status(self) -> dict[str, Any]:
+        """``wsroute status --json`` of this running daemon (its /status)."""
+        out = subprocess.run(
+            [WSROUTE, "status", "-c", str(self.config), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        status: dict[str, Any] = json.loads(out.stdout)
+        return status
 
 
 @contextlib.contextmanager
@@ -542,6 +561,7 @@ async def test_the_stream_leader_server_killed_mid_stream_loses_nothing(
                 leader.kill()
                 killed_at = upstream.sent
             await poll(lambda: handled(*ws) >= set(range(1, count + 1)), 60, "all", *ws, ingest)
+            publish = (await anyio.to_thread.run_sync(ingest.status))["handlers"]["publish"]
             for worker in ws:
                 assert worker.signal(signal.SIGTERM) == 0, worker.tail()
             assert ingest.signal(signal.SIGTERM) == 0, ingest.tail()
@@ -554,9 +574,118 @@ async def test_the_stream_leader_server_killed_mid_stream_loses_nothing(
             leader.start()
             await wait_for_jetstream(cluster)
     assert killed_at < count
-    assert info.state.messages == count  # the ingest's retries stored each frame once
+    assert info.state.messages == count  # the ingest held what it could not publish: once each
     for daemon in (ingest, *ws):
         assert daemon.events("nats_reconnected"), daemon.name
+    # The election, as the ingest daemon saw it: one outage, waited out with the defaults.
+    assert len(ingest.events("nats_unavailable")) == 1, ingest.tail()
+    [recovered] = ingest.events("nats_recovered")
+    print(f"JetStream leader election seen by the ingest: {recovered['down_for']} s")
+    assert (publish["outages"], publish["outage"]) == (1, 0)
+    assert publish["outage_seconds_total"] >= recovered["down_for"] - 0.01
+    [totals] = ingest.events("delivery_totals")
+    assert (totals["handled"], totals["dead_lettered"], totals["lost"]) == (count, 0, 0)
+    assert totals["failures"] == 0
+
+
+@needs_nats
+@pytest.mark.slow
+async def test_the_whole_cluster_down_for_5_s_loses_nothing(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Every server stopped for 5 s mid-stream, then started again: the ingest holds
+    what arrives meanwhile and publishes it once the stream is back; nothing lost,
+    nothing dead-lettered, each frame stored once and handled by the worker."""
+    await create_stream(cluster, "DOWN", ["down.in"])
+    count = 200
+    port = free_port()
+    upstream = Broadcast(count, interval=0.02, clients=1)
+    worker = Daemon.worker(tmp_path, "w1", cluster, "DOWN")
+    ingest = Daemon.ingest(tmp_path, "ingest", cluster, port, "down.in")
+    try:
+        with daemons(ingest, worker):
+            worker.start()
+            async with anyio.create_task_group() as tg:
+                await tg.start(upstream.run, port)
+                ingest.start()
+                await poll(lambda: len(handled(worker)) >= 20, 30, "20 handled", worker, ingest)
+                await anyio.to_thread.run_sync(cluster.stop)
+                stopped_at = upstream.sent
+                await anyio.sleep(5)
+                await anyio.to_thread.run_sync(cluster.start)
+                await wait_for_jetstream(cluster)
+            await poll(
+                lambda: handled(worker) >= set(range(1, count + 1)), 60, "all", worker, ingest
+            )
+            assert worker.signal(signal.SIGTERM) == 0, worker.tail()
+            assert ingest.signal(signal.SIGTERM) == 0, ingest.tail()
+        async with jetstream(cluster) as js:
+            info = await js.stream_info("DOWN")
+    finally:
+        for server in cluster.servers:
+            if server.process is None:
+                server.start()
+        await wait_for_jetstream(cluster)
+    assert stopped_at < count  # stopped mid-stream
+    assert info.state.messages == count  # each once
+    [totals] = ingest.events("delivery_totals")
+    assert (totals["handled"], totals["dead_lettered"], totals["lost"]) == (count, 0, 0)
+    [recovered] = ingest.events("nats_recovered")
+    assert recovered["down_for"] >= 5.0
+    print(f"whole cluster down 5 s, as the ingest saw it: {recovered['down_for']} s")
+
+
+REFUSAL = """
+[daemon]
+dead_letter = "dlq"
+
+[connections.up]
+url = "${WSROUTE_UPSTREAM}"
+codec = "json"
+ping_interval = 0
+
+[routes.all]
+handlers = ["publish"]
+
+[handlers.publish]
+plugin = "nats"
+url = ${URLS}
+subject = "small.in"
+jetstream = true
+payload = "frame"
+
+[handlers.dlq]
+plugin = "jsonl"
+path = "${WSROUTE_TMP}/dead.jsonl"
+"""
+
+
+@needs_nats
+async def test_a_message_over_the_streams_max_msg_size_is_dead_lettered_alone(
+    cluster: Cluster, wsroute_daemon: Any
+) -> None:
+    """JetStream refuses that message (over max_msg_size): a failure, not an outage."""
+    await create_stream(cluster, "SMALL", ["small.in"], max_msg_size=1024)
+    upstream = ScriptedUpstream()
+    config = REFUSAL.replace("${URLS}", json.dumps(cluster.urls))
+    async with wsroute_daemon(config, upstream=upstream) as daemon:
+        await daemon.wait_until(lambda: upstream.connected == 1)
+        await daemon.wait_until(lambda: daemon.handler("publish").connected, 10)
+        for n in range(1, 6):
+            pad = "x" * (4000 if n == 3 else 10)
+            await upstream.send(json.dumps({"type": "tick", "n": n, "pad": pad}))
+        await daemon.wait_until(lambda: daemon.stats("publish")["handled"] == 4, 10)
+        await daemon.wait_until(lambda: daemon.stats("publish")["dead_lettered"] == 1, 10)
+        stats = daemon.stats("publish")
+        dead_file = daemon.tmp_path / "dead.jsonl"
+    dead = [json.loads(line) for line in dead_file.read_text().splitlines()]
+    assert [(d["body"]["n"], d["reason"]) for d in dead] == [(3, "handler_error")]
+    assert "message size exceeds maximum" in dead[0]["error"]
+    assert stats["outage"] == 0
+    assert stats["failures"] == 4  # the first attempt and the default 3 retries
+    async with jetstream(cluster) as js:
+        info = await js.stream_info("SMALL")
+    assert info.state.messages == 4
 
 
 @needs_nats
