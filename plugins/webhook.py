@@ -39,7 +39,7 @@ import httpx
 import msgspec
 
 from wsroute import Duration, HandlerContext, Message, Unavailable, WsrouteError
-from wsroute.net import redact_url, retry_after
+from wsroute.net import check_url, redact_url, retry_after
 from wsroute.outage import is_outage_status
 from wsroute.plugins.sinks import TlsSection, ssl_context
 from wsroute.records import record
@@ -194,8 +194,12 @@ class WebhookHandler:
         )
 
         def __post_init__(self) -> None:
-            if not self.url.startswith(("http://", "https://")):
-                raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+            check_url(self.url, ("http", "https"))
+            try:
+                httpx.URL(self.url)  # what the client would refuse at the first request
+            except httpx.InvalidURL:
+                shown = redact_url(self.url)
+                raise ValueError(f'url is not a URL httpx can use, got "{shown}"') from None
             if self.request_timeout <= 0:
                 raise ValueError("request_timeout must be above 0")
             if self.request_retries < 0:

@@ -288,7 +288,7 @@ def test_interpolated_secrets_stay_out_of_type_errors(tmp_path: Path) -> None:
     )
     found = issues(tmp_path, text, {"TOKEN": SECRET})
     assert at(found) == {
-        "connections.ex.url": 'must start with ws:// or wss://, got "https://${TOKEN}@host/"',
+        "connections.ex.url": 'must start with ws:// or wss://, got "https://***@host/"',
         "daemon.shutdown_timeout": 'expected a duration like "30s", got "${file:secret}"',
         "daemon.log_level": 'expected one of "debug" | "info" | "warning" | "error", '
         'got "${TOKEN}"',

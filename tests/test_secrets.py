@@ -230,7 +230,7 @@ async def test_no_resolved_secret_reaches_the_daemons_output(
     connecting = [e for e in logged if e.get("event") == "connecting"]
     assert connecting
     assert connecting[0]["url"] == (
-        f"ws://127.0.0.1:{echoer.port}/feed?jwt=***&pwd=***&access=***&page=2"
+        f"ws://***@127.0.0.1:{echoer.port}/feed?jwt=***&pwd=***&access=***&page=2"
     )
     lost = [e for e in logged if e.get("event") == "connection_lost" and e.get("code") == 4001]
     assert lost[0]["reason"] == "token *** revoked"

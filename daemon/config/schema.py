@@ -20,9 +20,11 @@ import struct as _struct
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from ..exceptions import ConfigIssue
-from ..plugin import Duration, Key, Outgoing, Size
+from ..net import check_url, redact_url
+from ..plugin import Duration, Key, OptionError, Outgoing, Size
 from ..tls import TlsOptions
 from ..validate import BOUNDS
 from ..validate import _show as show_value
@@ -325,6 +327,26 @@ def _has_userinfo(url: str) -> bool:
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_PROXY_SCHEMES = ("http://", "https://", "socks5://", "socks5h://", "socks4://")
+
+
+def check_ws_url(url: str, key: str = "url") -> None:
+    """Refuse a WebSocket URL that a connection could not open: what websockets'
+    own parser refuses too (a user without a password, a fragment...), said
+    without the URL's credentials."""
+    from websockets.exceptions import InvalidURI
+    from websockets.uri import parse_uri
+
+    check_url(url, ("ws", "wss"), key=key)
+    parts = urlsplit(url)
+    if parts.fragment:
+        raise OptionError(key, f'must not have a #fragment, got "{redact_url(url)}"')
+    if parts.username is not None and parts.password is None:
+        raise OptionError(key, f'user info must be user:password@, got "{redact_url(url)}"')
+    try:
+        parse_uri(url)
+    except (InvalidURI, ValueError):  # percent-decoding, IDNA: whatever else it refuses
+        raise OptionError(key, f'is not a usable WebSocket URL, got "{redact_url(url)}"') from None
 
 
 @dataclass
@@ -395,15 +417,14 @@ class ConnectionSection:
     )
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("ws://", "wss://")):
-            raise ValueError(f"url must start with ws:// or wss://, got {show_value(self.url)}")
-        if self.proxy not in ("none", "env") and not self.proxy.startswith(
-            ("http://", "https://", "socks5://", "socks5h://", "socks4://")
-        ):
-            raise ValueError(
-                f'proxy must be "none", "env" or a proxy URL (http://, socks5://), '
-                f"got {show_value(self.proxy)}"
-            )
+        check_ws_url(self.url)
+        if self.proxy not in ("none", "env"):
+            if not self.proxy.startswith(_PROXY_SCHEMES):
+                raise ValueError(
+                    f'proxy must be "none", "env" or a proxy URL (http://, socks5://), '
+                    f'got "{redact_url(self.proxy)}"'
+                )
+            check_url(self.proxy, (s.partition(":")[0] for s in _PROXY_SCHEMES), key="proxy")
         if self.codec == "":
             raise ValueError("codec must not be empty")
         if self.max_frame_size < 1:

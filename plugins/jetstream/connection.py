@@ -19,7 +19,7 @@ from typing import Any, Protocol, cast
 
 from structlog.typing import FilteringBoundLogger
 
-from wsroute.net import redact_url
+from wsroute.net import check_url, redact_url
 from wsroute.plugins.sinks import TlsSection, ssl_context
 
 __all__ = ["ServerOptions", "check_servers", "connect_kwargs", "servers_for_logs"]
@@ -63,6 +63,7 @@ def check_servers(url: str | list[str]) -> list[str]:
             raise ValueError(
                 f"url must start with nats://, tls://, ws:// or wss://, got {redact_url(server)!r}"
             )
+        check_url(server, (scheme.partition(":")[0] for scheme in SCHEMES))
     return servers
 
 
