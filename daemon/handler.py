@@ -119,6 +119,9 @@ class HandlerRunner:
         #: The plugin started (``start()``, and ``run()`` reported started): it takes messages.
         self.started = False
         self.dead_letter: HandlerRunner | None = None
+        #: The API's ``/tap`` hook while someone taps the daemon (``None`` otherwise):
+        #: the dead letters this runner takes are shown to taps on it, with their reason.
+        self.tap: Callable[[Message, tuple[HandlerRunner, ...]], None] | None = None
         self.log = log.bind(handler=name)
         #: The handler's engine outage state (/status, /metrics), named after its plugin.
         self.outage = Outage(plugin or name, self.log, timeout=section.outage_timeout)
@@ -794,6 +797,8 @@ class HandlerRunner:
         if not self._item_set:
             self._item_set = True
             self._item.set()
+        if self.tap is not None:
+            self.tap(letter, (self,))
         return True
 
     def close(self, reason: str = "shutdown") -> None:

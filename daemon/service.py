@@ -134,7 +134,11 @@ class Service:
         return self._reload_failed
 
     def set_tap(self, hook: TapHook | None) -> None:
+        # Routed messages are tapped where they are routed; dead letters where a
+        # runner takes them (they are never routed).
         self.dispatcher.tap = hook
+        for runner in self.runners.values():
+            runner.tap = hook
 
     def status_line(self) -> str:
         """One line for systemd's STATUS=: connection states and delivery counters."""
@@ -212,6 +216,7 @@ class Service:
         """
         retired = [r for name, r in self.runners.items() if runners.get(name) is not r]
         self.runners = runners
+        self.set_tap(self.dispatcher.tap)  # new runners show their dead letters to taps too
         self._wire_dead_letters(plan.config)
         self.dispatcher.router = self._build_router(plan.config)
         self.budget.set_limit(plan.config.daemon.memory_budget)

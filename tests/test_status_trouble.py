@@ -5,7 +5,9 @@ The upstream (a websockets server in a thread) sends a tick, a frame that is not
 JSON and a frame with a key no route names, over and over. The text ``status``
 prints must then show, on the connection's line, the decode errors, the unmatched
 count and the last error with its age, and name the refused frames among the
-problems — the figures an operator otherwise finds only in ``--json``.
+problems — the figures an operator otherwise finds only in ``--json``. And
+``wsroute tap --handler`` on the dead-letter handler shows the dead letters as
+they are written, each with its reason.
 """
 
 from __future__ import annotations
@@ -150,6 +152,18 @@ path = "{tmp_path / "dead.jsonl"}"
                     r" \(dead-lettered\)",
                     text.stdout,
                 ), text.stdout
+
+                # The dead-letter handler's tap shows what it receives: dead letters,
+                # each with its reason (they are never routed, so no route shows them).
+                tap = run("tap", "-c", str(config), "--handler", "dlq", "--limit", "3")
+                assert tap.returncode == 0, tap.stderr
+                records = [json.loads(line) for line in tap.stdout.splitlines()]
+                assert len(records) == 3, tap.stdout
+                for rec in records:
+                    assert rec["reason"] == "decode_error", rec
+                    assert rec["handlers"] == ["dlq"], rec
+                    assert rec["body"].startswith("{not json"), rec
+                    assert rec["connection"] == "exchange", rec
             finally:
                 daemon.send_signal(signal.SIGTERM)
                 try:
