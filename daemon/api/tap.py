@@ -130,6 +130,10 @@ class TapClient:
         self.match: Callable[[Message, tuple[HandlerRunner, ...]], bool] | None = (
             None if match.everything else match
         )
+        # Dead letters (given to the hook by the runner that takes them) go only to a
+        # client that names that handler: to the others they would be a second
+        # record of a message they already saw routed.
+        self.handlers = match.handlers
         # Records to send: (message, its targets), or an int — that many were dropped here.
         self.buffer: deque[tuple[Message, tuple[HandlerRunner, ...]] | int] = deque()
         self.dropped = 0  # dropped since the last record that fit
@@ -139,6 +143,10 @@ class TapClient:
     def offer(self, message: Message, targets: tuple[HandlerRunner, ...]) -> None:
         """Buffer one message if it matches; never blocks (a full buffer counts a drop)."""
         if self.match is not None and not self.match(message, targets):
+            return
+        if message.dead_letter is not None and self.handlers.isdisjoint(
+            runner.name for runner in targets
+        ):
             return
         buffer = self.buffer
         if len(buffer) >= BUFFER:
