@@ -316,12 +316,12 @@ def _run(path: str) -> int:
     configure(config.daemon.log_level, config.daemon.log_format)
     the_plan = plan(config)
 
-    def reload_plan() -> Plan:
+    def load_plan() -> Plan:  # on each reload
         return plan(load(path))
 
     # The service runs the preflight `check` runs (TLS files, plugins' check hooks)
     # before it starts anything (an error: exit 78) and before each reload.
-    service = Service(the_plan, reload=reload_plan, notifier=notifier)
+    service = Service(the_plan, reload=load_plan, notifier=notifier)
     try:
         uvloop = config.daemon.event_loop == "uvloop"
         anyio.run(service.run, backend="asyncio", backend_options={"use_uvloop": uvloop})
