@@ -43,7 +43,7 @@ from .plugin import (
 from .preflight import check_output_file
 
 if TYPE_CHECKING:
-    from .client import Client, ClientOptions, connect
+    from .client import Client, ClientOptions, ConnectOptions, connect
     from .codec import BytesCodec, JsonCodec, StructCodec, TextCodec, encode_outgoing
     from .config import ConnectionSection as ConnectionOptions
     from .connection import Connection, ConnectionState
@@ -64,6 +64,7 @@ _LAZY = {
     "ConnectionState": ("connection", "ConnectionState"),
     "Client": ("client", "Client"),
     "ClientOptions": ("client", "ClientOptions"),
+    "ConnectOptions": ("client", "ConnectOptions"),
     "connect": ("client", "connect"),
     "Outage": ("outage", "Outage"),
 }
@@ -86,6 +87,7 @@ __all__ = [
     "Codec",
     "CodecError",
     "ConfigError",
+    "ConnectOptions",
     "Connection",
     "ConnectionClosed",
     "ConnectionOptions",

@@ -12,7 +12,9 @@ queue does in the daemon.
 Every ``[connections.NAME]`` key is a keyword argument of the same name, type
 and validation (the same dataclass and converter as the config file), plus
 the buffer's bounds and a few keys of the library's own (:class:`ClientOptions`).
-A bad value raises :class:`~wsroute.ConfigError` naming the argument.
+:class:`ConnectOptions` types them for a type checker (a test holds it to the
+dataclass). Bad values raise one :class:`~wsroute.ConfigError` naming every bad
+argument, the codec's options included.
 
 :mod:`wsroute.sync` is the same for programs without an event loop.
 """
@@ -27,7 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, TypedDict, Union, Unpack, get_args, get_origin
 
 import anyio
 import anyio.abc
@@ -37,10 +39,11 @@ from .config import ConnectionSection, StructSection
 from .connection import Connection, ConnectionState, ConnectionStats, make_ssl_context
 from .exceptions import ConfigError, ConfigIssue, ConnectionClosed
 from .plugin import Codec, Duration, Message, Outgoing, Size, StructArg
+from .tls import TlsOptions
 from .validate import _show as show_value
-from .validate import convert_or_raise
+from .validate import convert
 
-__all__ = ["Client", "ClientOptions", "connect"]
+__all__ = ["Client", "ClientOptions", "ConnectOptions", "connect"]
 
 
 @dataclass
@@ -59,11 +62,17 @@ class ClientOptions(ConnectionSection):
     )
     queue: int = dataclasses.field(
         default=1000,
-        metadata={"doc": "Messages the buffer holds before the socket is no longer read."},
+        metadata={
+            "doc": "Messages the buffer holds before the socket is no longer read.",
+            "minimum": 1,
+        },
     )
     queue_bytes: Size = dataclasses.field(
         default=Size(16 * 2**20),
-        metadata={"doc": "Bound on the buffer in bytes, estimated as 3 × each raw frame."},
+        metadata={
+            "doc": "Bound on the buffer in bytes, estimated as 3 × each raw frame.",
+            "minimum": 1,
+        },
     )
     lifecycle: bool = dataclasses.field(
         default=False,
@@ -73,7 +82,8 @@ class ClientOptions(ConnectionSection):
         default=None,
         metadata={
             "doc": "How long entering `async with` waits for the first connection "
-            "(and its on_connect) before TimeoutError; None waits as long as it takes."
+            "(and its on_connect) before TimeoutError; None waits as long as it takes.",
+            "above": 0,
         },
     )
 
@@ -89,12 +99,44 @@ class ClientOptions(ConnectionSection):
             raise ValueError("ready_timeout must be above 0")
 
 
+class ConnectOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`connect` besides ``codec`` and ``codec_options``,
+    as a type checker sees them: the keys of :class:`ClientOptions` with the Python
+    values they take (durations as seconds or ``"5s"``, sizes as bytes or ``"1MiB"``,
+    frames as dicts shaped like their TOML tables). Meanings and defaults: the
+    ``[connections.NAME]`` reference and :class:`ClientOptions`."""
+
+    headers: Mapping[str, str]
+    ping_interval: float | str
+    ping_timeout: float | str
+    idle_timeout: float | str
+    max_frame_size: int | str
+    open_timeout: float | str
+    close_timeout: float | str
+    subprotocols: Sequence[str]
+    compression: Literal["deflate", "none"]
+    proxy: str
+    redirects: Literal["same-origin", "any", "none"]
+    log_query_keys: Sequence[str]
+    transport: Literal["websockets", "picows"]
+    tls: TlsOptions | Mapping[str, Any]
+    reconnect: Mapping[str, Any]
+    on_connect: Sequence[Mapping[str, Any]]
+    every: Sequence[Mapping[str, Any]]
+    on_close: Sequence[Mapping[str, Any]]
+    name: str
+    queue: int
+    queue_bytes: int | str
+    lifecycle: bool
+    ready_timeout: float | str | None
+
+
 def connect(
     url: str,
     *,
     codec: Codec | str = "json",
     codec_options: Mapping[str, Any] | None = None,
-    **options: Any,
+    **options: Unpack[ConnectOptions],
 ) -> Client:
     """A reconnecting connection to ``url``, to use as ``async with connect(...) as conn``.
 
@@ -107,29 +149,33 @@ def connect(
     frames as in :meth:`Client.send`, ``raw`` as ``bytes``; and the keys of
     :class:`ClientOptions`. Nothing connects before ``async with``.
 
-    Raises :class:`~wsroute.ConfigError` naming each bad argument
-    (``ping_interval: expected a duration ...``), or for a codec plugin that
-    cannot be loaded.
+    Raises one :class:`~wsroute.ConfigError` naming every bad argument
+    (``ping_interval: expected a duration ...``, ``codec_options.heder: unknown
+    key``), or for a codec plugin that cannot be loaded.
     """
+    issues: list[ConfigIssue] = []
     table = {key: _python_value(_HINTS.get(key, Any), value) for key, value in options.items()}
     table["url"] = url
-    if isinstance(codec, str):
-        table["codec"] = codec
-    elif isinstance(codec, Codec):
-        table["codec"] = type(codec).__name__
+    given: object = codec  # what an untyped caller passed
+    built: Codec | None = None
+    if isinstance(given, str):
+        table["codec"] = given
+        built = _codec_plugin(given, codec_options or {}, issues)
+    elif isinstance(given, Codec):
+        table["codec"] = type(given).__name__
+        built = given
+        if codec_options:
+            issues.append(ConfigIssue("codec_options", "only with a codec plugin's name as codec"))
     else:
-        raise ConfigError(
-            [ConfigIssue("codec", f"expected a codec or a codec plugin's name, got {codec!r}")]
+        issues.append(
+            ConfigIssue("codec", f"expected a codec or a codec plugin's name, got {given!r}")
         )
-    settings = convert_or_raise(ClientOptions, table)
+        table["codec"] = "json"  # a stand-in: the other arguments are still checked
+    settings = convert(ClientOptions, table, "", issues)
+    if issues or built is None:
+        raise ConfigError(issues)
     make_ssl_context(settings)  # a TLS file that cannot be read is a bad argument too
-    if isinstance(codec, str):
-        codec = _codec_plugin(codec, codec_options or {})
-    elif codec_options:
-        raise ConfigError(
-            [ConfigIssue("codec_options", "only with a codec plugin's name as codec")]
-        )
-    return Client(settings, codec)
+    return Client(settings, built)
 
 
 class Client:
@@ -412,8 +458,9 @@ def _is_struct_arg(value: Any) -> bool:
     )
 
 
-def _codec_plugin(name: str, table: Mapping[str, Any]) -> Codec:
-    """The codec plugin ``name`` built with ``table``, checked like a ``[codecs.NAME]`` table."""
+def _codec_plugin(name: str, table: Mapping[str, Any], issues: list[ConfigIssue]) -> Codec | None:
+    """The codec plugin ``name`` built with ``table``, checked like a ``[codecs.NAME]``
+    table; ``None`` with the problems added to ``issues``."""
     from .exceptions import PluginError
     from .registry import Registry, build_options, create_codec
 
@@ -421,16 +468,18 @@ def _codec_plugin(name: str, table: Mapping[str, Any]) -> Codec:
     try:
         info = registry.codec(name)
     except PluginError as exc:
-        raise ConfigError([ConfigIssue("codec", str(exc))]) from None
-    if not isinstance(table, Mapping):
-        raise ConfigError(
-            [ConfigIssue("codec_options", f"expected a mapping, got {show_value(table)}")]
-        )
-    issues: list[ConfigIssue] = []
+        issues.append(ConfigIssue("codec", str(exc)))
+        return None
+    given: object = table  # what an untyped caller passed
+    if not isinstance(given, Mapping):
+        issues.append(ConfigIssue("codec_options", f"expected a mapping, got {show_value(given)}"))
+        return None
+    before = len(issues)
     options = build_options(info, table, "codec_options", issues)
-    if issues:
-        raise ConfigError(issues)
+    if len(issues) > before:
+        return None
     try:
         return create_codec(info, options)
     except PluginError as exc:
-        raise ConfigError([ConfigIssue("codec_options", str(exc))]) from None
+        issues.append(ConfigIssue("codec_options", str(exc)))
+        return None

@@ -17,12 +17,12 @@ import contextlib
 import functools
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from .client import Client
+from .client import Client, ConnectOptions
 from .client import connect as _connect
 from .connection import ConnectionState, ConnectionStats
 from .plugin import Codec, Message, StructArg
@@ -35,7 +35,7 @@ def connect(
     *,
     codec: Codec | str = "json",
     codec_options: Mapping[str, Any] | None = None,
-    **options: Any,
+    **options: Unpack[ConnectOptions],
 ) -> SyncClient:
     """A reconnecting connection for ``with wsroute.sync.connect(url, ...) as conn:``.
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import operator
 import os
 import struct
 import sys
-from collections.abc import AsyncIterator
+import types
+import typing
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import anyio
 import pytest
@@ -24,10 +28,13 @@ from websockets.exceptions import ConnectionClosed
 
 import wsroute
 import wsroute.sync
+from wsroute.client import ClientOptions
 from wsroute.config import ConnectionSection, load, loads
 from wsroute.demo import ReferenceUpstream, demo_config_text
+from wsroute.plugin import Duration, Size
 from wsroute.service import Service, plan
 from wsroute.testing import ScriptedUpstream, build_codec, wait_until
+from wsroute.tls import TlsOptions
 
 from conftest import REPO, need, running
 
@@ -256,6 +263,59 @@ def test_every_connection_key_is_a_keyword_argument() -> None:
     client = wsroute.connect(defaults.url, **{key: getattr(defaults, key) for key in keys})
     for key in keys:
         assert getattr(client.options, key) == getattr(defaults, key), key
+
+
+def _python_annotation(tp: Any) -> Any:
+    """The annotation a keyword of connect() has for a ClientOptions field of type ``tp``."""
+    if tp is Duration:
+        return float | str
+    if tp is Size:
+        return int | str
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        arms = [_python_annotation(a) for a in args if a is not type(None)]
+        return functools.reduce(operator.or_, [*arms, type(None)])
+    if origin is list and dataclasses.is_dataclass(args[0]):
+        return Sequence[Mapping[str, Any]]
+    if origin is list:
+        return Sequence[args[0]]  # type: ignore[valid-type]
+    if origin is dict:
+        return Mapping[args[0], args[1]]  # type: ignore[valid-type]
+    if tp is TlsOptions:
+        return TlsOptions | Mapping[str, Any]
+    if dataclasses.is_dataclass(tp):
+        return Mapping[str, Any]
+    return tp
+
+
+def test_connect_options_are_the_option_table_as_python_values() -> None:
+    # The TypedDict mypy checks connect()'s keywords against cannot drift from the
+    # dataclass the converter checks them against: same keys, matching types.
+    table = typing.get_type_hints(ClientOptions)
+    typed = typing.get_type_hints(wsroute.ConnectOptions)
+    assert set(typed) == set(table) - {"url", "codec"}
+    assert {k: typed[k] for k in typed} == {k: _python_annotation(table[k]) for k in typed}
+    assert not wsroute.ConnectOptions.__required_keys__
+
+
+def test_every_bad_argument_is_reported_at_once_codec_options_included() -> None:
+    with pytest.raises(wsroute.ConfigError) as caught:
+        wsroute.connect(
+            "ws://127.0.0.1:1/",
+            codec="struct",
+            codec_options={"heder": "<i"},
+            ping_interval="x",
+            reconect={},
+        )
+    assert [(i.path, i.message) for i in caught.value.issues] == [
+        ("codec_options.heder", 'unknown key (did you mean "header"?)'),
+        ("codec_options.header", "missing required key"),
+        ("reconect", 'unknown key (did you mean "reconnect"?)'),
+        ("ping_interval", 'expected a duration like "30s", got "x"'),
+    ]
+    with pytest.raises(wsroute.ConfigError) as caught:
+        wsroute.connect("ws://127.0.0.1:1/", codec=3, queue=0)  # type: ignore[arg-type]
+    assert [i.path for i in caught.value.issues] == ["codec", "queue"]
 
 
 def test_python_values_are_taken_as_the_file_writes_them() -> None:

@@ -11,6 +11,7 @@ PUBLIC = [
     "Codec",
     "CodecError",
     "ConfigError",
+    "ConnectOptions",
     "ConnectionClosed",
     "Connection",
     "ConnectionOptions",

@@ -39,3 +39,12 @@ def receive_one_blocking(url: str) -> wsroute.Message | None:
         for message in conn:
             return message
         return conn.receive(timeout=1.0)
+
+
+def keywords_are_checked(url: str) -> None:
+    # Each ignore must stay needed: an unchecked keyword would make mypy report it unused.
+    wsroute.connect(url, ping_intervl=5)  # type: ignore[call-arg]
+    wsroute.connect(url, queue="many")  # type: ignore[arg-type]
+    wsroute.sync.connect(url, compression="zip")  # type: ignore[arg-type]
+    options: wsroute.ConnectOptions = {"ping_interval": "5s", "reconnect": {"initial": 0.5}}
+    wsroute.connect(url, **options)
