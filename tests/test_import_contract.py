@@ -25,6 +25,7 @@ PUBLIC_MODULES = frozenset(
         "wsroute.records",
         "wsroute.tls",
         "wsroute.net",
+        "wsroute.outage",
         "wsroute.process",
         "wsroute.testing",
     }
