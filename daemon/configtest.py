@@ -32,6 +32,7 @@ from .codec import encode_outgoing
 from .config import Config
 from .config.cases import ExpectTable, TestCase, load_cases
 from .exceptions import DecodeError, EncodeError
+from .failures import describe_failure
 from .plan import Plan
 from .plugin import Frame, Message
 from .registry import create_handler
@@ -218,7 +219,7 @@ async def start_handlers(plan: Plan, names: Sequence[str], message: Message) -> 
                     await _hand_over(instance, handler.section.batch is not None, message)
                 step = "stop"
         except Exception as exc:
-            problems.append(f"handler {name}: {step} failed: {type(exc).__name__}: {exc}")
+            problems.append(f"handler {name}: {step} failed: {describe_failure(exc)}")
     return problems
 
 

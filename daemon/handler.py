@@ -64,6 +64,7 @@ from .ack import Ack
 from .budget import MemoryBudget, message_size
 from .config import HandlerSection
 from .exceptions import PluginError
+from .failures import describe_failure
 from .lifecycle import stop_plugin, supervise_run
 from .outage import Outage, OutageExpired, Unavailable
 from .plugin import DeadLetter, Message
@@ -865,9 +866,7 @@ def _retry_delay(failed_attempts: int) -> float:
 
 
 def _describe(error: BaseException) -> str:
-    text = str(error)
-    name = type(error).__name__
-    return f"{name}: {text}" if text else name
+    return describe_failure(error)  # the leaf of an exception group, not the group
 
 
 def retry_budget(section: HandlerSection) -> float:

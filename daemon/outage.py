@@ -36,6 +36,7 @@ import anyio
 from structlog.typing import FilteringBoundLogger
 
 from .exceptions import OutageExpired, Unavailable
+from .failures import describe_failure
 
 __all__ = [
     "Outage",
@@ -102,8 +103,7 @@ def backoff(initial: float = INITIAL, cap: float = CAP) -> Iterator[float]:
 
 
 def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return describe_failure(error)  # the leaf of an exception group, not the group
 
 
 def _event_name(engine: str) -> str:

@@ -421,3 +421,70 @@ def test_start_true_runs_the_handlers_it_reaches(
     assert "FAIL  the stuck handler" in out
     assert "handler stuck: start failed: " in out
     assert "handler archive" not in out
+
+
+REJECTING_PLUGIN = '''
+import anyio
+
+
+class Rejecting:
+    """Fails in a task of its own task group, as a plugin with background work does."""
+
+    def __init__(self, options, ctx):
+        pass
+
+    async def handle(self, message):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._check, message.key)
+
+    async def _check(self, key):
+        raise ValueError(f"rejected key {key!r}")
+'''
+
+
+def test_start_true_names_the_handlers_own_exception(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not the task groups' "ExceptionGroup: unhandled errors in a TaskGroup (1 sub-exception)".
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(mode=0o755)
+    plugins.chmod(0o755)
+    (plugins / "wsr_rejecting.py").write_text(REJECTING_PLUGIN)
+    config = tmp_path / "wsroute.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [daemon]
+            plugin_paths = ["{plugins}"]
+
+            [connections.exchange]
+            url = "ws://127.0.0.1:9/"
+
+            [routes.all]
+            handlers = ["archive"]
+
+            [handlers.archive]
+            plugin = "wsr_rejecting:Rejecting"
+            """
+        )
+    )
+    tests = tmp_path / "wsroute.tests.toml"
+    tests.write_text(
+        textwrap.dedent(
+            """
+            [[tests]]
+            name = "subscribed"
+            connection = "exchange"
+            frame = { json = { type = "subscribed" } }
+            expect = { handlers = ["archive"] }
+            start = true
+            """
+        )
+    )
+    try:
+        assert main(["test", "-c", str(config), str(tests)]) == 1
+    finally:
+        sys.modules.pop("wsr_rejecting", None)
+    out, _ = capsys.readouterr()
+    assert "handler archive: handle failed: ValueError: rejected key 'subscribed'" in out
+    assert "ExceptionGroup" not in out
