@@ -343,3 +343,55 @@ async def test_sigterm_in_an_outage_dead_letters_what_is_held_and_replay_deliver
     # Replayed messages come back from their records: no raw frame, the record instead.
     frames = [json.loads(fields[b"frame"]) for _, fields in entries]
     assert [frame.get("n", frame.get("body", {}).get("n")) for frame in frames] == [1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------- a reload in an outage
+
+RELOAD = """
+[connections.up]
+url = "{upstream}"
+codec = "json"
+ping_interval = 0
+
+[routes.all]
+handlers = ["forward"]
+
+[handlers.forward]
+plugin = "websocket"
+url = "ws://127.0.0.1:{target}/"
+reconnect = {{ initial = "50ms", max = "200ms" }}
+"""
+
+
+@pytest.mark.anyio
+async def test_a_reload_that_keeps_the_handler_keeps_what_it_holds(tmp_path: Path) -> None:
+    from wsroute.config import load
+    from wsroute.service import Service, plan
+
+    upstream, target = ScriptedUpstream(), ScriptedUpstream(port=free_port())
+    path = tmp_path / "wsroute.toml"
+    async with upstream.serve() as url:
+        path.write_text(RELOAD.format(upstream=url, target=target.port))
+        service = Service(plan(load(path)), reload=lambda: plan(load(path)))
+        async with anyio.create_task_group() as tg:
+            await tg.start(service.run)
+            try:
+                await wait_until(lambda: upstream.connections == 1, 10)
+                await upstream.send(_tick(1))
+                runner = service.runners["forward"]
+                await wait_until(lambda: runner.outage.active, 10)  # the target is down
+                # Another route and handler: [handlers.forward] is unchanged, so it is kept.
+                path.write_text(
+                    path.read_text()
+                    + '\n[routes.more]\nhandlers = ["log"]\n\n[handlers.log]\nplugin = "log"\n'
+                )
+                assert await service.reload()
+                assert service.runners["forward"] is runner
+                assert runner.in_flight == 1
+                assert runner.outage.active
+                async with target.serve():
+                    await wait_until(lambda: runner.stats.handled == 1, 10)
+            finally:
+                service.shutdown()
+    assert [json.loads(frame)["n"] for frame in target.received] == [1]
+    assert runner.stats.dead_lettered == 0
