@@ -643,6 +643,7 @@ dead_letter = "dlq"
 url = "${WSROUTE_UPSTREAM}"
 codec = "json"
 ping_interval = 0
+max_frame_size = "2MiB"
 
 [routes.all]
 handlers = ["publish"]
@@ -661,28 +662,34 @@ path = "${WSROUTE_TMP}/dead.jsonl"
 
 
 @needs_nats
-async def test_a_message_over_the_streams_max_msg_size_is_dead_lettered_alone(
+async def test_a_message_over_max_msg_size_or_max_payload_is_dead_lettered_alone(
     cluster: Cluster, wsroute_daemon: Any
 ) -> None:
-    """JetStream refuses that message (over max_msg_size): a failure, not an outage."""
+    """JetStream refuses that message (over the stream's max_msg_size, over the server's
+    1 MiB max_payload): a failure, not an outage; the others are stored."""
     await create_stream(cluster, "SMALL", ["small.in"], max_msg_size=1024)
     upstream = ScriptedUpstream()
     config = REFUSAL.replace("${URLS}", json.dumps(cluster.urls))
     async with wsroute_daemon(config, upstream=upstream) as daemon:
         await daemon.wait_until(lambda: upstream.connected == 1)
         await daemon.wait_until(lambda: daemon.handler("publish").connected, 10)
-        for n in range(1, 6):
-            pad = "x" * (4000 if n == 3 else 10)
+        pads = {3: 4000, 5: 1_100_000}
+        for n in range(1, 7):
+            pad = "x" * pads.get(n, 10)
             await upstream.send(json.dumps({"type": "tick", "n": n, "pad": pad}))
         await daemon.wait_until(lambda: daemon.stats("publish")["handled"] == 4, 10)
-        await daemon.wait_until(lambda: daemon.stats("publish")["dead_lettered"] == 1, 10)
+        await daemon.wait_until(lambda: daemon.stats("publish")["dead_lettered"] == 2, 10)
         stats = daemon.stats("publish")
         dead_file = daemon.tmp_path / "dead.jsonl"
     dead = [json.loads(line) for line in dead_file.read_text().splitlines()]
-    assert [(d["body"]["n"], d["reason"]) for d in dead] == [(3, "handler_error")]
+    assert [(d["body"]["n"], d["reason"]) for d in dead] == [
+        (3, "handler_error"),
+        (5, "handler_error"),
+    ]
     assert "message size exceeds maximum" in dead[0]["error"]
+    assert "MaxPayloadError" in dead[1]["error"]
     assert stats["outage"] == 0
-    assert stats["failures"] == 4  # the first attempt and the default 3 retries
+    assert stats["failures"] == 8  # each: the first attempt and the default 3 retries
     async with jetstream(cluster) as js:
         info = await js.stream_info("SMALL")
     assert info.state.messages == 4
