@@ -145,8 +145,11 @@ class RedisHandler:
             },
         )
         socket_timeout: Duration = field(
-            default=Duration(5.0),
-            metadata={"doc": "Socket timeout of connecting and of each round trip."},
+            default=Duration(2.0),
+            metadata={
+                "doc": "Socket timeout of connecting and of each round trip: longer is an "
+                "outage (keep it below the handler's timeout, which is a failure)."
+            },
         )
         pack: int = field(
             default=1,
