@@ -111,7 +111,10 @@ path = "${WSROUTE_TMP}/dead.jsonl"
 async def test_fixture_runs_upstream_and_daemon(wsroute_daemon: Any, tmp_path: Path) -> None:
     upstream = ScriptedUpstream(frames=['{"type": "tick", "n": 1}', '{"type": "tick", "n": 2}'])
     async with wsroute_daemon(CONFIG, upstream=upstream, environ={"GREETING": "hi"}) as daemon:
-        seen = daemon.handler("seen")
+        seen = daemon.handler("seen", Recorder)  # typed as a Recorder
+        assert seen is daemon.handler("seen")
+        with pytest.raises(TypeError, match="handler seen is a Recorder, not a ScriptedUpstream"):
+            daemon.handler("seen", ScriptedUpstream)
         # fail_first = 2 with retries = 1: the first tick is dead-lettered, the second kept.
         await daemon.wait_until(lambda: len(seen.messages) == 1)
         await upstream.send('{"type": "tick", "n": 3}')

@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import anyio
 
@@ -27,6 +27,9 @@ from ..registry import (
     plugin_info,
 )
 from .context import RecordingContext
+
+H = TypeVar("H")  # a handler plugin's class
+C = TypeVar("C", bound=Codec)  # a codec plugin's class
 
 
 @cache
@@ -48,18 +51,36 @@ def _options(info: PluginInfo, options: Mapping[str, Any] | None, path: str) -> 
     return built
 
 
+@overload
 def build_handler(
-    plugin: str | Any,
+    plugin: type[H],
+    options: Mapping[str, Any] | None = None,
+    *,
+    ctx: RecordingContext | None = None,
+) -> H: ...
+
+
+@overload
+def build_handler(
+    plugin: str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    ctx: RecordingContext | None = None,
+) -> Any: ...
+
+
+def build_handler(
+    plugin: str | type[Any],
     options: Mapping[str, Any] | None = None,
     *,
     ctx: RecordingContext | None = None,
 ) -> Any:
     """A handler instance as the daemon would build it from ``[handlers.NAME]``.
 
-    ``plugin`` is an installed name (``"jsonl"``), a ``"module:attr"`` string or
-    the class itself; ``options`` is the TOML table as a dict, validated into the
-    plugin's ``Options`` (:class:`~wsroute.ConfigError` if invalid). ``start()``
-    is not called.
+    ``plugin`` is the class itself (the result is typed as an instance of it),
+    an installed name (``"jsonl"``) or a ``"module:attr"`` string; ``options``
+    is the TOML table as a dict, validated into the plugin's ``Options``
+    (:class:`~wsroute.ConfigError` if invalid). ``start()`` is not called.
     """
     info = _info("handler", plugin)
     ctx = RecordingContext() if ctx is None else ctx
@@ -67,7 +88,7 @@ def build_handler(
 
 
 @contextlib.asynccontextmanager
-async def run_handler(handler: Any) -> AsyncIterator[Any]:
+async def run_handler(handler: H) -> AsyncIterator[H]:
     """Run a built handler's lifecycle as the daemon does, around the ``async with`` body.
 
     ``await start()``; then its ``run(task_status=...)``, if it has one, in a task
@@ -92,8 +113,17 @@ async def run_handler(handler: Any) -> AsyncIterator[Any]:
                 await stop()
 
 
-def build_codec(plugin: str | Any, options: Mapping[str, Any] | None = None) -> Codec:
-    """A codec instance from a name (``"json"``), ``"module:attr"`` or the class, with options."""
+@overload
+def build_codec(plugin: type[C], options: Mapping[str, Any] | None = None) -> C: ...
+
+
+@overload
+def build_codec(plugin: str, options: Mapping[str, Any] | None = None) -> Codec: ...
+
+
+def build_codec(plugin: str | type[Any], options: Mapping[str, Any] | None = None) -> Codec:
+    """A codec instance from the class (typed as an instance of it), a name (``"json"``)
+    or ``"module:attr"``, with options."""
     info = _info("codec", plugin)
     return create_codec(info, _options(info, options, f"codecs.{info.name}"))
 

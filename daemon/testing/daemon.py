@@ -15,12 +15,14 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 
 from .upstream import Upstream
 from .waiting import wait_until
+
+H = TypeVar("H")  # a handler plugin's class
 
 try:
     import pytest
@@ -40,9 +42,19 @@ class Daemon:
         self.url = url
         self.tmp_path = tmp_path
 
-    def handler(self, name: str) -> Any:
-        """The plugin instance of ``[handlers.NAME]`` (a :class:`Recorder`, say)."""
-        return self.service.runners[name].instance
+    @overload
+    def handler(self, name: str) -> Any: ...
+
+    @overload
+    def handler(self, name: str, kind: type[H]) -> H: ...
+
+    def handler(self, name: str, kind: type[Any] | None = None) -> Any:
+        """The plugin instance of ``[handlers.NAME]``; with ``kind`` (its class, a
+        :class:`Recorder` say), typed as one, and ``TypeError`` if it is not."""
+        instance = self.service.runners[name].instance
+        if kind is not None and not isinstance(instance, kind):
+            raise TypeError(f"handler {name} is a {type(instance).__name__}, not a {kind.__name__}")
+        return instance
 
     def stats(self, name: str) -> dict[str, int]:
         """The delivery counters of ``[handlers.NAME]``: received, handled, dead_lettered..."""

@@ -90,3 +90,18 @@ class Upper:
 
 
 codec: Codec = Upper(Upper.Options())
+
+
+async def kit_is_typed_by_the_plugin_class() -> None:
+    # build_handler(Class) is an instance of Class (a name gives Any: the class is not known).
+    from typing import assert_type
+
+    from wsroute.testing import Recorder, RecordingContext, build_codec, build_handler, run_handler
+
+    printer = build_handler(Printer, {"prefix": ">"}, ctx=RecordingContext("p"))
+    assert_type(printer, Printer)
+    async with run_handler(printer) as running:
+        assert_type(running, Printer)
+    assert_type(build_codec(Upper), Upper)
+    recorder = build_handler(Recorder)
+    assert_type(recorder.messages, list[Message])
