@@ -381,6 +381,7 @@ plugin = "redis"
 url = "${REDIS_URL}"
 stream = "${STREAM}"
 shards = ${SHARDS}
+${EXTRA}
 
 [handlers.dlq]
 plugin = "jsonl"
@@ -388,8 +389,9 @@ path = "${WSROUTE_TMP}/dead.jsonl"
 """
 
 
-def _config(stream: str, shards: int) -> str:
-    return CONFIG.replace("${STREAM}", stream).replace("${SHARDS}", str(shards))
+def _config(stream: str, shards: int, extra: str = "") -> str:
+    text = CONFIG.replace("${STREAM}", stream).replace("${SHARDS}", str(shards))
+    return text.replace("${EXTRA}", extra)
 
 
 def _frame_numbers(entries: list[Any]) -> list[int]:
@@ -398,8 +400,9 @@ def _frame_numbers(entries: list[Any]) -> list[int]:
 
 @needs_redis
 @pytest.mark.anyio
+@pytest.mark.parametrize("batch", ["", "batch = { max = 100, wait = 0 }"], ids=["handle", "batch"])
 async def test_redis_restarted_mid_stream_loses_nothing(
-    tmp_path: Path, wsroute_daemon: Any
+    tmp_path: Path, wsroute_daemon: Any, batch: str
 ) -> None:
     """AOF on (as in production): redis-server stopped under the sink for a second and
     started again while frames keep coming; every frame stored, none dead-lettered."""
@@ -411,7 +414,7 @@ async def test_redis_restarted_mid_stream_loses_nothing(
         with capture_logs() as logs:
             env = {"REDIS_URL": server.url}
             async with wsroute_daemon(
-                _config("ticks", 1), upstream=upstream, environ=env
+                _config("ticks", 1, batch), upstream=upstream, environ=env
             ) as daemon:
                 await daemon.wait_until(lambda: upstream.connected == 1)
                 for n in range(1, count + 1):
