@@ -1,12 +1,25 @@
 """wsroute: a pluggable message-routing daemon for long-lived WebSocket upstreams.
 
-This package's public surface is the plugin API below; everything else is
-internal and may change between releases.
+Two public faces, both documented; everything else is internal and may change
+between releases:
+
+- **Plugins** (docs/plugins.md): handler, codec and source plugins import the
+  plugin API from this package (``Message``, ``HandlerContext``, ``Codec``,
+  ``OptionError``, ...) and use the public modules ``wsroute.records``,
+  ``wsroute.tls``, ``wsroute.net``, ``wsroute.outage``, ``wsroute.process``,
+  the built-in sinks' helpers ``wsroute.plugins.sinks`` and
+  ``wsroute.plugins.redis.entry``, and the test kit ``wsroute.testing``.
+- **The library** (docs/library.md): ``wsroute.connect()`` gives a program the
+  daemon's own upstream connection (``Client``, ``ClientOptions``,
+  ``ConnectOptions``); ``wsroute.sync`` is the same without an event loop.
+
+``__all__`` is exactly these names (and ``dir(wsroute)`` shows nothing else);
+the other modules listed by ``help(wsroute)`` are internal (docs/plugins.md
+lists them).
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import (
@@ -75,9 +88,16 @@ def __getattr__(name: str) -> Any:
         module, attr = _LAZY[name]
     except KeyError:
         raise AttributeError(f"module 'wsroute' has no attribute {name!r}") from None
+    import importlib
+
     value = getattr(importlib.import_module(f".{module}", __name__), attr)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    # The public names only: not the submodules imported on the way, nor typing's helpers.
+    return sorted({*__all__, *(n for n in globals() if n.startswith("__") and n.endswith("__"))})
 
 
 __all__ = [
