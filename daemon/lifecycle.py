@@ -16,6 +16,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from .failures import describe_failure
+
 __all__ = ["stop_plugin", "supervise_run"]
 
 # A handler plugin's run() restarted after a crash: 0.5 s doubling to 30 s.
@@ -68,7 +70,7 @@ async def supervise_run(
             if not status.called:  # still starting: a configuration problem, as start()
                 task_status.started(exc)
                 return
-            log.exception("handler_run_crashed", error=repr(exc))
+            log.exception("handler_run_crashed", error=describe_failure(exc))
         else:
             status.started()  # a run() that had nothing to wait for
             return
@@ -86,6 +88,6 @@ async def stop_plugin(instance: Any, log: Any) -> None:
         try:
             await stop()
         except Exception as exc:
-            log.error("handler_stop_failed", error=repr(exc))
+            log.error("handler_stop_failed", error=describe_failure(exc))
     if scope.cancelled_caught:
         log.error("handler_stop_timeout")

@@ -16,6 +16,7 @@ import anyio.abc
 import structlog
 
 from .contexts import DaemonSourceContext
+from .failures import describe_failure
 
 __all__ = ["SourceSupervisor"]
 
@@ -45,7 +46,7 @@ class SourceSupervisor:
                         await self.instance.run()
                         self.log.warning("source_returned")
                     except Exception as exc:  # a plugin bug must not end the daemon
-                        self.log.exception("source_crashed", error=repr(exc))
+                        self.log.exception("source_crashed", error=describe_failure(exc))
                     delay = 0.5 if time.monotonic() - started > 30 else min(delay * 2, 30.0)
                     await anyio.sleep(delay)
         finally:
@@ -69,6 +70,6 @@ class SourceSupervisor:
             try:
                 await close()
             except Exception as exc:
-                self.log.error("source_close_failed", error=repr(exc))
+                self.log.error("source_close_failed", error=describe_failure(exc))
         if scope.cancelled_caught:
             self.log.error("source_close_timeout")

@@ -91,6 +91,8 @@ async def test_a_run_crashing_later_is_logged_and_restarted() -> None:
             handler.offer(Message("c", 1, {}, seq=1))
             await wait_until(handler.idle)
             await handler.stop_workers("shutdown")
-    assert [e["event"] for e in logs].count("handler_run_crashed") == 1
+    assert [e["error"] for e in logs if e["event"] == "handler_run_crashed"] == [
+        "RuntimeError: bug"
+    ]
     assert handler.stats.handled == 1
     assert plugin.events[-2:] == ["run cancelled", "stop"]
