@@ -7,8 +7,10 @@ MESSAGE the readable line, PRIORITY from the level, each key its own field
 (``CONNECTION=exchange``), see :func:`journal_fields`. Otherwise under journald
 each line starts with its syslog priority (``<4>``), so ``journalctl -p
 warning`` filters correctly.
-``websockets``' own stdlib log records go through the same processors; its
-logger never goes below INFO, because at DEBUG it logs request headers verbatim.
+Other libraries' stdlib log records (websockets, httpx, nats-py, redis-py)
+go through the same processors, masking included; websockets' logger never
+goes below INFO (at DEBUG it logs request headers verbatim) and httpx's never
+below WARNING (a line per request, the whole URL in it).
 Secrets: values of secret-looking keys are masked, tracebacks never
 include local variables, and every secret value the config resolved (see
 :func:`register_secrets`) is replaced by ``***`` wherever it appears in a
@@ -534,8 +536,7 @@ def configure(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)
-    # At DEBUG websockets logs handshake headers (Authorization included) verbatim.
-    logging.getLogger("websockets").setLevel(max(numeric, logging.INFO))
+    _quiet_libraries(numeric)
 
 
 def _configure_journal(level: str, writer: JournalWriter) -> None:
@@ -565,4 +566,21 @@ def _configure_journal(level: str, writer: JournalWriter) -> None:
     root = logging.getLogger()
     root.handlers[:] = [_JournalHandler(writer, [structlog.stdlib.add_logger_name, *shared])]
     root.setLevel(numeric)
-    logging.getLogger("websockets").setLevel(max(numeric, logging.INFO))
+    _quiet_libraries(numeric)
+
+
+#: Libraries' loggers held at a level of their own (at least): what they say below it
+#: is either verbatim secrets or one line per request, and wsroute logs what matters
+#: itself (a sink's failures, retries, outages), with its URL redacted.
+_LIBRARY_LEVELS = {
+    # At DEBUG websockets logs handshake headers (Authorization included) verbatim.
+    "websockets": logging.INFO,
+    # One INFO line per request, with the whole URL (user:password@ and query included).
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
+}
+
+
+def _quiet_libraries(level: int) -> None:
+    for name, floor in _LIBRARY_LEVELS.items():
+        logging.getLogger(name).setLevel(max(level, floor))

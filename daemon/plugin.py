@@ -104,9 +104,16 @@ class DeadLetter:
     handler: str | None = None
     """The handler that gave up on the message (``None`` for decode errors)."""
     error: str | None = None
-    """The error text, when there was one."""
+    """The error text, when there was one, every secret of the config masked (``***``):
+    an error often quotes the peer (an endpoint that echoes the request's headers)."""
     attempts: int = 0
     """How many times the handler tried."""
+
+    def __post_init__(self) -> None:
+        if self.error:
+            from .logging import mask_secrets  # the record outlives the log line: mask it too
+
+            object.__setattr__(self, "error", mask_secrets(self.error))
 
 
 class _Unbuilt:

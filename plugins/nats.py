@@ -148,7 +148,9 @@ class NatsHandler:
         password: str | None = field(
             default=None, metadata={"doc": "Password (never logged).", "secret": True}
         )
-        token: str | None = field(default=None, metadata={"doc": "Auth token (never logged)."})
+        token: str | None = field(
+            default=None, metadata={"doc": "Auth token (never logged).", "secret": True}
+        )
         creds_file: str | None = field(
             default=None, metadata={"doc": "A .creds file (JWT and NKey seed) to authenticate."}
         )

@@ -1,8 +1,9 @@
 """Secret values of a config: what the logs must mask, found before anything logs.
 
 Invariant: :func:`resolved_secrets` over-collects rather than misses. Every
-value a ``${file:...}`` or ``${credential:...}`` read, every connection header
-value, URL credentials and secret-looking query values are returned, to be
+value a ``${file:...}`` or ``${credential:...}`` read, every header value of a
+connection, a sink or a source, the credentials and secret-looking query
+values of every URL in them are returned, to be
 registered with :func:`wsroute.logging.register_secrets` before the config is
 validated (so not even an error message can show them).
 """
@@ -34,33 +35,55 @@ _SECRET_QUERY_WORDS = (
 def resolved_secrets(expanded: Interpolation) -> list[str]:
     """Every secret value of an interpolated document, to register for masking in logs.
 
-    What ``${file:...}`` and ``${credential:...}`` read anywhere; of each
-    connection, the header values (whole, what ``${VAR}`` put in them, and in
-    ``Authorization`` the credential after its scheme, e.g. ``Bearer``), the user and password
-    of the URL (as written, decoded, and as the Basic ``Authorization`` value),
-    and the values of secret-looking query parameters not in ``log_query_keys``.
-    Plugin options marked secret are registered when they are built.
+    What ``${file:...}`` and ``${credential:...}`` read anywhere; and in every
+    connection, handler (sink) and source table, at any depth: every header
+    value (whole, what ``${VAR}`` put in it, and in ``Authorization`` the
+    credential after its scheme, e.g. ``Bearer``), and of every URL (``url``,
+    ``proxy``, a list of servers...) the user and password (as written,
+    decoded, and as the Basic ``Authorization`` value) and the values of
+    secret-looking query parameters not in the table's ``log_query_keys``.
+    Plugin options marked secret are registered when they are built, too.
     """
     values: list[str] = []
     for expansion in expanded.expansions:
         values.extend(expansion.secrets)
-        if ".headers." in expansion.path and expansion.path.startswith("connections."):
+        if ".headers." in expansion.path and expansion.path.startswith(_SECTIONS):
             values.extend(expansion.substituted)
-    connections = expanded.document.get("connections")
-    for table in connections.values() if isinstance(connections, dict) else ():
-        if not isinstance(table, dict):
-            continue
-        headers = table.get("headers")
-        for name, value in headers.items() if isinstance(headers, dict) else ():
-            if isinstance(value, str):
-                values.append(value)
-                scheme, _, credential = value.partition(" ")
-                if str(name).lower() in _AUTH_HEADERS and scheme.isalpha():
-                    values.append(credential.strip())
-        url, keep = table.get("url"), table.get("log_query_keys")
-        if isinstance(url, str):
-            values.extend(_url_secrets(url, keep if isinstance(keep, list) else []))
+    for section in _SECTIONS:
+        tables = expanded.document.get(section.rstrip("."))
+        for table in tables.values() if isinstance(tables, dict) else ():
+            if isinstance(table, dict):
+                keep = table.get("log_query_keys")
+                _collect(table, keep if isinstance(keep, list) else [], values)
     return values
+
+
+#: The tables whose URLs and headers are secrets: connections, sinks, sources.
+_SECTIONS = ("connections.", "handlers.", "sources.")
+
+
+def _collect(value: Any, keep: list[Any], out: list[str]) -> None:
+    """The header values and URL credentials in one table, at any depth."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if str(name).lower() == "headers" and isinstance(item, dict):
+                _header_secrets(item, out)
+            else:
+                _collect(item, keep, out)
+    elif isinstance(value, list):
+        for item in value:
+            _collect(item, keep, out)
+    elif isinstance(value, str) and "://" in value:
+        out.extend(_url_secrets(value, keep))
+
+
+def _header_secrets(headers: dict[Any, Any], out: list[str]) -> None:
+    for name, value in headers.items():
+        if isinstance(value, str):
+            out.append(value)
+            scheme, _, credential = value.partition(" ")
+            if str(name).lower() in _AUTH_HEADERS and scheme.isalpha():
+                out.append(credential.strip())
 
 
 def _url_secrets(url: str, keep: list[Any]) -> list[str]:
