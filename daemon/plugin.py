@@ -407,6 +407,10 @@ class Handler(Protocol):
     async def handle(self, message: Message) -> None:
         """Handle one message. Raise to report failure: the daemon retries, then dead-letters.
 
+        Raise :class:`~wsroute.Unavailable` instead when the engine behind the
+        handler is unavailable (an outage, not this message's fault): the daemon
+        holds the message and calls again once it is back (docs/plugins.md).
+
         Return only once the effect is durable (written to a file, sent to a
         server): the daemon counts a returned message as handled.
         """
