@@ -6,8 +6,9 @@ never reads, a half-sent HTTP request, a ``/metrics`` reader that never
 reads — sits on the TCP listener while a reload removes that listener
 (READY=1 must follow, the clients cut off), then a second one sits on the Unix
 socket while SIGTERM stops the daemon: exit 0 within ``shutdown_timeout`` +
-1 s. A flood of 64 KiB frames keeps the taps' writes blocked. A tap that stays
-blocked past the write deadline is dropped while the daemon runs on.
+1 s. A flood of 64 KiB frames keeps the taps' writes blocked. A tap, a half-sent
+request and an unread answer that stall past the write deadline are dropped
+while the daemon runs on.
 """
 
 from __future__ import annotations
@@ -371,14 +372,20 @@ def test_a_hostile_api_client_holds_neither_a_reload_nor_the_stop(
         )
 
 
-def test_a_tap_whose_writes_stay_blocked_is_dropped(setup: Setup, listener: NotifyListener) -> None:
+def test_clients_that_stall_past_the_write_deadline_are_dropped(
+    setup: Setup, listener: NotifyListener
+) -> None:
     setup.write([f"unix:{setup.sock}"])
     env = daemon_environ(listener.path, None)
     with daemon(setup.config, setup.root / "daemon.log", env) as proc:
         _start(setup, listener, proc)
         tap = RawTap()
+        # Two clients that never finish a request: dropped within the deadline too.
+        half, unread = HalfRequest(), MetricsNonReader()
         try:
             began = time.monotonic()
+            half.open(f"unix:{setup.sock}")
+            unread.open(f"unix:{setup.sock}")
             tap.open(f"unix:{setup.sock}")
             wait_for(
                 lambda: "api_client_dropped" in proc.event_names(),
@@ -395,8 +402,17 @@ def test_a_tap_whose_writes_stay_blocked_is_dropped(setup: Setup, listener: Noti
             with contextlib.suppress(ConnectionResetError):
                 while tap.sock.recv(1 << 20):
                     pass
+            for client in (half, unread):
+                assert client.sock is not None
+                client.sock.settimeout(WRITE_TIMEOUT + 10)
+                with contextlib.suppress(ConnectionResetError):
+                    while client.sock.recv(1 << 16):  # the answer, if any, then the end
+                        pass
+            assert time.monotonic() - began >= WRITE_TIMEOUT
         finally:
             tap.close()
+            half.close()
+            unread.close()
         # The daemon runs on and still answers.
         with _connect(f"unix:{setup.sock}") as sock:
             sock.settimeout(10)
