@@ -1,28 +1,31 @@
-"""The Redis plugins' hot paths against a real ``redis-server``: :func:`round_trip`'s
-replies (read from hiredis' buffer after the first), the sink's ``handle_batch``
-on one stream without dedupe (no per-frame objects), and :func:`pack_messages`."""
+"""The Redis plugins' hot paths against a real ``redis-server``: :class:`Link`'s round
+trips (hiredis' reader over connections wsroute owns; a hostile peer's RESP3 push),
+the sink's ``handle_batch`` on one stream without dedupe (no per-frame objects), and
+:func:`pack_messages`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 
 from wsroute import DeadLetter, Message
-from wsroute.plugins.redis import roundtrip
 from wsroute.plugins.redis.entry import (
     encode_entry_bytes,
     pack_entry_bytes,
     pack_messages,
     unpack_entry,
 )
-from wsroute.plugins.redis.roundtrip import _fast_parser, round_trip
+from wsroute.plugins.redis.roundtrip import Link, round_trip
 from wsroute.plugins.redis.sink import RedisHandler
 from wsroute.testing import build_handler
 
+from conftest import tcp_server
 from redis_helpers import RedisServer, requires_redis
 
 pytestmark = pytest.mark.anyio
@@ -50,37 +53,85 @@ def test_pack_messages_writes_what_pack_entry_bytes_writes() -> None:
 
 
 @requires_redis
-@pytest.mark.parametrize("protocol", [2, 3])
-@pytest.mark.parametrize("fast", [True, False], ids=["from-hiredis-buffer", "read_response-only"])
-async def test_round_trip_puts_every_reply_in_its_place(
-    server: RedisServer, protocol: int, fast: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if not fast:  # what a redis-py without the parser names it reads gets: the plain path
-        monkeypatch.setattr(roundtrip, "_NOT_ENOUGH_DATA", None)
-    conn = aioredis.Redis.from_url(server.url, protocol=protocol)
+async def test_round_trip_puts_every_reply_in_its_place(server: RedisServer) -> None:
+    link = Link(server.url, timeout=5.0)
     try:
-        await conn.set("str", "x")
-        # Enough commands that most replies are taken from hiredis' buffer.
+        await link.round_trip([("SET", "str", "x")])
+        # Enough commands that the replies arrive over several socket reads.
         commands: list[Any] = []
         for n in range(200):
             commands += [("XADD", "s", "*", "n", n), ("XADD", "str", "*", "a", "b"), ("PING",)]
-        replies = await round_trip(conn, commands)
+        replies = await round_trip(link, commands)
         assert len(replies) == 600
         assert all(isinstance(r, bytes) and b"-" in r for r in replies[0::3])
         assert all(isinstance(r, ResponseError) for r in replies[1::3])
-        assert all(r in (b"PONG", "PONG", True) for r in replies[2::3])
-        assert await conn.xlen("s") == 200
-        # The connection is in step afterwards: the next round trip gets its own replies.
-        assert await round_trip(conn, [("ECHO", "a"), ("ECHO", "b")]) == [b"a", b"b"]
-        # ... and the replies were read from hiredis' buffer (the redis-py names exist).
-        pool: Any = conn.connection_pool
-        connection = await pool.get_connection()
-        try:
-            assert (_fast_parser(connection) is not None) is fast
-        finally:
-            await pool.release(connection)
+        assert all(str(r).startswith("WRONGTYPE") for r in replies[1::3])
+        assert replies[2::3] == [b"PONG"] * 200
+        # The connection is in step afterwards: the next round trip gets its own replies,
+        # and an error reply redis-py has a class for comes back as that class.
+        echo = await round_trip(link, [("ECHO", "a"), ("EVALSHA", "0" * 40, 0), ("ECHO", "b")])
+        assert echo[0::2] == [b"a", b"b"]
+        assert isinstance(echo[1], NoScriptError)
     finally:
-        await conn.aclose()
+        await link.aclose()
+    check = aioredis.Redis.from_url(server.url)
+    try:
+        assert await check.xlen("s") == 200
+    finally:
+        await check.aclose()
+
+
+@requires_redis
+async def test_round_trip_uses_the_urls_database(server: RedisServer) -> None:
+    base = server.url.rsplit("/", 1)[0]
+    link = Link(f"{base}/3", timeout=5.0)
+    check = aioredis.Redis.from_url(f"{base}/3")
+    try:
+        assert await link.round_trip([("SET", "in3", "v")]) == [b"OK"]
+        assert await check.get("in3") == b"v"
+    finally:
+        await link.aclose()
+        await check.aclose()
+
+
+@requires_redis
+@pytest.mark.parametrize("command", ["HELLO", "subscribe", "MONITOR"])
+async def test_commands_that_make_redis_push_are_refused_unsent(
+    server: RedisServer, command: str
+) -> None:
+    link = Link(server.url, timeout=5.0)
+    try:
+        with pytest.raises(ValueError, match="not sent"):
+            await link.round_trip([("PING",), (command, "3")])
+        # Nothing was sent (PING neither): the connection still speaks RESP2, in step.
+        assert await link.round_trip([("ECHO", "x"), ("INCR", "n")]) == [b"x", 1]
+    finally:
+        await link.aclose()
+
+
+async def test_a_push_where_a_reply_is_due_is_never_taken_for_the_reply() -> None:
+    # A hostile peer: AUTH and SELECT as the URL asks, then a RESP3 push before PONG.
+    seen: list[bytes] = []
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            seen.append(await reader.readuntil(b"SELECT\r\n$1\r\n2\r\n"))
+            writer.write(b"+OK\r\n+OK\r\n")
+            seen.append(await reader.readuntil(b"PING\r\n"))
+            writer.write(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n+PONG\r\n")
+            await writer.drain()
+            await reader.read()  # until the link closes its end
+        finally:
+            writer.close()
+
+    async with tcp_server(peer) as port:
+        link = Link(f"redis://user:s%40cret@127.0.0.1:{port}/2", timeout=5.0)
+        try:
+            with pytest.raises(RedisConnectionError, match="push"):
+                await link.round_trip([("PING",)])
+        finally:
+            await link.aclose()
+    assert b"AUTH\r\n$4\r\nuser\r\n$6\r\ns@cret\r\n" in seen[0]
 
 
 async def _sink(options: dict[str, Any]) -> RedisHandler:

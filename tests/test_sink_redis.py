@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 from wsroute import ConfigError, DeadLetter, Message
 from wsroute.plugins.redis.batcher import Batcher, PipelineError
 from wsroute.plugins.redis.entry import encode_entry
-from wsroute.plugins.redis.roundtrip import round_trip
+from wsroute.plugins.redis.roundtrip import Link, round_trip
 from wsroute.plugins.redis.shards import shard_of
 from wsroute.plugins.redis.sink import RedisHandler
 from wsroute.records import parse_record
@@ -337,14 +337,17 @@ async def test_server_down_at_start_is_only_logged(redis_server: RedisServer) ->
 @needs_redis
 @pytest.mark.anyio
 async def test_round_trip_puts_each_reply_in_its_place(redis_server: RedisServer) -> None:
-    async with client(redis_server) as redis:
+    link = Link(redis_server.url, timeout=5.0)
+    try:
         commands = [("SET", "k", "v"), ("XADD", "k", "*", "f", b"v"), ("GET", "k"), ("INCR", "n")]
-        replies = await round_trip(redis, commands)
+        replies = await round_trip(link, commands)
         assert replies[0] == b"OK"
         assert isinstance(replies[1], ResponseError)  # WRONGTYPE: that command alone
         assert replies[2:] == [b"v", 1]
-        # The connection went back to the pool in step: the next round trip reads its own.
-        assert await round_trip(redis, [("GET", "k"), ("INCR", "n")]) == [b"v", 2]
+        # The connection went back to the link in step: the next round trip reads its own.
+        assert await round_trip(link, [("GET", "k"), ("INCR", "n")]) == [b"v", 2]
+    finally:
+        await link.aclose()
 
 
 @needs_redis
@@ -352,13 +355,16 @@ async def test_round_trip_puts_each_reply_in_its_place(redis_server: RedisServer
 async def test_round_trip_fails_while_redis_is_down_and_works_once_it_is_back(
     redis_server: RedisServer,
 ) -> None:
-    async with client(redis_server) as redis:
-        assert await round_trip(redis, [("INCR", "n")]) == [1]
+    link = Link(redis_server.url, timeout=5.0)
+    try:
+        assert await round_trip(link, [("INCR", "n")]) == [1]
         redis_server.stop()
         with pytest.raises(RedisConnectionError):
-            await round_trip(redis, [("INCR", "n")], retry_stale=True)
+            await round_trip(link, [("INCR", "n")], retry_stale=True)
         redis_server.start()  # no persistence: n starts over
-        assert await round_trip(redis, [("INCR", "n")], retry_stale=True) == [1]
+        assert await round_trip(link, [("INCR", "n")], retry_stale=True) == [1]
+    finally:
+        await link.aclose()
 
 
 # --------------------------------------------------------------------------- the daemon, an outage

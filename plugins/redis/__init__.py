@@ -7,8 +7,8 @@ Modules, one concept each:
 - :mod:`.sink`: :class:`~.sink.RedisHandler` (``plugin = "redis"``): ``XADD``
   to a stream or ``PUBLISH`` to a channel;
 - :mod:`.batcher`: many concurrent ``handle()`` calls, one pipelined round trip;
-- :mod:`.roundtrip`: many commands in one round trip, packed by hiredis (all the
-  sink's commands, the source's ``XACK``);
+- :mod:`.roundtrip`: many commands in one round trip on connections of its own,
+  packed and parsed by hiredis (all the sink's commands, the source's ``XACK``);
 - :mod:`.shards`: shard streams and Redis Cluster hash tags;
 - :mod:`.dedupe`: HA pairs of ingest daemons storing one copy of each frame;
 - :mod:`.source`: :class:`~.source.RedisStreamSource`

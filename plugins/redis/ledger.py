@@ -19,7 +19,7 @@ import anyio
 from redis.exceptions import RedisError
 
 from .group import Entries, GroupCommands, describe
-from .roundtrip import round_trip
+from .roundtrip import Link
 from .source_options import StreamStats
 
 __all__ = ["ACK_BATCH", "Ledger"]
@@ -36,8 +36,11 @@ _CLOSE_ACK_BUDGET = 5.0
 class Ledger:
     """The entry IDs one consumer holds, by state; room for more; their acknowledgement."""
 
-    def __init__(self, commands: GroupCommands, *, cap: int, stats: StreamStats, log: Any) -> None:
+    def __init__(
+        self, commands: GroupCommands, acks: Link, *, cap: int, stats: StreamStats, log: Any
+    ) -> None:
         self.commands = commands
+        self.acks = acks  # the XACKs' connections
         self.cap = cap
         self.stats = stats
         self.log = log
@@ -190,7 +193,7 @@ class Ledger:
             # Packed by hiredis (roundtrip.py): a tenth of redis-py's cost per ID.
             commands = self.commands
             command = ("XACK", commands.stream, commands.group, *batch)
-            (reply,) = await round_trip(commands.client, [command])
+            (reply,) = await self.acks.round_trip([command])
             if isinstance(reply, Exception):
                 raise reply
         except BaseException:

@@ -72,7 +72,7 @@ from .batcher import Batcher
 from .dedupe import SCRIPTS, DedupeError, dedupe_key, upstream_seq
 from .entry import encode_entry_bytes, pack_entry_bytes, pack_messages
 from .outage import unavailable
-from .roundtrip import Command, round_trip
+from .roundtrip import Command, Link, round_trip
 from .shards import SHARD, hash_tag, shard_of, shard_stream
 
 __all__ = ["ROUND_TRIP_MAX", "RedisHandler", "SinkStats"]
@@ -257,6 +257,8 @@ class RedisHandler:
         self._ctx = ctx
         self._url_for_logs = redact_url(options.url)
         self._client: aioredis.Redis | None = None
+        # The hot commands' connections (roundtrip.py); the client runs the rest.
+        self._link: Link | None = None
         self._batcher = Batcher(self._flush, max_items=ROUND_TRIP_MAX)
         stream = options.stream
         self._streams = (
@@ -286,6 +288,7 @@ class RedisHandler:
             socket_connect_timeout=options.socket_timeout,
             retry=Retry(NoBackoff(), 1),
         )
+        self._link = Link(options.url, timeout=options.socket_timeout)
         try:
             with anyio.fail_after(options.socket_timeout):
                 await self._client.ping()
@@ -299,6 +302,7 @@ class RedisHandler:
     async def stop(self) -> None:
         """Close the client's connections; log the stream counters."""
         client, self._client = self._client, None
+        link, self._link = self._link, None
         if self._streams:
             self._ctx.log.info(
                 "sink_totals",
@@ -308,6 +312,8 @@ class RedisHandler:
             )
         if client is not None:
             await client.aclose()
+        if link is not None:
+            await link.aclose()
 
     async def handle(self, message: Message) -> None:
         """XADD or PUBLISH the message; return once Redis answered (or it was a duplicate).
@@ -385,24 +391,24 @@ class RedisHandler:
 
     async def _flush(self, items: list[Any]) -> list[Any]:
         """One round trip for ``items``: one result per item, an ``Exception`` for a failed one."""
-        client = self._client
-        if client is None:
+        client, link = self._client, self._link
+        if client is None or link is None:
             raise RuntimeError("the redis handler is not started")
         self.round_trips += 1
         if not self._streams:
             channel = self.options.channel
             assert channel is not None
             return await round_trip(
-                client, [("PUBLISH", channel, payload) for payload in items], retry_stale=True
+                link, [("PUBLISH", channel, payload) for payload in items], retry_stale=True
             )
         if not self._script:
-            return await self._xadd(client, items)
-        replies = await self._run_scripts(client, items)
+            return await self._xadd(link, items)
+        replies = await self._run_scripts(link, items)
         if any(isinstance(r, NoScriptError) for r in replies):
             # Redis lost its script cache (a restart): load it and run the batch again.
             # Entries stored the first time come back as duplicates, so this is safe.
             await client.script_load(self._script)
-            replies = await self._run_scripts(client, items)
+            replies = await self._run_scripts(link, items)
         return self._script_results(items, replies)
 
     def _trim(self) -> tuple[str, str]:
@@ -428,7 +434,7 @@ class RedisHandler:
                 self.stats.trim_errors += 1
                 self._ctx.log.warning("trim_failed", error=f"{type(reply).__name__}: {reply}")
 
-    async def _xadd(self, client: aioredis.Redis, items: list[_Entry]) -> list[Any]:
+    async def _xadd(self, link: Link, items: list[_Entry]) -> list[Any]:
         """Plain XADDs: per stream, in order, ``pack`` frames per entry."""
         strategy, threshold = self._trim()
         head: list[Any] = [strategy, "~", threshold, "*"] if strategy else ["*"]
@@ -456,7 +462,7 @@ class RedisHandler:
                 )
         trims = self._xtrims({stream for stream, _ in groups})
         commands.extend(trims)
-        replies = await round_trip(client, commands, retry_stale=True)
+        replies = await round_trip(link, commands, retry_stale=True)
         self._check_xtrims(replies[len(chunks) :])
         results: list[Any] = []  # in the order of the chunks
         stats = self.stats
@@ -497,15 +503,15 @@ class RedisHandler:
     ) -> dict[int, BaseException] | None:
         """:meth:`_xadd` for ``handle_batch`` on one stream without dedupe, with no
         per-frame objects: the failures by position, as :meth:`handle_batch` returns them."""
-        client = self._client
-        if client is None:
+        link = self._link
+        if link is None:
             raise RuntimeError("the redis handler is not started")
         self.round_trips += 1
         stream = self._streams[0]
         pack = self.options.pack
         entries = len(commands)
         commands.extend(self._xtrims({stream}))
-        replies = await round_trip(client, commands, retry_stale=True)
+        replies = await round_trip(link, commands, retry_stale=True)
         if len(replies) > entries:
             self._check_xtrims(replies[entries:])
         failures: dict[int, BaseException] | None = None
@@ -523,7 +529,7 @@ class RedisHandler:
         stats.frames += count - (len(failures) if failures else 0)
         return failures
 
-    async def _run_scripts(self, client: aioredis.Redis, items: list[_Entry]) -> list[Any]:
+    async def _run_scripts(self, link: Link, items: list[_Entry]) -> list[Any]:
         """One EVALSHA per entry, in the order of the upstream's sequence for ``seq``."""
         strategy, threshold = self._trim()
         window = str(max(1, round(self.options.dedupe_window * 1000)))
@@ -548,7 +554,7 @@ class RedisHandler:
         commands.extend(self._xtrims({item.stream for item in items}))
         # Packed by hiredis (roundtrip.py), as the plain XADDs are; a NOSCRIPT reply
         # comes back as the NoScriptError in its place.
-        replies = await round_trip(client, commands, retry_stale=True)
+        replies = await round_trip(link, commands, retry_stale=True)
         self._check_xtrims(replies[len(items) :])
         in_order: list[Any] = [None] * len(items)
         for index, reply in zip(order, replies[: len(items)], strict=True):

@@ -73,6 +73,7 @@ from .delivery import Delivery
 from .group import Entries, GroupCommands, raw_reply, stream_entries
 from .ledger import Ledger
 from .reclaim import Reclaimer
+from .roundtrip import Link
 from .source_options import ReadOptions, StreamSourceOptions, StreamStats, default_consumer
 
 __all__ = ["ReadOptions", "RedisStreamSource", "StreamStats", "default_consumer"]
@@ -121,8 +122,10 @@ class RedisStreamSource:
             log=self.log,
         )
         self._serial = options.max_deliveries > 0
+        # XACKs go on connections of their own, packed by hiredis (roundtrip.py).
+        self.acks = Link(options.url, timeout=10.0, connect_timeout=5.0, keepalive=True)
         self.ledger = Ledger(
-            self.commands, cap=options.max_in_flight, stats=self.stats, log=self.log
+            self.commands, self.acks, cap=options.max_in_flight, stats=self.stats, log=self.log
         )
         self.delivery = Delivery(
             ctx,
@@ -174,6 +177,7 @@ class RedisStreamSource:
             **dataclasses.asdict(self.stats),
         )
         await self.commands.client.aclose()
+        await self.acks.aclose()
 
     # -- reading -------------------------------------------------------------
 
