@@ -260,6 +260,11 @@ def _with_plugin_issues(error: ConfigError, path: str) -> ConfigError:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("run", "check"):
+        from .requirements import check
+
+        if check():  # a dependency missing or at a version wsroute does not run on
+            return EX_CONFIG
     try:
         if args.command == "run":
             return _run(args.config)
