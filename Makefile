@@ -42,7 +42,7 @@ test: lint typecheck unit
 WHEELHOUSE := dist/wheelhouse
 wheelhouse: $(STAMP)
 	rm -rf $(WHEELHOUSE)
-	$(BIN)/pip wheel --quiet --wheel-dir $(WHEELHOUSE) '.[all,fast,uvloop]'
+	$(BIN)/pip wheel --quiet --wheel-dir $(WHEELHOUSE) '.[all,uvloop]'
 	systemd/install-service --print-target $(BIN)/python > $(WHEELHOUSE)/BUILT-FOR
 	rm -rf build
 	@echo "$(WHEELHOUSE): $$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels for $$(cat $(WHEELHOUSE)/BUILT-FOR); install with: sudo make install-service"

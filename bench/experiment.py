@@ -5,14 +5,14 @@ comma-separated list (``bench/run.py --experiment NAMES`` does this):
 
 - ``gc_threshold``: ``gc.set_threshold(50_000, 20, 100)``: fewer, larger young
   collections;
-- ``high_waterN`` (``high_water16``, ``high_water1024``): messages the websockets
-  transport lets wait for the reader before it stops reading the socket,
-  instead of wsroute's 64;
-- ``read_sizeN`` (``read_size64``, ``read_size256``): KiB the websockets transport
-  reads from the socket at once (parsed in one go), instead of wsroute's 16; 256 is
+- ``high_waterN`` (``high_water16``, ``high_water1024``): messages the frame
+  reader lets wait for the connection's reader before it stops reading the
+  socket, instead of wsroute's 64;
+- ``read_sizeN`` (``read_size64``, ``read_size256``): KiB the frame reader
+  reads from the socket at once (split in one go), instead of wsroute's 16; 256 is
   asyncio's own, which wsroute used before 2026-12-06.
 
-Config-level experiments (``timeout0``, ``queue1000``, ``picows``) are applied by
+Config-level experiments (``timeout0``, ``queue1000``) are applied by
 ``bench/run.py`` to the generated TOML, not here. Earlier experiments went
 into daemon/ and are gone from here; bench/README.md keeps their numbers: the
 reader yielding every 64 frames, timeouts without a cancel scope per message,
@@ -30,15 +30,15 @@ from wsroute.cli import main
 
 
 def _high_water(size: int) -> None:
-    from wsroute import transport
+    from wsroute import reader, wire
 
-    transport.HIGH_WATER = size
+    wire.HIGH_WATER = reader.HIGH_WATER = size
 
 
 def _read_size(kib: int) -> None:
-    from wsroute import wire
+    from wsroute import reader, wire
 
-    wire.READ_SIZE = kib * 1024
+    wire.READ_SIZE = reader.READ_SIZE = kib * 1024
 
 
 def apply(names: list[str]) -> None:

@@ -64,7 +64,6 @@ class Scenario:
     idle: bool = False  # no frames at all
     read_body: bool = False  # the handler reads message.body (builds a lazy body)
     validate: bool = True  # the codec's validate option
-    transport: str = ""  # "picows": the connection's transport (default: websockets)
 
     def per_connection(self, quick: bool) -> int:
         return self.quick_count if quick else self.count
@@ -108,21 +107,6 @@ SCENARIOS: list[Scenario] = [
         count=60_000,
         quick_count=10_000,
         read_body=True,
-    ),
-    Scenario(
-        "picows-small",
-        "small binary frames, picows transport",
-        count=300_000,
-        quick_count=60_000,
-        transport="picows",
-    ),
-    Scenario(
-        "picows-json",
-        "JSON text frames, picows transport",
-        kind="json",
-        count=300_000,
-        quick_count=60_000,
-        transport="picows",
     ),
     Scenario(
         "conn100",
@@ -174,13 +158,12 @@ BY_NAME = {s.name: s for s in SCENARIOS}
 CONFIG_EXPERIMENTS = {
     "timeout0": "handler timeout = 0 (no per-message timeout at all)",
     "queue1000": "handler queue = 1000 instead of the default 10000",
-    "picows": 'transport = "picows" (the optional fast extra)',
 }
 CODE_EXPERIMENTS = {
     "gc_threshold": "gc.set_threshold(50_000, 20, 100)",
-    "high_water16": "websockets transport: stop reading above 16 waiting messages (not 64)",
-    "high_water1024": "websockets transport: stop reading above 1024 waiting messages (not 64)",
-    "read_size64": "websockets transport: read 64 KiB from the socket at once (not 16)",
+    "high_water16": "frame reader: stop reading above 16 waiting messages (not 64)",
+    "high_water1024": "frame reader: stop reading above 1024 waiting messages (not 64)",
+    "read_size64": "frame reader: read 64 KiB from the socket at once (not 16)",
     "read_size256": "websockets transport: read 256 KiB at once (not 16; asyncio's own)",
 }
 
@@ -226,8 +209,6 @@ def wsroute_config(
         name = "up" if scenario.connections == 1 else f"up{i}"
         lines += [f"[connections.{name}]", f'url = "{url}"', f'codec = "{codec}"']
         lines.append('compression = "none"')
-        if "picows" in settings.experiments or scenario.transport == "picows":
-            lines.append('transport = "picows"')
         lines.append("")
     lines += [
         "[codecs.exchange]",

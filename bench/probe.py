@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from wsroute import connection, dispatch, handler, transport, wire
+from wsroute import connection, dispatch, handler, reader, wire
 from wsroute.cli import main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -111,13 +111,13 @@ def frame_handler(self: connection.Connection) -> Any:
     return counted
 
 
-_data_received = transport._ReadingConnection.data_received
+_buffer_updated = reader.FrameReader.buffer_updated
 
 
-def data_received(self: Any, data: bytes) -> None:
+def buffer_updated(self: Any, nbytes: int) -> None:
     inbox = getattr(self, "inbox", None)
     waiting = inbox is not None and inbox.waiter is not None
-    _data_received(self, data)
+    _buffer_updated(self, nbytes)
     if waiting and inbox is not None and inbox.waiter is None:  # this read woke the reader
         stats["reader_waits"] += 1
 
@@ -137,7 +137,7 @@ if __name__ == "__main__":
     dispatch.Dispatcher._wait = blocked_wait  # type: ignore[method-assign]
     wire.Inbox.take = take  # type: ignore[method-assign]
     connection.Connection._frame_handler = frame_handler  # type: ignore[method-assign]
-    transport._ReadingConnection.data_received = data_received  # type: ignore[method-assign]
+    reader.FrameReader.buffer_updated = buffer_updated  # type: ignore[method-assign]
     gc.callbacks.append(_gc_callback)
     atexit.register(_dump)
     sys.exit(main(sys.argv[1:]))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import importlib.util
 import json
 import os
 import shutil
@@ -189,11 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(quick=opts.quick, uvloop=opts.uvloop, experiments=experiments, api=opts.api)
     os.chmod(PLUGINS, 0o755)  # wsroute refuses group/other-writable plugin folders
     scenarios = [BY_NAME[n] for n in names] if names else SCENARIOS
-    if importlib.util.find_spec("picows") is None:
-        skipped = [s.name for s in scenarios if s.transport == "picows"]
-        if skipped:
-            print(f"picows is not installed: skipping {', '.join(skipped)}", file=sys.stderr)
-            scenarios = [s for s in scenarios if s.transport != "picows"]
     if opts.profile:
         profile(settings, scenarios[0] if names else BY_NAME["small"], opts.profile)
         return 0

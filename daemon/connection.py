@@ -1,8 +1,8 @@
 """One upstream WebSocket, kept connected: retry loop, keepalive, on_connect, periodic frames,
 on_close.
 
-This module and :mod:`wsroute.transport` (the WebSocket libraries behind a
-connection: websockets or picows) are the only ones that talk to the network.
+This module and :mod:`wsroute.transport` (the socket: connect, handshake, the
+frame reader) are the only ones that talk to the network.
 It does not know about routes or handlers: it decodes each frame with its
 codec and hands the message to a callback, which returns ``None`` when the
 message was queued, or an awaitable when some handler's queue is full under
@@ -47,7 +47,6 @@ from .transport import (
     Transport,
     open_transport,
 )
-from .wire import Opener, picows_available
 
 __all__ = [
     "Backoff",
@@ -66,22 +65,6 @@ DecodeFailed = Callable[[Frame, DecodeError], Awaitable[None] | None]
 # Close codes 1012 (service restart) and 1013 (try again later) ask us to wait.
 _SLOW_DOWN_CODES = {1012, 1013}
 _SLOW_DOWN_DELAY = 5.0
-
-
-def opener_for(section: ConnectionSection) -> Opener | None:
-    """The section's WebSocket library: picows' connect, or ``None`` for websockets'.
-
-    picows (the optional ``fast`` extra) is imported only when a connection asks for it.
-    """
-    if section.transport != "picows":
-        return None
-    if not picows_available():  # config validation normally says so first
-        raise HandshakeFailed(
-            'transport = "picows" needs the picows package: pip install "wsroute[fast]"'
-        )
-    from .transport_picows import open_picows
-
-    return open_picows
 
 
 class ConnectionState(enum.Enum):
@@ -340,9 +323,7 @@ class Connection:
         self.state = ConnectionState.CONNECTING
         self.log.debug("connecting", url=self.url_for_logs)
         try:
-            ws = await open_transport(
-                self.section, self._ssl, log=self.log, opener=opener_for(self.section)
-            )
+            ws = await open_transport(self.section, self._ssl, log=self.log)
         except HandshakeRejected as exc:
             self.stats.failed_attempts += 1
             status = exc.status
@@ -614,20 +595,23 @@ class Connection:
     async def _keepalive(self, ws: Transport) -> None:
         """Ping every ``ping_interval``; no pong within ``ping_timeout`` → abort, reconnect.
 
-        A missing pong does not count while our own reader is paused by
+        The deadline covers the whole ping: its write too (a peer that stopped
+        reading fills our write buffer, and the ping waits for room there). A
+        peer declared dead is aborted at once, without a closing handshake. A
+        missing pong does not count while our own reader is paused by
         backpressure: the socket is not being read, so the pong cannot arrive.
         """
         interval = self.section.ping_interval
         timeout = self.section.ping_timeout
         while True:
             await anyio.sleep(interval)
+            blocked_meanwhile = self._blocked
             try:
-                waiter = await ws.ping()
+                with anyio.move_on_after(timeout) as scope:
+                    waiter = await ws.ping()
+                    await waiter
             except ConnectionClosed:
                 return
-            blocked_meanwhile = self._blocked
-            with anyio.move_on_after(timeout) as scope:
-                await waiter
             if not scope.cancelled_caught:
                 continue
             if blocked_meanwhile or self._blocked:

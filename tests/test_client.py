@@ -36,12 +36,12 @@ from wsroute.service import Service, plan
 from wsroute.testing import ScriptedUpstream, build_codec, wait_until
 from wsroute.tls import TlsOptions
 
-from conftest import REPO, need, running
+from conftest import REPO, running
 
 pytestmark = pytest.mark.anyio
 
 RELEASE = struct.pack("<ib", 0, 0)
-TRANSPORTS = ["websockets", pytest.param("picows", marks=need("picows"))]
+TRANSPORTS = ["websockets"]
 STRUCT_OPTIONS = {
     "header": "<i",
     "fields": ["opcode"],

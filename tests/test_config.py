@@ -497,8 +497,7 @@ def test_wrong_types_inside_arrays_and_tables(tmp_path: Path) -> None:
         (
             'url = "ws://x/"\ntransport = "picows"',
             "connections.ex.transport",
-            '"picows" cannot compress (no permessage-deflate): '
-            'add compression = "none" to this connection',
+            '"picows" was removed: use transport = "websockets" (the default)',
         ),
     ],
 )

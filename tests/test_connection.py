@@ -1,7 +1,7 @@
 """The connection runtime against real WebSocket servers on 127.0.0.1.
 
-Every async test runs once per transport (``websockets``, ``picows``): the
-``transport`` fixture puts ``transport = "..."`` into the tests' configs.
+Every async test runs on both event loops: asyncio's selector loop and uvloop
+(``[daemon] event_loop = "uvloop"``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,54 +27,25 @@ from websockets.http11 import Request, Response
 from wsroute.config import ReconnectSection
 from wsroute.connection import Backoff, redact_url, retry_after
 from wsroute.demo import ReferenceUpstream
-from wsroute.service import Service
 from wsroute.testing import free_port, wait_until
 
 import conftest
 from collectors import Collect
-from conftest import need
 
 pytestmark = pytest.mark.anyio
 
-TRANSPORTS = [
-    "websockets",
-    pytest.param(
-        "picows",
-        marks=need("picows"),
-    ),
+LOOPS = [
+    pytest.param("asyncio", id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
 ]
-_transport = "websockets"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if inspect.iscoroutinefunction(metafunc.function):
-        metafunc.parametrize("transport", TRANSPORTS, indirect=True)
+        metafunc.parametrize("anyio_backend", LOOPS)
 
 
-@pytest.fixture(autouse=True)
-def transport(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The transport the test's connection uses (``websockets`` for the sync tests)."""
-    global _transport
-    _transport = getattr(request, "param", "websockets")
-    yield _transport
-    _transport = "websockets"
-
-
-def with_transport(text: str) -> str:
-    """The config with the test's transport on its ``[connections.up]``."""
-    if _transport == "websockets":
-        return text
-    assert text.count("[connections.up]\n") == 1
-    lines = f'transport = "{_transport}"\ncompression = "none"\n'
-    return text.replace("[connections.up]\n", "[connections.up]\n" + lines)
-
-
-@contextlib.asynccontextmanager
-async def running(text: str, environ: Mapping[str, str] | None = None) -> AsyncIterator[Service]:
-    """conftest's ``running``, on the test's transport."""
-    async with conftest.running(with_transport(text), environ) as service:
-        assert service.connections["up"].section.transport == _transport
-        yield service
+running = conftest.running
 
 
 Handler = Callable[[ServerConnection], Awaitable[None]]

@@ -127,21 +127,6 @@ def test_the_core_never_imports_the_plugins(path: Path) -> None:
     assert found == []
 
 
-def test_the_transports_do_not_import_each_other() -> None:
-    pairs = [
-        ("transport.py", "wsroute.transport_picows"),
-        ("transport_picows.py", "wsroute.transport"),
-    ]
-    for file, other in pairs:
-        path = CORE / file
-        found = [
-            line
-            for source, name, line in imports(path)
-            if source == other or (source == "wsroute" and name == other.rpartition(".")[2])
-        ]
-        assert found == [], f"{file} imports {other} (line {found})"
-
-
 def test_the_checker_sees_violations() -> None:
     text = (
         "from wsroute.config import ConnectionSection\n"

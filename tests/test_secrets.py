@@ -35,7 +35,7 @@ from wsroute import logging as wslogging
 from wsroute.config import loads
 from wsroute.logging import mask_secrets, redact_values, register_secrets
 
-from conftest import need, tcp_server
+from conftest import tcp_server
 
 pytestmark = pytest.mark.anyio
 
@@ -182,10 +182,6 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     "transport",
     [
         "websockets",
-        pytest.param(
-            "picows",
-            marks=need("picows"),
-        ),
     ],
 )
 async def test_no_resolved_secret_reaches_the_daemons_output(

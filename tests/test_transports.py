@@ -1,9 +1,9 @@
-"""Both transports against hostile peers: the same close codes, the same recovery.
+"""The frame reader against hostile peers: close codes, recovery, read bounds.
 
-picows leaves much of RFC 6455 to its user (reassembly, UTF-8, answering a
-close), which ``wsroute.transport`` does for it; each test here runs on both
-transports, so a difference from websockets shows up as a failing picows case.
-The peers are the hand-written ones of the fault suite (tests/faults/peers.py).
+Each daemon-level test runs on both event loops (asyncio's selector loop and
+uvloop): the reader's promises (bounded reads, backpressure, close codes) must
+not depend on which one runs it. The peers are the hand-written ones of the
+fault suite (tests/faults/peers.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib.util
 import json
 import struct
 import sys
@@ -35,7 +34,6 @@ from wsroute.wire import READ_SIZE
 
 import conftest
 from collectors import Collect
-from conftest import need
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "faults"))
 from peers import (
@@ -51,13 +49,13 @@ from peers import (
     events,
     frame,
     ticks_then,
+    vmrss,
     ws_server,
 )
 
 pytestmark = pytest.mark.anyio
 
-NEEDS_PICOWS = need("picows")
-TRANSPORTS = ["websockets", pytest.param("picows", marks=NEEDS_PICOWS)]
+LOOPS = ["asyncio", "uvloop"]
 
 Logs = list[MutableMapping[str, Any]]
 
@@ -67,9 +65,10 @@ def _reset_collectors() -> None:
     Collect.reset()
 
 
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture(params=LOOPS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """Both event loops: asyncio's own, and uvloop (``[daemon] event_loop = "uvloop"``)."""
+    return ("asyncio", {"use_uvloop": True}) if request.param == "uvloop" else "asyncio"
 
 
 @pytest.fixture(params=[0.0, 0.1], ids=["with-the-handshake", "read-apart"])
@@ -86,7 +85,6 @@ shutdown_timeout = "2s"
 
 [connections.up]
 url = "URL"
-transport = "TRANSPORT"
 compression = "none"
 close_timeout = "500ms"
 max_frame_size = "64KiB"
@@ -104,8 +102,8 @@ plugin = "collectors:Collect"
 """
 
 
-def config(url: str, transport: str, extra: str = "") -> str:
-    return CONFIG.replace("URL", url).replace("TRANSPORT", transport).replace("EXTRA", extra)
+def config(url: str, extra: str = "") -> str:
+    return CONFIG.replace("URL", url).replace("EXTRA", extra)
 
 
 # Binary frames: an int32 opcode header and a JSON body; text frames: JSON.
@@ -134,10 +132,10 @@ def ids() -> list[int]:
     return [m.body["id"] for m in Collect.seen["sink"]]
 
 
-async def lost_after_bad_frame(server: RawServer, transport: str, total: int = 10) -> Logs:
+async def lost_after_bad_frame(server: RawServer, total: int = 10) -> Logs:
     """Run until ``total`` ticks arrived over two sessions; the logs of the run."""
     with capture_logs() as logs:
-        async with server.serve() as url, running(config(url, transport)) as svc:
+        async with server.serve() as url, running(config(url)) as svc:
             await wait_until(lambda: len(Collect.seen["sink"]) >= total, timeout=8)
             assert server.connections == 2
             assert svc.connections["up"].stats.reconnects == 1
@@ -152,9 +150,7 @@ async def lost_after_bad_frame(server: RawServer, transport: str, total: int = 1
 # -- reassembly -------------------------------------------------------------------
 
 
-async def test_fragmented_messages_with_an_interleaved_ping_are_reassembled(
-    transport: str,
-) -> None:
+async def test_fragmented_messages_with_an_interleaved_ping_are_reassembled() -> None:
     pongs: list[bytes] = []
     text = tick(1)
     binary = struct.pack("<i", 7) + json.dumps({"pad": "x" * 300}).encode()
@@ -176,7 +172,7 @@ async def test_fragmented_messages_with_an_interleaved_ping_are_reassembled(
                 return
 
     server = RawServer(peer)
-    async with server.serve() as url, running(config(url, transport, _MIXED) + _RAW_ROUTE):
+    async with server.serve() as url, running(config(url, _MIXED) + _RAW_ROUTE):
         await wait_until(lambda: len(Collect.seen["sink"]) == 2 and len(Collect.seen["raw"]) == 1)
         await wait_until(lambda: bool(pongs))
     assert ids() == [1, 2]
@@ -186,9 +182,7 @@ async def test_fragmented_messages_with_an_interleaved_ping_are_reassembled(
     assert server.connections == 1
 
 
-async def test_frames_in_the_packet_that_completes_the_handshake_are_delivered(
-    transport: str,
-) -> None:
+async def test_frames_in_the_packet_that_completes_the_handshake_are_delivered() -> None:
     async def peer(session: RawSession) -> None:
         control = asyncio.ensure_future(session.answer_control())
         try:
@@ -199,14 +193,12 @@ async def test_frames_in_the_packet_that_completes_the_handshake_are_delivered(
 
     first = b"".join(frame(OP_TEXT, tick(n)) for n in (1, 2, 3))
     server = RawServer(peer, preamble=first)
-    async with server.serve() as url, running(config(url, transport)):
+    async with server.serve() as url, running(config(url)):
         await wait_until(lambda: len(Collect.seen["sink"]) == 4)
     assert ids() == [1, 2, 3, 4]
 
 
-async def test_a_burst_then_a_close_frame_is_delivered_whole_before_the_reconnect(
-    transport: str,
-) -> None:
+async def test_a_burst_then_a_close_frame_is_delivered_whole_before_the_reconnect() -> None:
     total = 300  # far past the high-water mark: reading is paused with the close unread
 
     async def peer(session: RawSession) -> None:
@@ -218,7 +210,7 @@ async def test_a_burst_then_a_close_frame_is_delivered_whole_before_the_reconnec
         await session.read_frame()  # the echo
         await session.fin()
 
-    text = config("URL", transport)
+    text = config("URL")
     text = text.replace('plugin = "collectors:Collect"\n[handlers.dlq]', _SLOW + "[handlers.dlq]")
     server = RawServer(peer)
     with capture_logs() as logs:
@@ -234,34 +226,30 @@ async def test_a_burst_then_a_close_frame_is_delivered_whole_before_the_reconnec
 # -- frames the transport refuses: the code it sent is what the log says -------------
 
 
-async def test_invalid_utf8_closes_1007_and_reconnects(transport: str, pause: float) -> None:
+async def test_invalid_utf8_closes_1007_and_reconnects(pause: float) -> None:
     bad = frame(OP_TEXT, b'{"type": "tick", "id": "\xff\xfe"}')
-    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause), transport)
+    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause))
     lost = events(logs, "connection_lost")[0]
     assert (lost["code"], lost["reason"]) == (1007, "invalid start byte at position 24")
     assert lost["seq"] == 5
 
 
-async def test_invalid_utf8_split_across_fragments_closes_1007(
-    transport: str, pause: float
-) -> None:
+async def test_invalid_utf8_split_across_fragments_closes_1007(pause: float) -> None:
     payload = '{"type": "tick", "id": "é"}'.encode()
     cut = payload.index(b"\xc3") + 1  # inside the two-byte sequence: each half is invalid
     bad = frame(OP_TEXT, payload[:cut], fin=False) + frame(OP_CONT, b"\xff" + payload[cut + 1 :])
-    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause), transport)
+    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause))
     assert events(logs, "connection_lost")[0]["code"] == 1007
 
 
-async def test_frame_over_max_frame_size_closes_1009(transport: str, pause: float) -> None:
-    logs = await lost_after_bad_frame(
-        ticks_then(frame(OP_BINARY, b"x" * 70_000), pause=pause), transport
-    )
+async def test_frame_over_max_frame_size_closes_1009(pause: float) -> None:
+    logs = await lost_after_bad_frame(ticks_then(frame(OP_BINARY, b"x" * 70_000), pause=pause))
     lost = events(logs, "connection_lost")[0]
     assert lost["code"] == 1009
     assert "65536" in lost["reason"]
 
 
-async def test_frame_over_max_frame_size_in_one_read_closes_1009(transport: str) -> None:
+async def test_frame_over_max_frame_size_in_one_read_closes_1009() -> None:
     # 4,000 bytes, whole in one socket read, over a 1 KiB limit, after the handshake's
     # read: the websockets transport's fast frame path must refuse it as websockets'
     # parser does.
@@ -282,7 +270,7 @@ async def test_frame_over_max_frame_size_in_one_read_closes_1009(transport: str)
             control.cancel()
 
     server = RawServer(peer)
-    text = config("URL", transport).replace('max_frame_size = "64KiB"', 'max_frame_size = "1KiB"')
+    text = config("URL").replace('max_frame_size = "64KiB"', 'max_frame_size = "1KiB"')
     with capture_logs() as logs:
         async with server.serve() as url, running(text.replace("URL", url)):
             await wait_until(lambda: len(Collect.seen["sink"]) >= 10, timeout=8)
@@ -292,30 +280,28 @@ async def test_frame_over_max_frame_size_in_one_read_closes_1009(transport: str)
     assert "1024" in lost["reason"]
 
 
-async def test_message_over_max_frame_size_in_small_fragments_closes_1009(
-    transport: str, pause: float
-) -> None:
+async def test_message_over_max_frame_size_in_small_fragments_closes_1009(pause: float) -> None:
     piece = b"x" * 30_000  # each fragment is fine, the message (90,000 bytes) is not
     bad = (
         frame(OP_BINARY, piece, fin=False)
         + frame(OP_CONT, piece, fin=False)
         + frame(OP_CONT, piece)
     )
-    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause), transport)
+    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause))
     lost = events(logs, "connection_lost")[0]
     assert lost["code"] == 1009
 
 
-async def test_message_in_too_many_fragments_closes_1009(transport: str, pause: float) -> None:
+async def test_message_in_too_many_fragments_closes_1009(pause: float) -> None:
     # websockets' limit (4,096 by default) on the frames of one message, on both transports
     pieces = [frame(OP_CONT, b" ", fin=False)] * MAX_FRAGMENTS
     bad = frame(OP_TEXT, b"{", fin=False) + b"".join(pieces) + frame(OP_CONT, b"}")
-    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause), transport)
+    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause))
     lost = events(logs, "connection_lost")[0]
     assert (lost["code"], lost["reason"]) == (1009, "too many fragments")
 
 
-async def test_a_message_in_many_fragments_under_the_limit_is_reassembled(transport: str) -> None:
+async def test_a_message_in_many_fragments_under_the_limit_is_reassembled() -> None:
     body = json.dumps({"type": "tick", "id": 1, "pad": "x" * (MAX_FRAGMENTS - 40)}).encode()
     parts = [body[i : i + 1] for i in range(len(body))]
     assert len(parts) <= MAX_FRAGMENTS
@@ -328,7 +314,7 @@ async def test_a_message_in_many_fragments_under_the_limit_is_reassembled(transp
         await session.answer_control()
 
     server = RawServer(peer)
-    async with server.serve() as url, running(config(url, transport)):
+    async with server.serve() as url, running(config(url)):
         await wait_until(lambda: len(Collect.seen["sink"]) == 1)
     assert Collect.seen["sink"][0].raw == body.decode()
 
@@ -346,10 +332,8 @@ async def test_a_message_in_many_fragments_under_the_limit_is_reassembled(transp
         ),
     ],
 )
-async def test_protocol_violation_closes_1002_and_reconnects(
-    transport: str, bad: bytes, pause: float
-) -> None:
-    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause), transport)
+async def test_protocol_violation_closes_1002_and_reconnects(bad: bytes, pause: float) -> None:
+    logs = await lost_after_bad_frame(ticks_then(bad, pause=pause))
     lost = events(logs, "connection_lost")[0]
     assert lost["code"] == 1002
     assert lost["reason"]
@@ -360,7 +344,7 @@ async def test_protocol_violation_closes_1002_and_reconnects(
 
 
 @pytest.mark.parametrize("how", ["fin", "reset"])
-async def test_connection_dropped_without_a_close_frame_is_1006(transport: str, how: str) -> None:
+async def test_connection_dropped_without_a_close_frame_is_1006(how: str) -> None:
     async def peer(session: RawSession) -> None:
         first = 1 if session.number == 1 else 4
         for number in range(first, first + 3):
@@ -372,17 +356,120 @@ async def test_connection_dropped_without_a_close_frame_is_1006(transport: str, 
 
     server = RawServer(peer)
     with capture_logs() as logs:
-        async with server.serve() as url, running(config(url, transport)):
+        async with server.serve() as url, running(config(url)):
             await wait_until(lambda: len(Collect.seen["sink"]) >= 6, timeout=8)
     assert ids() == [1, 2, 3, 4, 5, 6]
     lost = events(logs, "connection_lost")[0]
     assert (lost["code"], lost["seq"]) == (1006, 3)
 
 
-@pytest.mark.parametrize("code", [1012, 1013])
-async def test_service_restart_close_codes_slow_the_reconnect_down(
-    transport: str, code: int
+MiB = 2**20
+
+
+async def test_a_ping_flood_from_a_peer_that_stopped_reading_is_bounded_and_dropped() -> None:
+    """The peer floods pings and never reads our pongs: they fill our write buffer,
+    the reader stops reading (TCP pushes back on the peer), memory stays bounded, and
+    the keepalive — whose deadline covers its own ping's write — declares the peer
+    dead and aborts: the next attempt starts within ping_interval + ping_timeout + 1s."""
+    starts: list[float] = []
+    burst = frame(OP_PING, b"f" * 125) * 500  # 125-byte pings: big pongs, 63 KiB a write
+
+    async def peer(session: RawSession) -> None:
+        starts.append(time.monotonic())
+        if session.number > 1:
+            await session.answer_control()
+            return
+        session.stop_reading()
+        with contextlib.suppress(ConnectionError):
+            for _ in range(100_000):  # bounded: the client aborts long before
+                session.writer.write(burst)
+                await session.writer.drain()
+
+    text = config("URL", 'ping_interval = "1s"\nping_timeout = "1s"')
+    text = text.replace('reconnect = { initial = "50ms", max = "200ms" }', "")
+    text = text.replace("[connections.up]", '[connections.up]\nreconnect = { initial = "50ms" }')
+    text = text.replace(
+        'shutdown_timeout = "2s"', 'shutdown_timeout = "2s"\nmemory_budget = "64MiB"'
+    )
+    server = RawServer(peer)
+    with capture_logs() as logs:
+        async with server.serve() as url:
+            idle = vmrss()
+            peak = idle
+            async with running(text.replace("URL", url)) as svc:
+                connection = svc.connections["up"]
+                write_paused = False
+                with anyio.fail_after(15):
+                    while len(starts) < 2:
+                        peak = max(peak, vmrss())
+                        ws: Any = connection._ws
+                        if ws is not None and ws.reader._write_paused:
+                            write_paused = True  # the pongs filled the write buffer
+                        await anyio.sleep(0.02)
+    dropped_after = starts[1] - starts[0]
+    assert dropped_after <= 1 + 1 + 1, dropped_after
+    assert events(logs, "keepalive_timeout")
+    lost = events(logs, "connection_lost")[0]
+    assert lost["cause"] == "keepalive_timeout"
+    assert peak - idle <= 64 * MiB + 32 * MiB, (peak - idle) / MiB
+    assert write_paused  # white-box: the flood reached the write high-water mark
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(bytes([0x81, 0x80 | 4]) + b"\x01\x02\x03\x04" + b"abcd", id="1002"),
+        pytest.param(frame(OP_BINARY, b"x" * 70_000), id="1009"),
+        pytest.param(frame(OP_TEXT, b"\xff"), id="1007"),
+    ],
+)
+async def test_a_silent_peer_after_a_protocol_error_is_dropped_after_close_timeout(
+    bad: bytes,
 ) -> None:
+    """Keepalive off: we fail the connection and send our close frame; the peer neither
+    answers it nor closes TCP. close_timeout later the connection is aborted and the
+    reconnect loop runs."""
+    starts: list[float] = []
+    failed_at: list[float] = []
+
+    async def peer(session: RawSession) -> None:
+        starts.append(time.monotonic())
+        control = asyncio.ensure_future(session.answer_control())
+        try:
+            first = 1 if session.number == 1 else 4
+            for number in range(first, first + 3):
+                await session.text(tick(number))
+            if session.number == 1:
+                control.cancel()
+                session.stop_reading()
+                await session.send(bad)
+                failed_at.append(time.monotonic())
+                await anyio.sleep(30)  # silent: no close frame, no FIN
+            await control
+        finally:
+            control.cancel()
+
+    text = config("URL", 'ping_interval = "0s"')
+    server = RawServer(peer)
+    with capture_logs() as logs:
+        async with server.serve() as url, running(text.replace("URL", url)):
+            await wait_until(lambda: len(Collect.seen["sink"]) >= 6, timeout=10)
+    assert ids() == list(range(1, 7))  # nothing after the bad frame, nothing lost
+    # close_timeout (0.5 s) + backoff (0.2 s at most), with room for a loaded machine
+    assert starts[1] - failed_at[0] <= 0.5 + 0.2 + 1.0, starts[1] - failed_at[0]
+    assert starts[1] - failed_at[0] >= 0.45
+    lost = events(logs, "connection_lost")[0]
+    assert lost["code"] == int(request_id(bad))
+
+
+def request_id(bad: bytes) -> int:
+    if bad[1] & 0x80:
+        return 1002
+    return 1009 if len(bad) > 1000 else 1007
+
+
+@pytest.mark.parametrize("code", [1012, 1013])
+async def test_service_restart_close_codes_slow_the_reconnect_down(code: int) -> None:
     echoed: list[tuple[int, bytes]] = []
 
     async def peer(session: RawSession) -> None:
@@ -396,9 +483,7 @@ async def test_service_restart_close_codes_slow_the_reconnect_down(
 
     server = RawServer(peer)
     extra = 'reconnect = { initial = "50ms", max = "700ms", jitter = 0.0 }'
-    text = config("URL", transport, extra).replace(
-        'reconnect = { initial = "50ms", max = "200ms" }\n', ""
-    )
+    text = config("URL", extra).replace('reconnect = { initial = "50ms", max = "200ms" }\n', "")
     with capture_logs() as logs:
         async with server.serve() as url, running(text.replace("URL", url)):
             await wait_until(lambda: len(Collect.seen["sink"]) >= 2, timeout=8)
@@ -409,7 +494,7 @@ async def test_service_restart_close_codes_slow_the_reconnect_down(
     assert echoed == [(OP_CLOSE, close_payload(code, "back soon"))]  # echoed, as RFC 6455 asks
 
 
-async def test_stop_sends_a_close_frame_and_waits_for_the_reply(transport: str) -> None:
+async def test_stop_sends_a_close_frame_and_waits_for_the_reply() -> None:
     closes: list[bytes] = []
 
     async def peer(session: RawSession) -> None:
@@ -423,7 +508,7 @@ async def test_stop_sends_a_close_frame_and_waits_for_the_reply(transport: str) 
                     return
 
     server = RawServer(peer)
-    async with server.serve() as url, running(config(url, transport)):
+    async with server.serve() as url, running(config(url)):
         await wait_until(lambda: len(Collect.seen["sink"]) == 1)
     assert closes == [close_payload(1000)]
 
@@ -431,9 +516,7 @@ async def test_stop_sends_a_close_frame_and_waits_for_the_reply(transport: str) 
 # -- backpressure --------------------------------------------------------------------
 
 
-async def test_a_slow_handler_pauses_reading_without_loss_or_keepalive_timeout(
-    transport: str,
-) -> None:
+async def test_a_slow_handler_pauses_reading_without_loss_or_keepalive_timeout() -> None:
     total = 1500
 
     async def peer(session: RawSession) -> None:
@@ -444,7 +527,7 @@ async def test_a_slow_handler_pauses_reading_without_loss_or_keepalive_timeout(
         finally:
             control.cancel()
 
-    text = config("URL", transport, 'ping_interval = "100ms"\nping_timeout = "100ms"')
+    text = config("URL", 'ping_interval = "100ms"\nping_timeout = "100ms"')
     text = text.replace('plugin = "collectors:Collect"\n[handlers.dlq]', _SLOW + "[handlers.dlq]")
     server = RawServer(peer)
     with capture_logs() as logs:
@@ -455,9 +538,7 @@ async def test_a_slow_handler_pauses_reading_without_loss_or_keepalive_timeout(
     assert not events(logs, "keepalive_timeout")
 
 
-async def test_stop_while_reading_is_paused_still_completes_the_close_handshake(
-    transport: str,
-) -> None:
+async def test_stop_while_reading_is_paused_still_completes_the_close_handshake() -> None:
     """A full handler queue pauses the socket; a stop must read the peer's close reply
     anyway, not wait ``close_timeout`` (5 s here) for a reply it cannot read."""
     closes: list[bytes] = []
@@ -480,7 +561,7 @@ async def test_stop_while_reading_is_paused_still_completes_the_close_handshake(
         finally:
             writer.cancel()
 
-    text = config("URL", transport).replace('close_timeout = "500ms"', 'close_timeout = "5s"')
+    text = config("URL").replace('close_timeout = "500ms"', 'close_timeout = "5s"')
     text = text.replace('plugin = "collectors:Collect"\n[handlers.dlq]', _SLOW + "[handlers.dlq]")
     server = RawServer(peer)
     async with server.serve() as url:
@@ -491,27 +572,6 @@ async def test_stop_while_reading_is_paused_still_completes_the_close_handshake(
         await wait_until(lambda: bool(closes))
     assert closes == [close_payload(1000)]
     assert stopped_in < 4.0, stopped_in  # the handshake completed: no close_timeout
-
-
-@NEEDS_PICOWS
-async def test_picows_reads_are_capped_so_its_buffer_cannot_grow_with_a_flood() -> None:
-    # picows doubles its read buffer whenever one read fills it; the transport caps
-    # what one read may take (white-box: the protocol the socket feeds).
-    from wsroute.transport_picows import _MAX_READ, _CappedReads
-
-    burst = b"".join(frame(OP_TEXT, tick(n)) for n in range(1, 30_001))  # ~1 MiB at once
-    assert len(burst) > 3 * _MAX_READ
-
-    async def peer(session: RawSession) -> None:
-        await session.send(burst)
-        await session.answer_control()
-
-    server = RawServer(peer)
-    async with server.serve() as url, running(config(url, "picows")) as svc:
-        await wait_until(lambda: len(Collect.seen["sink"]) == 30_000, timeout=20)
-        transport = svc.connections["up"]._ws.transport  # type: ignore[union-attr]
-        assert isinstance(transport.get_protocol(), _CappedReads)  # type: ignore[union-attr]
-    assert ids() == list(range(1, 30_001))
 
 
 class _CountedReads(asyncio.BufferedProtocol):
@@ -534,14 +594,17 @@ class _CountedReads(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.inner.connection_lost(exc)
 
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
 
-async def test_one_socket_read_is_at_most_read_size_bytes(transport: str) -> None:
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+async def test_one_socket_read_is_at_most_read_size_bytes() -> None:
     """A read's frames are parsed in one go with nothing else running: the read size
     bounds how long a flood holds the loop (a slow handler's timer waits that long)."""
-    if transport == "picows":
-        from wsroute.transport_picows import _MAX_READ as limit
-    else:
-        limit = READ_SIZE
+    limit = READ_SIZE
     burst = b"".join(frame(OP_TEXT, tick(n)) for n in range(1, 30_001))  # ~1 MiB at once
     assert len(burst) > 3 * limit
     go = anyio.Event()
@@ -553,21 +616,12 @@ async def test_one_socket_read_is_at_most_read_size_bytes(transport: str) -> Non
         await session.answer_control()
 
     server = RawServer(peer)
-    async with server.serve() as url, running(config(url, transport)) as svc:
+    async with server.serve() as url, running(config(url)) as svc:
         await wait_until(lambda: svc.connections["up"].connected)
         socket: Any = svc.connections["up"]._ws.transport  # type: ignore[union-attr]
         protocol: Any = socket.get_protocol()
-        # White-box: count what the socket hands the protocol per read.
-        if transport == "picows":
-            socket.set_protocol(_CountedReads(protocol, reads))
-        else:
-            received = protocol.data_received
-
-            def data_received(data: bytes) -> None:
-                reads.append(len(data))
-                received(data)
-
-            protocol.data_received = data_received
+        # White-box: count what the socket hands the frame reader per read.
+        socket.set_protocol(_CountedReads(protocol, reads))
         go.set()
         await wait_until(lambda: len(Collect.seen["sink"]) == 30_000, timeout=20)
     assert ids() == list(range(1, 30_001))
@@ -577,10 +631,10 @@ async def test_one_socket_read_is_at_most_read_size_bytes(transport: str) -> Non
 
 
 async def test_the_fast_frame_path_leaves_websockets_every_frame_but_plain_data() -> None:
-    """websockets transport: plain data frames are split out of the reads by wsroute, in
-    order, whatever the read boundaries (inside a header, inside a length, inside a
-    payload); a ping, a fragmented message and a frame above the fast path's partial
-    limit reach websockets' parser whole and do what they always did."""
+    """Plain data frames are split out of the reads by the frame reader, in order,
+    whatever the read boundaries (inside a header, inside a length, inside a payload,
+    a frame over many reads); a ping and a fragmented message reach websockets' parser
+    whole and do what they always do."""
     import random
 
     rng = random.Random(7)
@@ -595,7 +649,7 @@ async def test_the_fast_frame_path_leaves_websockets_every_frame_but_plain_data(
         + frame(OP_CONT, body[9:])
     )
     big_body = json.dumps({"type": "tick", "id": 53, "pad": "x" * 100_000}).encode()
-    big = frame(OP_TEXT, big_body)  # a 64-bit length, more than the fast path buffers
+    big = frame(OP_TEXT, big_body)  # a 64-bit length, over several reads
     later = b"".join(frame(OP_TEXT, tick(n)) for n in range(54, 101))
     first = b"".join(plain[:25]) + ping + b"".join(plain[25:]) + fragments
     go = anyio.Event()
@@ -621,7 +675,7 @@ async def test_the_fast_frame_path_leaves_websockets_every_frame_but_plain_data(
         await session.answer_control()
 
     server = RawServer(peer)
-    text = config("URL", "websockets")
+    text = config("URL")
     text = text.replace('max_frame_size = "64KiB"', 'max_frame_size = "1MiB"')
     async with server.serve() as url, running(text.replace("URL", url)) as svc:
         await wait_until(lambda: svc.connections["up"].connected)
@@ -635,20 +689,22 @@ async def test_the_fast_frame_path_leaves_websockets_every_frame_but_plain_data(
         connection.protocol.receive_data = receive_data
         go.set()
         await wait_until(lambda: len(Collect.seen["sink"]) == 100, timeout=10)
-        assert connection._fast  # back on the fast path after the big frame
-        # websockets' parser saw the ping, the three fragments and the big frame, whole,
-        # and nothing else: every plain frame went by the fast path.
-        assert sum(fed) == len(ping) + len(fragments) + len(big)
+        assert connection._fast  # back on the plain path after the fragments
+        # websockets' parser saw the ping and the three fragments, whole, and nothing
+        # else: every plain frame (the big one too, gathered over many reads) was
+        # split out by the reader.
+        assert sum(fed) == len(ping) + len(fragments)
     assert ids() == list(range(1, 101))
     assert Collect.seen["sink"][51].body == json.loads(body)  # the fragmented one, whole
+    assert Collect.seen["sink"][52].body["pad"] == "x" * 100_000  # the big one, whole
     assert pongs == [b"p1"]  # websockets answered the ping
-    assert sum(fed) > len(ping) + len(fragments) + len(big)  # the close frame, at the end
+    assert sum(fed) > len(ping) + len(fragments)  # the close frame, at the end
 
 
 # -- handshake -------------------------------------------------------------------------
 
 
-async def test_credentials_in_the_url_are_sent_as_basic_auth(transport: str) -> None:
+async def test_credentials_in_the_url_are_sent_as_basic_auth() -> None:
     seen: list[str | None] = []
 
     def record(ws: ServerConnection, request: Request) -> Response | None:
@@ -662,13 +718,13 @@ async def test_credentials_in_the_url_are_sent_as_basic_auth(transport: str) -> 
     with capture_logs() as logs:
         async with ws_server(accept, record) as url:
             secret = url.replace("ws://", "ws://feed%40user:s3cr3t@")
-            async with running(config(secret, transport)):
+            async with running(config(secret)):
                 await wait_until(lambda: len(Collect.seen["sink"]) == 1)
     assert seen == ["Basic " + base64.b64encode(b"feed@user:s3cr3t").decode()]
     assert "s3cr3t" not in repr(logs)
 
 
-async def test_subprotocol_is_offered_and_the_servers_choice_reported(transport: str) -> None:
+async def test_subprotocol_is_offered_and_the_servers_choice_reported() -> None:
     offered: list[str | None] = []
 
     async def accept(ws: ServerConnection) -> None:
@@ -676,7 +732,7 @@ async def test_subprotocol_is_offered_and_the_servers_choice_reported(transport:
         await ws.send(tick(1).decode())
         await ws.wait_closed()
 
-    text = config("URL", transport, 'subprotocols = ["v1.feed", "v2.feed"]')
+    text = config("URL", 'subprotocols = ["v1.feed", "v2.feed"]')
     with capture_logs() as logs:
         async with (
             ws_server(accept, subprotocols=["v2.feed"]) as url,  # type: ignore[list-item]
@@ -688,9 +744,7 @@ async def test_subprotocol_is_offered_and_the_servers_choice_reported(transport:
 
 
 @pytest.mark.parametrize("status", [429, 503])
-async def test_refused_handshake_reports_status_and_retry_after(
-    transport: str, status: int
-) -> None:
+async def test_refused_handshake_reports_status_and_retry_after(status: int) -> None:
     attempts: list[float] = []
 
     async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -706,7 +760,7 @@ async def test_refused_handshake_reports_status_and_retry_after(
     port = server.sockets[0].getsockname()[1]
     try:
         with capture_logs() as logs:
-            async with running(config(f"ws://127.0.0.1:{port}/", transport)):
+            async with running(config(f"ws://127.0.0.1:{port}/")):
                 await wait_until(lambda: len(attempts) >= 2, timeout=5)
     finally:
         server.close()
@@ -720,12 +774,12 @@ async def test_refused_handshake_reports_status_and_retry_after(
 
 
 @pytest.mark.parametrize("confirm", ["pong", "write"])
-async def test_websocket_sink_forwards_and_confirms(transport: str, confirm: str) -> None:
+async def test_websocket_sink_forwards_and_confirms(confirm: str) -> None:
     target = ScriptedUpstream()
     async with target.serve() as url:
         handler: Any = build_handler(
             "websocket",
-            {"url": url, "transport": transport, "compression": "none", "confirm": confirm},
+            {"url": url, "compression": "none", "confirm": confirm},
         )
         async with run_handler(handler):
             with anyio.fail_after(5):
@@ -738,21 +792,14 @@ async def test_websocket_sink_forwards_and_confirms(transport: str, confirm: str
 # -- config ------------------------------------------------------------------------------
 
 
-def test_picows_with_compression_is_a_config_error() -> None:
+def test_picows_is_refused_naming_the_replacement() -> None:
     text = '[connections.up]\nurl = "ws://127.0.0.1:1/"\ntransport = "picows"\n'
     with pytest.raises(ConfigError) as caught:
         loads(text + '[routes.all]\nhandlers = ["h"]\n[handlers.h]\nplugin = "log"\n')
     (issue,) = caught.value.issues
     assert issue.path == "connections.up.transport"
-    assert 'compression = "none"' in issue.message
+    assert 'use transport = "websockets" (the default)' in issue.message
     assert issue.line == 3
-
-
-@NEEDS_PICOWS
-def test_picows_with_compression_none_is_valid() -> None:
-    text = '[connections.up]\nurl = "ws://127.0.0.1:1/"\ntransport = "picows"\n'
-    text += 'compression = "none"\n[routes.all]\nhandlers = ["h"]\n[handlers.h]\nplugin = "log"\n'
-    assert loads(text).connections["up"].transport == "picows"
 
 
 def test_unknown_transport_names_the_choices() -> None:
@@ -761,19 +808,4 @@ def test_unknown_transport_names_the_choices() -> None:
         loads(text)
     (issue,) = caught.value.issues
     assert issue.path == "connections.up.transport"
-    assert "picows" in issue.message
-
-
-def test_picows_not_installed_is_a_config_error_naming_the_extra(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "picows" else find_spec(name)
-    )
-    text = '[connections.up]\nurl = "ws://127.0.0.1:1/"\ntransport = "picows"\n'
-    with pytest.raises(ConfigError) as caught:
-        loads(text + 'compression = "none"\n')
-    (issue,) = caught.value.issues
-    assert issue.path == "connections.up.transport"
-    assert 'pip install "wsroute[fast]"' in issue.message
+    assert "websockets" in issue.message

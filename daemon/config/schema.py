@@ -397,8 +397,8 @@ class ConnectionSection:
         default_factory=list,
     )
     transport: Literal["websockets", "picows"] = _doc(
-        'The WebSocket client library: websockets, or picows (faster; needs the "fast" extra, '
-        'compression = "none").',
+        "The WebSocket client: websockets (wsroute's frame reader over websockets' protocol). "
+        '"picows" was removed and is refused.',
         default="websockets",
     )
     tls: TlsSection = _doc("TLS options.", default_factory=TlsSection)
@@ -431,17 +431,11 @@ class ConnectionSection:
             # 0 would mean "unlimited" to websockets: refused rather than meant silently.
             raise ValueError("max_frame_size must be at least 1B (there is no unlimited), got 0")
         if self.transport == "picows":
-            # picows has no permessage-deflate. Refused rather than dropped silently:
-            # the connection would offer something else than the file says.
-            if self.compression != "none":
-                raise ValueError(
-                    'transport "picows" cannot compress (no permessage-deflate): '
-                    'add compression = "none" to this connection'
-                )
-            if importlib.util.find_spec("picows") is None:
-                raise ValueError(
-                    'transport "picows" needs the picows package: pip install "wsroute[fast]"'
-                )
+            # Removed: slower than the default transport, and not at parity with it
+            # (docs/architecture.md). Refused with the replacement, not dropped silently.
+            raise ValueError(
+                'transport "picows" was removed: use transport = "websockets" (the default)'
+            )
         for name, value in self.headers.items():
             if not _HEADER_NAME.fullmatch(name):
                 raise ValueError(f"headers: {show_value(name)} is not a valid HTTP header name")

@@ -161,8 +161,7 @@ class RawSession:
 
     def stop_reading(self) -> None:
         """Stop reading the socket: the client's pings pile up unanswered (a half-open peer)."""
-        transport = self.writer.transport
-        assert isinstance(transport, asyncio.Transport)
+        transport: Any = self.writer.transport  # asyncio's or uvloop's: the same methods
         transport.pause_reading()
 
     async def fin(self) -> None:

@@ -26,17 +26,13 @@ from wsroute.testing import wait_until
 from wsroute.transport import MAX_REDIRECTS
 
 from collectors import Collect
-from conftest import need, running, tcp_server
+from conftest import running, tcp_server
 from peers import OP_TEXT, accept_key, events, frame
 
 pytestmark = pytest.mark.anyio
 
 TRANSPORTS = [
     "websockets",
-    pytest.param(
-        "picows",
-        marks=need("picows"),
-    ),
 ]
 
 BEARER = "Bearer hdr-s3cret-token"
