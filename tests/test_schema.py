@@ -191,7 +191,7 @@ def test_a_full_schema_has_plugin_paths_plugins_the_builtins_one_does_not(
 
                 @dataclass
                 class Options:
-                    depth: int = field(default=3, metadata={"doc": "How deep."})
+                    depth: int = field(default=3, metadata={"doc": "How deep.", "minimum": 1})
 
                 def __init__(self, options, ctx):
                     pass
@@ -217,9 +217,13 @@ def test_a_full_schema_has_plugin_paths_plugins_the_builtins_one_does_not(
     ]
     assert probe[0]["then"]["properties"]["depth"] == {
         "type": "integer",
+        "minimum": 1,  # its bounds: checked by wsroute check, stated here, listed by plugins
         "description": "How deep.",
         "default": 3,
     }
+    assert main(["plugins", "-c", str(config), "--json"]) == 0
+    (listed,) = [p for p in json.loads(capsys.readouterr().out) if p["name"].endswith(":Probe")]
+    assert listed["options"][0]["type"] == "integer, at least 1"
     assert "wsr_schema_probe" not in json.dumps(only)
     assert only == builtins()
 

@@ -72,7 +72,7 @@ def _option_docs(cls: type) -> list[dict[str, Any]]:
             value = toml_default(tp, f.default_factory())
         entry: dict[str, Any] = {
             "name": doc.name,
-            "type": doc.type,
+            "type": f"{doc.type}, {doc.bounds}" if doc.bounds else doc.type,
             "default": value,
             "doc": doc.doc,
             "required": doc.required,
