@@ -379,6 +379,7 @@ def bounds_problem(tp: Any, metadata: Mapping[str, Any], value: Any) -> str | No
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     low, above, high = (metadata.get(key) for key in BOUNDS)
+    note = f" ({metadata['bound_note']})" if metadata.get("bound_note") else ""
 
     def show(number: float) -> str:
         if _unwrap(tp) is Size:
@@ -392,7 +393,7 @@ def bounds_problem(tp: Any, metadata: Mapping[str, Any], value: Any) -> str | No
     if low is not None and value < low:
         if low == 0:
             return f"must not be negative, got {show(value)}"
-        return f"must be at least {show(low)}, got {show(value)}"
+        return f"must be at least {show(low)}{note}, got {show(value)}"
     if above is not None and value <= above:
         return f"must be above {above!r}"
     if high is not None and value > high:

@@ -48,7 +48,7 @@ def _doc(text: str, *, schema: dict[str, Any] | None = None, **kw: Any) -> Any:
     checked by the converter and stated in the JSON Schema; ``schema`` adds JSON
     Schema keywords for a rule ``__post_init__`` checks (a URL's scheme)."""
     metadata: dict[str, Any] = {"doc": text}
-    for key in BOUNDS:
+    for key in (*BOUNDS, "bound_note"):  # bound_note: why, added to a bound's error
         if key in kw:
             metadata[key] = kw.pop(key)
     if schema:
@@ -371,6 +371,7 @@ class ConnectionSection:
         "Larger frames close the connection (1009). There is no unlimited: 0 is refused.",
         default=Size(2**20),
         minimum=1,
+        bound_note="there is no unlimited",
     )
     open_timeout: Duration = _doc("TCP + TLS + handshake budget.", default=Duration(10.0))
     close_timeout: Duration = _doc(
