@@ -187,3 +187,18 @@ def test_a_reload_into_any_bad_url_keeps_the_daemon_running_and_delivering(
             proc.send_signal(15)  # SIGTERM
             assert proc.wait(30) == 0, proc.log_text()[-3000:]
             assert time.monotonic() - began < 30
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?socket_timeout=soon",
+        f"redis://user:{SECRET}@127.0.0.1:6379/0?health_check_interval=often",
+    ],
+)
+def test_a_redis_url_its_client_cannot_parse_is_refused_at_load(url: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        plan(loads(config_text({"handlers.cache.url": url})))
+    [issue] = error.value.issues
+    assert issue.path == "handlers.cache.url"
+    assert SECRET not in str(issue)

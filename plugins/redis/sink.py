@@ -65,7 +65,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from wsroute import Duration, HandlerContext, Message
-from wsroute.net import check_url, redact_url
+from wsroute.net import redact_url
 from wsroute.records import encode_record
 
 from .batcher import Batcher
@@ -74,6 +74,7 @@ from .entry import encode_entry_bytes, pack_entry_bytes, pack_messages
 from .outage import unavailable
 from .roundtrip import Command, Link, round_trip
 from .shards import SHARD, hash_tag, shard_of, shard_stream
+from .url import check_redis_url
 
 __all__ = ["ROUND_TRIP_MAX", "RedisHandler", "SinkStats"]
 
@@ -190,7 +191,7 @@ class RedisHandler:
             if scheme not in ("redis", "rediss", "unix"):
                 shown = redact_url(self.url)
                 raise ValueError(f"url must be redis://, rediss:// or unix://, got {shown!r}")
-            check_url(self.url, ("redis", "rediss", "unix"), needs_host=scheme != "unix")
+            check_redis_url(self.url)
             if self.max_len < 0:
                 raise ValueError(f"max_len must not be negative, got {self.max_len}")
             if self.socket_timeout <= 0:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from wsroute import Duration
-from wsroute.net import check_url
 
 from .reclaim import ReclaimOptions
+from .url import check_redis_url
 
 __all__ = ["ReadOptions", "StreamSourceOptions", "StreamStats", "default_consumer"]
 
@@ -116,9 +116,7 @@ class StreamSourceOptions:
             # Only the scheme: the rest of the URL may hold a password.
             scheme = self.url.partition(":")[0]
             raise ValueError(f"url must be redis://, rediss:// or unix://, not {scheme!r}")
-        check_url(
-            self.url, ("redis", "rediss", "unix"), needs_host=not self.url.startswith("unix:")
-        )
+        check_redis_url(self.url)
         if self.max_deliveries < 0:
             raise ValueError(f"max_deliveries must not be negative, got {self.max_deliveries}")
         if self.max_in_flight < 1:
