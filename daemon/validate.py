@@ -318,10 +318,12 @@ def convert(tp: Any, value: Any, path: str, issues: list[ConfigIssue]) -> Any:
 
 
 def _whole(value: Any) -> bool:
-    """An integer, or a float with nothing after the point (``3.0``)."""
+    """An integer, or a float with nothing after the point (``3.0``) in TOML's integer range."""
     if isinstance(value, bool):
         return False
-    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, float):
+        return value.is_integer() and int(value) in _INT_RANGE
+    return isinstance(value, int)
 
 
 def _fail(issues: list[ConfigIssue], path: str, tp: Any, value: Any) -> Any:

@@ -146,6 +146,10 @@ def test_convert_size() -> None:
 def test_convert_scalars() -> None:
     assert ok(str, "a") == "a"
     assert ok(int, 3) == 3
+    # A whole float is an integer, as JSON Schema's "integer" (the editor's check) says.
+    assert ok(int, 3.0) == 3
+    assert isinstance(ok(int, 3.0), int)
+    assert ok(Size, 2048.0) == 2048
     assert ok(float, 3) == 3.0
     assert isinstance(ok(float, 3), float)
     assert ok(bool, False) is False
@@ -160,6 +164,7 @@ def test_convert_scalars() -> None:
         (int, "1", 'expected an integer, got "1"'),
         (int, True, "expected an integer, got true"),
         (int, 1.5, "expected an integer, got 1.5"),
+        (int, 1e30, "expected an integer, got 1e+30"),  # outside TOML's 64-bit integers
         (float, True, "expected a number, got true"),
         (bool, 1, "expected a boolean, got 1"),
         (bytes, "zz", 'expected hex bytes like "02 00 00 00", got "zz"'),
