@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from ..plugin import Duration, Size
-from ..validate import format_duration, format_size
+from ..validate import MAX_SIZE, format_duration, format_size
 from .schema import (
     SECTIONS,
     CodecSection,
@@ -247,7 +247,7 @@ def _type_only(tp: Any, metadata: Mapping[str, Any]) -> dict[str, Any]:
     if tp is Size:
         low = metadata.get("minimum") or 0
         text = {"type": "string", "pattern": f"^{_NONZERO if low > 0 else ''}{_SIZE}"}
-        number = {"type": "integer", "minimum": low}
+        number = {"type": "integer", "minimum": low, "maximum": MAX_SIZE}
         return {
             **_or_interpolated({"if": {"type": "number"}, "then": number, "else": text}),
             "examples": ["1MiB"],
