@@ -113,6 +113,14 @@ def test_every_name_plugins_md_uses_is_in_its_import_list() -> None:
     assert listed <= public
 
 
+def test_all_is_the_import_list_the_other_errors_and_the_library_face() -> None:
+    # As plugins.md says under its import list.
+    others = {"WsrouteError", "PluginError", "CodecError", "ConnectionClosed", "__version__"}
+    assert set(wsroute.__all__) == _import_list() | others | LIBRARY_NAMES
+    for name in others - {"__version__"}:
+        assert f"`{name}`" in PLUGINS_MD
+
+
 def test_every_export_is_documented() -> None:
     docs = PLUGINS_MD + LIBRARY_MD
     undocumented = [
