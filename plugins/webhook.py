@@ -212,11 +212,20 @@ class WebhookHandler:
                 ("http://", "https://")
             ):
                 raise ValueError(
-                    f'proxy must be "none", "env" or an http(s):// URL: {self.proxy!r}'
+                    f'proxy must be "none", "env" or an http(s):// URL, '
+                    f'got "{redact_url(self.proxy)}"'
                 )
+            if self.proxy not in ("none", "env"):
+                check_url(self.proxy, ("http", "https"), key="proxy")
             for name, value in self.headers.items():
                 if "\r" in value or "\n" in value:
                     raise ValueError(f"headers: the value of {name} must not contain a line break")
+                if not (value.isascii() and value.isprintable()):
+                    # httpx sends ASCII only: refused here rather than at every request.
+                    raise ValueError(
+                        f"headers: the value of {name} must be printable ASCII (no control "
+                        "characters)"
+                    )
 
     def __init__(self, options: Options, ctx: HandlerContext) -> None:
         self.options = options

@@ -9,6 +9,7 @@ running and delivering.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import textwrap
 import time
@@ -202,3 +203,28 @@ def test_a_redis_url_its_client_cannot_parse_is_refused_at_load(url: str) -> Non
     [issue] = error.value.issues
     assert issue.path == "handlers.cache.url"
     assert SECRET not in str(issue)
+
+
+@pytest.mark.parametrize(
+    ("place", "value", "expected"),
+    [
+        ("connections.up", "é€", "must be Latin-1 text without control characters"),
+        ("connections.up", "a\x01b", "must be Latin-1 text without control characters"),
+        ("handlers.hook", "é", "must be printable ASCII"),
+    ],
+)
+def test_a_header_value_its_client_would_refuse_is_refused_at_load(
+    place: str, value: str, expected: str
+) -> None:
+    # The connection's client refused it when it connected (the daemon crashed);
+    # the webhook's at every request.
+    text = config_text({}).replace(
+        PLACES[f"{place}.url"][0],
+        PLACES[f"{place}.url"][0] + f"headers = {{ X-A = {json.dumps(value)} }}\n",
+    )
+    with pytest.raises(ConfigError) as error:
+        plan(loads(text))
+    [issue] = error.value.issues
+    assert issue.path == f"{place}.headers"
+    assert expected in issue.message
+    assert value not in str(issue)

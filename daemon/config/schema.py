@@ -327,6 +327,7 @@ def _has_userinfo(url: str) -> bool:
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 _PROXY_SCHEMES = ("http://", "https://", "socks5://", "socks5h://", "socks4://")
 
 
@@ -443,6 +444,11 @@ class ConnectionSection:
             if "\r" in value or "\n" in value:
                 # The value itself is not shown: it is often a secret.
                 raise ValueError(f"headers: the value of {name} must not contain a line break")
+            if not _HEADER_VALUE.fullmatch(value):
+                # What websockets refuses when the connection opens: refused here instead.
+                raise ValueError(
+                    f"headers: the value of {name} must be Latin-1 text without control characters"
+                )
         if any(name.lower() == "authorization" for name in self.headers) and _has_userinfo(
             self.url
         ):
