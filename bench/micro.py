@@ -201,7 +201,7 @@ def parse_costs(rows: list[tuple[str, float]]) -> None:
     from wsroute.reader import FrameReader
 
     reader = FrameReader(
-        ClientProtocol(parse_uri("ws://bench/"), state=State.OPEN, max_size=2**20), 1.0
+        ClientProtocol(parse_uri("ws://bench/"), state=State.OPEN, max_size=2**20), 2**20, 1.0
     )
     reader._open = reader._fast = True  # as after a handshake
     view = reader.get_buffer(-1)

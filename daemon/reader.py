@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import Any, cast
 
 from websockets.client import ClientProtocol
@@ -86,12 +85,12 @@ class FrameReader(asyncio.BufferedProtocol):
     :attr:`inbox` then receives every data message, in order.
     """
 
-    def __init__(self, protocol: ClientProtocol, close_timeout: float) -> None:
+    def __init__(self, protocol: ClientProtocol, limit: int, close_timeout: float) -> None:
         self.protocol = protocol
         self.close_timeout = close_timeout
-        limit = protocol.max_message_size
-        #: The largest plain frame (``max_frame_size``: websockets' own limit).
-        self.limit: int = limit if limit is not None else 1 << 62
+        #: The largest plain frame: ``max_frame_size``, the ``max_size`` ``protocol``
+        #: was made with (websockets refuses larger frames and messages: 1009).
+        self.limit = limit
         self.inbox = Inbox()
         self.inbox.socket = self  # the inbox pauses and resumes reading through us
         self.transport: asyncio.Transport | None = None
@@ -128,8 +127,8 @@ class FrameReader(asyncio.BufferedProtocol):
         self._response: asyncio.Future[None] | None = None
         self._head_tail = b""
         self._head_done = False
-        #: Called whenever the protocol leaves the open state (the reader wakes).
-        self.on_closing: Callable[[], None] | None = None
+        #: The subprotocol the server chose (its answer's header, which websockets checked).
+        self.subprotocol: str | None = None
 
     # -- the handshake -----------------------------------------------------------
 
@@ -163,21 +162,22 @@ class FrameReader(asyncio.BufferedProtocol):
         protocol = self.protocol
         response = self._response
         assert response is not None
-        answered = any(isinstance(event, Response) for event in protocol.events_received())
-        if not answered and rest and protocol.handshake_exc is None:
+        answers = [e for e in protocol.events_received() if isinstance(e, Response)]
+        if not answers and rest and protocol.handshake_exc is None:
             # Not a 101 (which has no body): what follows the head is its body.
             protocol.receive_data(rest)
             rest = b""
-            answered = any(isinstance(event, Response) for event in protocol.events_received())
+            answers = [e for e in protocol.events_received() if isinstance(e, Response)]
         self._flush()
         failed = protocol.handshake_exc
         if failed is not None:
             if not response.done():
                 response.set_exception(_handshake_error(failed))
             return
-        if not answered:
+        if not answers:
             return
         # Open: the parser is between two frames with nothing buffered.
+        self.subprotocol = answers[0].headers.get("Sec-WebSocket-Protocol")
         self._response = None
         self._open = self._fast = True
         if not response.done():
@@ -565,8 +565,6 @@ class FrameReader(asyncio.BufferedProtocol):
         if was_open:
             self._update_reading()
             self.inbox.wake()
-            if self.on_closing is not None:
-                self.on_closing()
 
     # -- writing -------------------------------------------------------------------
 

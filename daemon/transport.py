@@ -284,7 +284,7 @@ async def open_websockets(
         request.headers[name] = value
     if "User-Agent" not in request.headers:
         request.headers["User-Agent"] = _USER_AGENT
-    reader = FrameReader(protocol, s.close_timeout)
+    reader = FrameReader(protocol, int(s.max_frame_size), s.close_timeout)
     with anyio.fail_after(s.open_timeout or None):
         transport = await _connect(s, context, uri.host, uri.port, reader)
         try:
@@ -342,7 +342,7 @@ class WebsocketsTransport:
 
     @property
     def subprotocol(self) -> str | None:
-        return self.reader.protocol.subprotocol
+        return self.reader.subprotocol
 
     @property
     def transport(self) -> asyncio.BaseTransport | None:

@@ -225,7 +225,8 @@ SessionHandler = Callable[[RawSession], Awaitable[None]]
 class RawServer:
     """A TCP server on 127.0.0.1 that does the WebSocket upgrade itself.
 
-    ``deflate=True`` accepts a permessage-deflate offer (with
+    ``ssl`` (a server context) serves ``wss://``. ``deflate=True`` accepts a
+    permessage-deflate offer (with
     ``server_no_context_takeover``, so every message inflates on its own).
     ``preamble`` is written in the same ``write()`` as the 101 answer, so that
     frames reach the client in the packet that completes its handshake.
@@ -234,10 +235,17 @@ class RawServer:
     """
 
     def __init__(
-        self, handler: SessionHandler, *, deflate: bool = False, preamble: bytes = b""
+        self,
+        handler: SessionHandler,
+        *,
+        deflate: bool = False,
+        preamble: bytes = b"",
+        ssl: Any = None,
     ) -> None:
         self.handler = handler
         self.deflate = deflate
+        #: A server ``ssl.SSLContext``: the URL is then ``wss://``.
+        self.ssl = ssl
         self.preamble = preamble
         self.connections = 0
         self.sessions: list[RawSession] = []
@@ -254,9 +262,9 @@ class RawServer:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-        server = await asyncio.start_server(client_connected, "127.0.0.1", 0)
+        server = await asyncio.start_server(client_connected, "127.0.0.1", 0, ssl=self.ssl)
         port = server.sockets[0].getsockname()[1]
-        self.url = f"ws://127.0.0.1:{port}/"
+        self.url = f"{'wss' if self.ssl is not None else 'ws'}://127.0.0.1:{port}/"
         try:
             yield self.url
         finally:

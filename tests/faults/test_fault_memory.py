@@ -1,4 +1,4 @@
-"""A compression flood against the real daemon: memory stays within the configured bounds.
+"""A compression flood and a deflate bomb against the real daemon: memory stays within bounds.
 
 The upstream is a websockets server (permessage-deflate on) that writes text
 frames of ~900 KiB — one JSON string — which deflate to about a kilobyte each,
@@ -7,17 +7,24 @@ subprocess with small bounds (``queue_bytes``, ``memory_budget``) and two slow
 handlers, one under ``block`` and one under ``drop-newest``. The test samples
 the daemon's resident memory from /proc (``VmRSS``, and ``VmHWM`` for the
 peak) and checks that the peak stays below what it was before the flood plus
-the memory budget plus 64 MiB of slack, that the budget really held the
+the memory budget plus 32 MiB of slack, that the budget really held the
 reader back, and that at shutdown every frame read is still accounted for.
-Before queues were bounded in bytes, 2,000 such frames took the daemon to 3.7 GB.
+Before queues were bounded in bytes, 2,000 such frames took the daemon to 3.7 GB;
+before the frame reader bounded every read itself, uvloop (whose transports
+ignore asyncio's read size) peaked 64 MiB higher than asyncio's loop.
+
+Both run on both event loops (``[daemon] event_loop``), over ``ws://`` and
+``wss://`` (TLS decrypts into the same bounded reads).
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import ssl
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -26,7 +33,7 @@ from test_fault_process import Run, daemon, exit_code, wait_for
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from peers import events, ws_server
+from peers import OP_BINARY, RawServer, RawSession, deflate_bomb, events, frame, ws_server
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +43,7 @@ BODY = "x" * 900_000
 FRAME = f'"{BODY}"'  # one JSON string: decoded, the body is a 900 KB str
 QUEUE_BYTES = 32 * MiB
 MEMORY_BUDGET = 64 * MiB
-SLACK = 64 * MiB
+SLACK = 32 * MiB
 FLOOD_SECONDS = 6.0
 
 PLUGIN = '''
@@ -77,6 +84,7 @@ shutdown_timeout = "1s"
 dead_letter = "dlq"
 plugin_paths = ["{{plugins}}"]
 memory_budget = "{MEMORY_BUDGET // MiB}MiB"
+event_loop = "{{loop}}"
 
 [connections.up]
 url = "{{url}}"
@@ -84,6 +92,8 @@ codec = "json"
 compression = "deflate"
 max_frame_size = "1MiB"
 close_timeout = "500ms"
+reconnect = {{{{ initial = "50ms", max = "200ms" }}}}
+{{tls}}
 
 [routes.all]
 handlers = ["blocking", "dropping"]
@@ -135,16 +145,52 @@ class Flood:
             await ws.wait_closed()
 
 
-async def test_a_compression_flood_stays_within_the_memory_bounds(tmp_path: Path) -> None:
-    run = Run(tmp_path)
-    flood = Flood()
-    plugins = tmp_path / "plugins"
+@dataclass
+class Wire:
+    """The daemon's event loop and the upstream's scheme."""
+
+    loop: str
+    secure: bool
+    server_tls: ssl.SSLContext | None = None
+    tls: str = ""  # the connection's tls table, trusting the test CA
+
+
+@pytest.fixture(
+    params=[("asyncio", False), ("asyncio", True), ("uvloop", False), ("uvloop", True)],
+    ids=["asyncio-ws", "asyncio-wss", "uvloop-ws", "uvloop-wss"],
+)
+def wire(request: pytest.FixtureRequest, tmp_path: Path) -> Wire:
+    loop, secure = request.param
+    made = Wire(loop, secure)
+    if secure:
+        import trustme
+
+        ca = trustme.CA()
+        made.server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(made.server_tls)
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        made.tls = f'tls = {{ ca_file = "{ca_file}" }}'
+    return made
+
+
+def write_config(run: Run, url: str, wire: Wire) -> None:
+    plugins = run.root / "plugins"
     plugins.mkdir()
     (plugins / "sleepy.py").write_text(textwrap.dedent(PLUGIN), encoding="utf-8")
     plugins.chmod(0o700)
+    text = CONFIG.format(plugins=plugins, url=url, loop=wire.loop, tls=wire.tls)
+    run.config.write_text(text, encoding="utf-8")
+
+
+async def test_a_compression_flood_stays_within_the_memory_bounds(
+    tmp_path: Path, wire: Wire
+) -> None:
+    run = Run(tmp_path)
+    flood = Flood()
     # websockets' server: permessage-deflate is on by default, with context takeover.
-    async with ws_server(flood.handler, max_size=2 * MiB) as url:
-        run.config.write_text(CONFIG.format(plugins=plugins, url=url), encoding="utf-8")
+    async with ws_server(flood.handler, max_size=2 * MiB, ssl=wire.server_tls) as url:
+        write_config(run, url, wire)
         async with daemon(run) as proc:
             await wait_for(lambda: flood.connections == 1, 10, "the daemon to connect")
             await anyio.sleep(0.3)  # settle: imports done, handshake answered
@@ -192,3 +238,43 @@ async def test_a_compression_flood_stays_within_the_memory_bounds(tmp_path: Path
     assert totals["dropping"]["dropped"] > 0
     dead = totals["blocking"]["dead_lettered"] + totals["dropping"]["dead_lettered"]
     assert totals["dlq"]["received"] == dead
+
+
+async def test_a_deflate_bomb_is_refused_within_the_memory_bounds(
+    tmp_path: Path, wire: Wire
+) -> None:
+    """Every connection gets one compressed frame that inflates to 256 MiB of zeros:
+    websockets refuses it (1009) past max_frame_size, the reader delivers nothing of
+    it, and memory stays within the budget plus the slack, connection after connection."""
+    run = Run(tmp_path)
+    bomb = frame(OP_BINARY, deflate_bomb(256 * MiB), rsv1=True)
+
+    async def peer(session: RawSession) -> None:
+        assert session.deflate
+        await session.send(bomb)
+        await session.wait_eof()
+
+    server = RawServer(peer, deflate=True, ssl=wire.server_tls)
+    async with server.serve() as url:
+        write_config(run, url, wire)
+        async with daemon(run) as proc:
+            await wait_for(lambda: server.connections >= 1, 10, "the daemon to connect")
+            before, _ = memory(proc.pid)
+            peak = before
+            with anyio.fail_after(20):
+                while server.connections < 4:
+                    rss, hwm = memory(proc.pid)
+                    peak = max(peak, rss, hwm)
+                    await anyio.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            code = await exit_code(proc, 15)
+    log = run.log()
+    assert code == 0, run.stderr.read_text()[-3000:]
+    lost = events(log, "connection_lost")
+    assert len(lost) >= 3
+    assert {e["code"] for e in lost} == {1009}
+    assert not events(log, "frame_undecodable")
+    totals = {e["handler"]: e for e in events(log, "delivery_totals")}
+    assert totals["blocking"]["received"] == 0  # nothing of the bomb was delivered
+    limit = before + MEMORY_BUDGET + SLACK
+    assert peak < limit, f"peak RSS {peak / MiB:.1f} MiB >= {limit / MiB:.1f} MiB"
