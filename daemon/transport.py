@@ -216,6 +216,7 @@ def _follow(
     try:
         # User info in a Location is never used: credentials come from the config only.
         target = split_user_info(target)[0]
+        shown = redact_url(target, section.log_query_keys)  # what is followed: no user info
         target_origin = _origin(target)
     except (BadURL, InvalidURI):
         why = "not a ws:// or wss:// URL"

@@ -63,8 +63,9 @@ def _accept(key: str) -> str:
 class Echoer:
     """An upstream that answers each connect differently, echoing the credentials back.
 
-    1: ``401`` with the Authorization value in its reason phrase, a header and the body;
-    2: a ``101`` whose ``Sec-WebSocket-Accept`` is the Authorization value (the
+    1: ``401`` with the credentials (the Authorization value the URL's user info
+    makes and the token header) in its reason phrase, a header and the body;
+    2: a ``101`` whose ``Sec-WebSocket-Accept`` is those credentials (the
     library quotes the bad header in its error); 3 and on: a proper upgrade, then
     a close frame whose reason holds the token.
     """
@@ -85,7 +86,10 @@ class Echoer:
                     name, sep, value = line.partition(":")
                     if sep:
                         headers.setdefault(name.strip().lower(), value.strip())
-                auth = headers.get("authorization", "")
+                # The URL's user info (Basic) and the token header, echoed together.
+                auth = " ".join(
+                    v for v in (headers.get("authorization"), headers.get("x-token")) if v
+                )
                 self.seen.append(auth)
                 if number == 1:
                     body = f"bad credentials: {auth}".encode()
@@ -138,7 +142,7 @@ url = "ws://feed%40user:{password}@127.0.0.1:{port}/feed?jwt={jwt}&pwd={pwd}&acc
 transport = "{transport}"
 compression = "none"
 close_timeout = "300ms"
-headers = {{ Authorization = "Bearer ${{file:token.txt}}" }}
+headers = {{ X-Token = "Bearer ${{file:token.txt}}" }}
 log_query_keys = ["page"]
 reconnect = {{ initial = "50ms", max = "100ms" }}
 
@@ -218,7 +222,8 @@ async def test_no_resolved_secret_reaches_the_daemons_output(
     stdout = out_path.read_text(errors="replace")
     stderr = err_path.read_text(errors="replace")
     # The upstream did get the credentials (so there was something to leak).
-    assert echoer.seen[0].startswith(("Basic ", "Bearer "))
+    assert echoer.seen[0].startswith("Basic ")
+    assert f"Bearer {TOKEN}" in echoer.seen[0]
     output = stdout + stderr
     for secret in SECRETS:
         assert secret not in output, secret
@@ -309,7 +314,7 @@ def test_loading_a_config_registers_what_it_resolved(tmp_path: Path) -> None:
 [connections.a]
 url = "wss://u-s3cret-Q3:p%40ss-s3cret-Q4@example.com/?session=sess-s3cret-Q5&page=page-value-Q6"
 [connections.a.headers]
-Authorization = "Bearer ${file:tok}"
+X-Token = "Bearer ${file:tok}"
 X-Api-Key = "${credential:api}"
 X-Env = "${ENVSECRET}"
 [routes.r]

@@ -7,6 +7,8 @@ itself on both transports, by the connection's ``redirects`` key: the
 ``Authorization`` and custom headers, and the URL's ``user:password@`` (sent
 as Basic auth), go to the configured origin only; every redirect is logged,
 without the secrets; a refused one is a failed attempt, retried with backoff.
+Each test runs with the ``Authorization`` coming from a header and from the
+URL's user info (both at once is a config error), a custom header beside it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ def _reset_collectors() -> None:
 
 @pytest.fixture(params=TRANSPORTS)
 def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+#: Where the ``Authorization`` comes from: a configured header, or the URL's user info.
+CREDENTIALS = {"header": BEARER, "userinfo": BASIC}
+
+
+@pytest.fixture(params=sorted(CREDENTIALS))
+def credential(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
@@ -137,7 +148,7 @@ compression = "none"
 close_timeout = "300ms"
 open_timeout = "3s"
 reconnect = { initial = "50ms", max = "200ms" }
-headers = { Authorization = "BEARER", X-Api-Key = "API_KEY" }
+HEADERS
 POLICY
 
 [routes.data]
@@ -149,13 +160,15 @@ plugin = "collectors:Collect"
 """
 
 
-def config(start: Upstream, path: str, transport: str, policy: str | None) -> str:
-    url = f"ws://{USER}:{PASSWORD}@{start.origin}{path}"
+def config(start: Upstream, path: str, transport: str, policy: str | None, credential: str) -> str:
+    userinfo = f"{USER}:{PASSWORD}@" if credential == "userinfo" else ""
+    headers = f'X-Api-Key = "{API_KEY}"'
+    if credential == "header":
+        headers = f'Authorization = "{BEARER}", {headers}'
     return (
-        CONFIG.replace("URL", url)
+        CONFIG.replace("URL", f"ws://{userinfo}{start.origin}{path}")
         .replace("TRANSPORT", transport)
-        .replace("BEARER", BEARER)
-        .replace("API_KEY", API_KEY)
+        .replace("HEADERS", f"headers = {{ {headers} }}")
         .replace("POLICY", f'redirects = "{policy}"' if policy else "")
     )
 
@@ -174,18 +187,20 @@ def credentials_of(request: Request) -> list[str]:
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 async def test_same_origin_refuses_another_origin_and_sends_it_nothing(
-    transport: str, status: int
+    transport: str, credential: str, status: int
 ) -> None:
     async with Upstream().serve() as other:
         first = Upstream(redirects={"/feed": (status, f"ws://{other.origin}/elsewhere")})
         async with first.serve():
             with capture_logs() as logs:
-                async with running(config(first, "/feed", transport, None)):  # the default
+                async with running(
+                    config(first, "/feed", transport, None, credential)
+                ):  # the default
                     await wait_until(lambda: len(events(logs, "redirect_refused")) >= 2, 5)
         assert other.requests == []
         assert Collect.seen["sink"] == []
         # The configured origin did get the credentials: that is where they belong.
-        assert set(credentials_of(first.requests[0])) == {BEARER, API_KEY, BASIC}
+        assert set(credentials_of(first.requests[0])) == {CREDENTIALS[credential], API_KEY}
     refused = events(logs, "redirect_refused")[0]
     assert refused["url"] == f"ws://{other.origin}/elsewhere"
     assert refused["status"] == status
@@ -198,17 +213,18 @@ async def test_same_origin_refuses_another_origin_and_sends_it_nothing(
     no_secrets_in(logs)
 
 
-async def test_same_origin_redirect_is_followed_with_the_credentials(transport: str) -> None:
+async def test_same_origin_redirect_is_followed_with_the_credentials(
+    transport: str, credential: str
+) -> None:
     start = Upstream(redirects={"/old?jwt=q-s3cret-jwt": (307, "/new?page=2")})
     async with start.serve():
         with capture_logs() as logs:
-            text = config(start, "/old?jwt=q-s3cret-jwt", transport, "same-origin")
+            text = config(start, "/old?jwt=q-s3cret-jwt", transport, "same-origin", credential)
             async with running(text):
                 await wait_until(lambda: len(Collect.seen["sink"]) >= 1, 5)
     assert start.paths()[:2] == ["/old?jwt=q-s3cret-jwt", "/new?page=2"]
     followed = start.requests[1]
-    assert BEARER in followed.values("Authorization")
-    assert BASIC in followed.values("Authorization")
+    assert followed.values("Authorization") == [CREDENTIALS[credential]]
     assert followed.values("X-Api-Key") == [API_KEY]
     [event] = events(logs, "redirect_followed")[:1]
     assert event["url"] == f"ws://{start.origin}/new?page=***"
@@ -218,12 +234,14 @@ async def test_same_origin_redirect_is_followed_with_the_credentials(transport: 
     no_secrets_in(logs)
 
 
-async def test_any_reaches_another_origin_without_any_credential(transport: str) -> None:
+async def test_any_reaches_another_origin_without_any_credential(
+    transport: str, credential: str
+) -> None:
     async with Upstream().serve() as other:
         start = Upstream(redirects={"/feed": (302, f"ws://{other.origin}/moved")})
         async with start.serve():
             with capture_logs() as logs:
-                async with running(config(start, "/feed", transport, "any")):
+                async with running(config(start, "/feed", transport, "any", credential)):
                     await wait_until(lambda: len(Collect.seen["sink"]) >= 1, 5)
     assert other.paths()[:1] == ["/moved"]
     for request in other.requests:
@@ -239,7 +257,9 @@ async def test_any_reaches_another_origin_without_any_credential(transport: str)
     no_secrets_in(logs)
 
 
-async def test_any_never_resends_credentials_after_leaving_the_origin(transport: str) -> None:
+async def test_any_never_resends_credentials_after_leaving_the_origin(
+    transport: str, credential: str
+) -> None:
     # start -> other origin -> back to start: what the other origin pointed at gets nothing.
     async with Upstream().serve() as other:
         start = Upstream()
@@ -247,7 +267,7 @@ async def test_any_never_resends_credentials_after_leaving_the_origin(transport:
             start.redirects["/feed"] = (302, f"ws://{other.origin}/bounce")
             other.redirects["/bounce"] = (302, f"ws://{start.origin}/back")
             with capture_logs() as logs:
-                async with running(config(start, "/feed", transport, "any")):
+                async with running(config(start, "/feed", transport, "any", credential)):
                     await wait_until(lambda: len(Collect.seen["sink"]) >= 1, 5)
     assert start.paths()[:2] == ["/feed", "/back"]
     assert credentials_of(start.requests[1]) == []
@@ -258,11 +278,11 @@ async def test_any_never_resends_credentials_after_leaving_the_origin(transport:
     no_secrets_in(logs)
 
 
-async def test_none_follows_no_redirect_at_all(transport: str) -> None:
+async def test_none_follows_no_redirect_at_all(transport: str, credential: str) -> None:
     start = Upstream(redirects={"/old": (301, "/new")})
     async with start.serve():
         with capture_logs() as logs:
-            async with running(config(start, "/old", transport, "none")):
+            async with running(config(start, "/old", transport, "none", credential)):
                 await wait_until(lambda: len(events(logs, "redirect_refused")) >= 2, 5)
     assert set(start.paths()) == {"/old"}
     assert Collect.seen["sink"] == []
@@ -273,12 +293,12 @@ async def test_none_follows_no_redirect_at_all(transport: str) -> None:
 
 
 async def test_a_redirect_loop_stops_after_the_cap_and_is_retried_with_backoff(
-    transport: str,
+    transport: str, credential: str
 ) -> None:
     start = Upstream(redirects={"/loop": (302, "/loop")})
     async with start.serve():
         with capture_logs() as logs:
-            async with running(config(start, "/loop", transport, None)):
+            async with running(config(start, "/loop", transport, None, credential)):
                 await wait_until(lambda: len(events(logs, "reconnect_scheduled")) >= 1, 10)
     failed = events(logs, "connect_failed")[0]
     assert f"more than {MAX_REDIRECTS} redirects" in failed["error"]
