@@ -1,0 +1,158 @@
+"""Secret masking for every log line: secret-looking keys, and every secret value known.
+
+Two rules. Values of secret-looking keys (``token``, ``authorization``,
+``password``...; :func:`redact`) are replaced by ``***``. And every secret value
+the config resolved — registered with :func:`register_secrets` by the loader —
+is replaced by ``***`` wherever it appears: event values at any depth
+(:func:`redact_values`), the rendered line (:class:`MaskRendered`: a traceback or
+a ``repr`` is only text once rendered), any text (:func:`mask_secrets`: API
+answers, dead letters, ``check``'s messages). Registered values are never
+unregistered: what still runs after a reload may log the old ones.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any
+
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+__all__ = [
+    "MIN_SECRET_LENGTH",
+    "MaskRendered",
+    "mask_secrets",
+    "redact",
+    "redact_values",
+    "register_secrets",
+]
+
+_SECRET_WORDS = (
+    "authorization",
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "cookie",
+    "api_key",
+    "apikey",
+    "credential",
+)
+
+
+#: Secret values shorter than this are not masked: "1" or "on" would mask noise everywhere.
+MIN_SECRET_LENGTH = 4
+
+
+class _Secrets:
+    """The secret values known to this process, and one compiled alternation of them.
+
+    Only ever added to: a reloaded config registers its own, and values of the
+    old one stay masked (what is still running may log them).
+    """
+
+    def __init__(self) -> None:
+        self.values: set[str] = set()
+        self.pattern: re.Pattern[str] | None = None
+        self.lock = threading.Lock()
+
+    def add(self, values: Iterable[str]) -> None:
+        forms: set[str] = set()
+        for value in values:
+            if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
+                continue
+            forms.add(value)
+            escaped = json.dumps(value)[1:-1]  # how a JSON line spells it
+            if escaped != value:
+                forms.add(escaped)
+        with self.lock:
+            new = forms - self.values
+            if not new:
+                return
+            self.values |= new
+            # Longest first: a secret that contains another is masked whole.
+            ordered = sorted(self.values, key=lambda v: (-len(v), v))
+            self.pattern = re.compile("|".join(map(re.escape, ordered)))
+
+
+_SECRETS = _Secrets()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Mask these values wherever they appear in a log line from now on.
+
+    The config loader registers what it resolved (header values, user info of
+    URLs, ``${file:...}`` and ``${credential:...}`` values, secret-looking query
+    values, plugin options marked secret). Values shorter than
+    :data:`MIN_SECRET_LENGTH` are ignored. Nothing is ever unregistered.
+    """
+    _SECRETS.add(values)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every registered secret value replaced by ``***``."""
+    pattern = _SECRETS.pattern
+    return text if pattern is None else pattern.sub("***", text)
+
+
+def _mask_deep(value: Any, pattern: re.Pattern[str]) -> Any:
+    if isinstance(value, str):
+        return pattern.sub("***", value)
+    if isinstance(value, Mapping):
+        return {_mask_deep(k, pattern): _mask_deep(v, pattern) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        masked = [_mask_deep(v, pattern) for v in value]
+        return masked if isinstance(value, list) else tuple(masked)
+    return value
+
+
+def redact_values(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Replace every registered secret value (:func:`register_secrets`) by ``***``
+    in the event's strings, at any depth. Costs nothing while none is registered."""
+    pattern = _SECRETS.pattern
+    if pattern is None:
+        return event_dict
+    for key, value in event_dict.items():
+        if key != "exc_info":  # rendered later; the rendered line is masked as a whole
+            event_dict[key] = _mask_deep(value, pattern)
+    return event_dict
+
+
+class MaskRendered:
+    """Wrap a renderer: mask registered secrets in the finished line too (a
+    traceback or an object's ``repr`` is only text once rendered)."""
+
+    def __init__(self, renderer: Processor) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> Any:
+        rendered = self.renderer(logger, method, event_dict)
+        pattern = _SECRETS.pattern
+        if pattern is None:
+            return rendered
+        if isinstance(rendered, bytes):
+            rendered = rendered.decode("utf-8", "replace")
+        return pattern.sub("***", rendered) if isinstance(rendered, str) else rendered
+
+
+def _is_secret(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, MutableMapping):
+        return {k: ("***" if _is_secret(str(k)) else _mask(v)) for k, v in value.items()}
+    return value
+
+
+def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Mask the values of secret-looking keys (``token``, ``authorization``...)."""
+    for key in list(event_dict):
+        if _is_secret(key):
+            event_dict[key] = "***"
+        elif key in ("headers", "request_headers"):
+            event_dict[key] = _mask(event_dict[key])
+    return event_dict
