@@ -32,6 +32,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from . import exceptions
 from .config import ConnectionSection, ReconnectSection
 from .exceptions import DecodeError, SendError
 from .net import redact_url, retry_after
@@ -205,7 +206,7 @@ class Connection:
         try:
             await ws.send(data)
         except ConnectionClosed as exc:
-            raise SendError(f"connection {self.name!r} closed while sending: {exc}") from exc
+            raise _closed(f"connection {self.name!r} closed while sending", exc) from exc
 
     async def send_confirmed(self, outgoing: Outgoing, confirm: str = "pong") -> None:
         """Send one frame and return once the peer has it; :class:`SendError` otherwise.
@@ -232,8 +233,8 @@ class Connection:
             pong = await ws.ping()
             await pong
         except ConnectionClosed as exc:
-            raise SendError(
-                f"connection {self.name!r} closed before the peer confirmed: {exc}"
+            raise _closed(
+                f"connection {self.name!r} closed before the peer confirmed", exc
             ) from exc
 
     def _socket(self) -> Transport:
@@ -650,3 +651,13 @@ class Connection:
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) < 300 else text[:297] + "..."
+
+
+def _closed(what: str, exc: ConnectionClosed) -> exceptions.ConnectionClosed:
+    """websockets' close as wsroute's own, transport-neutral :class:`~wsroute.ConnectionClosed`."""
+    frame = exc.rcvd or exc.sent
+    return exceptions.ConnectionClosed(
+        f"{what}: {exc}",
+        code=frame.code if frame is not None else None,
+        reason=frame.reason if frame is not None else "",
+    )

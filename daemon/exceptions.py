@@ -12,6 +12,11 @@ r"""The one exception tree of wsroute: every error it raises on purpose, and its
     │   └── EncodeError              an outgoing frame the codec cannot build
     ├── SendError                    a frame could not be sent upstream (unknown, not connected)
     │   └── ConnectionClosed         the connection closed: while sending, or for good
+    ├── HandshakeFailed              the WebSocket opening handshake failed (wsroute.wire)
+    │   ├── HandshakeRejected        the server answered with an HTTP status, not 101
+    │   ├── RedirectRefused          a redirect the connection's ``redirects`` does not allow
+    │   └── ProxyFailed              the proxy refused the tunnel
+    ├── BadURL                       a URL no WebSocket can be opened to (wsroute.wire)
     ├── Unavailable                  a sink's engine is unavailable: an outage, not a failure
     │   └── WebhookUnavailable       (also a WebhookError)
     ├── OutageExpired                an outage outlasted the handler's outage_timeout

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from .config import ConnectionSection
+from .exceptions import WsrouteError
 
 __all__ = [
     "HIGH_WATER",
@@ -68,7 +69,7 @@ YIELD_AFTER = 0.0005
 MAX_FRAGMENTS = 4096
 
 
-class HandshakeFailed(Exception):
+class HandshakeFailed(WsrouteError):
     """The server answered, but not with a WebSocket upgrade we can use."""
 
 
@@ -89,7 +90,7 @@ class ProxyFailed(HandshakeFailed):
     """The proxy refused the tunnel, or did not speak its protocol."""
 
 
-class BadURL(Exception):
+class BadURL(WsrouteError):
     """The URL cannot be connected to (no host, bad port...)."""
 
 

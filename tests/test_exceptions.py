@@ -13,16 +13,6 @@ import wsroute
 import wsroute.plugins
 from wsroute.apiclient import ApiError
 
-#: Raised by the WebSocket layer, which is being rewritten: moved under the tree next.
-NOT_YET = frozenset(
-    {
-        "wsroute.wire.HandshakeFailed",
-        "wsroute.wire.HandshakeRejected",
-        "wsroute.wire.RedirectRefused",
-        "wsroute.wire.BadURL",
-    }
-)
-
 
 def public_exceptions() -> list[type[BaseException]]:
     """Every exception class with a public name defined in a module of wsroute or
@@ -54,7 +44,7 @@ def test_every_public_exception_is_a_wsroute_error() -> None:
         for c in classes
         if not issubclass(c, wsroute.WsrouteError)
     )
-    assert set(outside) <= NOT_YET, outside
+    assert outside == []
 
 
 @pytest.mark.parametrize(
@@ -89,6 +79,21 @@ def test_an_option_error_is_still_a_value_error() -> None:
     assert OptionError is wsroute.OptionError
 
 
+def test_the_handshake_errors_are_wsroute_errors() -> None:
+    from wsroute.wire import (
+        BadURL,
+        HandshakeFailed,
+        HandshakeRejected,
+        ProxyFailed,
+        RedirectRefused,
+    )
+
+    for cls in (HandshakeRejected, RedirectRefused, ProxyFailed):
+        assert issubclass(cls, HandshakeFailed)
+    assert issubclass(HandshakeFailed, wsroute.WsrouteError)
+    assert issubclass(BadURL, wsroute.WsrouteError)
+
+
 def test_connection_closed_is_a_send_error() -> None:
     closed = wsroute.ConnectionClosed("gone", code=1001, reason="going away")
     assert isinstance(closed, wsroute.SendError)
@@ -99,5 +104,35 @@ def test_connection_closed_is_a_send_error() -> None:
 def test_the_tree_is_drawn_with_every_public_exception() -> None:
     drawn = wsroute.exceptions.__doc__ or ""
     for cls in public_exceptions():
-        if f"{cls.__module__}.{cls.__qualname__}" not in NOT_YET:
-            assert cls.__name__ in drawn, cls
+        assert cls.__name__ in drawn, cls
+
+
+@pytest.mark.anyio
+async def test_a_closed_client_raises_connection_closed() -> None:
+    from wsroute.testing import ScriptedUpstream
+
+    async with ScriptedUpstream().serve() as url:
+        client = wsroute.connect(url, codec="json")
+        async with client:
+            await client.send(json={"op": "ping"})
+            await client.close()
+            with pytest.raises(wsroute.ConnectionClosed, match="the client is closed"):
+                await client.send(json={"op": "late"})
+            with pytest.raises(wsroute.ConnectionClosed):
+                await client.wait_connected()
+
+
+def test_a_close_under_a_send_is_wsroutes_own_with_its_code() -> None:
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.frames import Close
+
+    from wsroute.connection import _closed
+
+    theirs = ConnectionClosedError(Close(1011, "internal error"), None)
+    ours = _closed("connection 'up' closed while sending", theirs)
+    assert isinstance(ours, wsroute.ConnectionClosed)
+    assert isinstance(ours, wsroute.SendError)  # a handler's retries see what they saw before
+    assert (ours.code, ours.reason) == (1011, "internal error")
+    assert str(ours).startswith("connection 'up' closed while sending: ")
+    lost = _closed("closed while sending", ConnectionClosedError(None, None))
+    assert (lost.code, lost.reason) == (None, "")
