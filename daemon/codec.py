@@ -35,6 +35,7 @@ more than building a small body.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -278,6 +279,52 @@ class JsonCodec:
         message = make_message(frame.connection, key, body, {}, data, frame.seq, frame.received_at)
         message.body_json = data
         return message
+
+    def decode_many(
+        self,
+        connection: str,
+        frames: Sequence[bytes | str],
+        start: int,
+        seq: int,
+        received_at: float,
+        out: list[Message],
+    ) -> int:
+        """Decode ``frames[start:]`` into ``out`` (frame ``i`` numbered ``seq + i + 1``)
+        until one is not a small JSON object with a top-level key; that one's index.
+
+        The loop of a socket read: :meth:`decode` takes the frame it stops at
+        (a large frame, a dotted key, an error), then this loop goes on after it.
+        """
+        first = self._first
+        if first is None:
+            return start
+        new = Message.__new__
+        end = len(frames)
+        for index in range(start, end):
+            data = frames[index]
+            if len(data) >= LAZY_FROM:
+                return index
+            try:
+                body = _json_decode(data)
+            except _JSON_ERRORS:
+                return index
+            key = body.get(first) if body.__class__ is dict else None
+            if not (key is None or isinstance(key, _SCALARS)):
+                key = None
+            # make_message(), inlined: once per frame.
+            message = new(Message)
+            message.connection = connection
+            message.key = key
+            message.fields = {}
+            message._body = body
+            message._build = None
+            message.body_json = data
+            message.raw = data
+            message.seq = seq + index + 1
+            message.received_at = received_at
+            message.dead_letter = None
+            out.append(message)
+        return end
 
     def encode(self, outgoing: Outgoing) -> bytes | str:
         """See :func:`encode_outgoing`."""
@@ -527,6 +574,55 @@ class StructCodec:
             frame.seq,
             frame.received_at,
         )
+
+    def decode_many(
+        self,
+        connection: str,
+        frames: Sequence[bytes | str],
+        start: int,
+        seq: int,
+        received_at: float,
+        out: list[Message],
+    ) -> int:
+        """Decode ``frames[start:]`` into ``out`` (frame ``i`` numbered ``seq + i + 1``)
+        until one is not a binary frame with a small JSON body; that one's index.
+
+        The loop of a socket read, for the usual layout (``body = "json"``, the key
+        a number): :meth:`decode` takes the frame it stops at (text, an empty or
+        large body, an error), then this loop goes on after it.
+        """
+        if not self._body_json or self._key_as_text:
+            return start
+        size = self._size
+        unpack = self._unpack_from
+        single = self._single
+        names = self._names
+        index_of_key = self._key_index
+        new = Message.__new__
+        end = len(frames)
+        for index in range(start, end):
+            data = frames[index]
+            if data.__class__ is not bytes or not size < len(data) < size + LAZY_FROM:
+                return index
+            try:
+                values = unpack(data)
+                rest = data[size:]
+                body = _json_decode(rest)
+            except (struct.error, *_JSON_ERRORS):
+                return index
+            message = new(Message)
+            message.connection = connection
+            message.key = values[index_of_key] if index_of_key >= 0 else None
+            message.fields = {single: values[0]} if single is not None else dict(zip(names, values))  # noqa: B905
+            message._body = body
+            message._build = None
+            message.body_json = rest
+            message.raw = data
+            message.seq = seq + index + 1
+            message.received_at = received_at
+            message.dead_letter = None
+            out.append(message)
+        return end
 
     def _lazy_json(self, frame: Frame, data: bytes, key: Key, fields: dict[str, Any]) -> Message:
         body_json: bytes | None = None

@@ -33,6 +33,7 @@ import anyio.abc
 import structlog
 
 from . import exceptions
+from .codec import JsonCodec, StructCodec
 from .config import ConnectionSection, ReconnectSection
 from .exceptions import DecodeError, SendError
 from .net import redact_url, retry_after
@@ -61,7 +62,11 @@ __all__ = [
 log = structlog.get_logger("wsroute.connection")
 
 Dispatch = Callable[[Message], Awaitable[None] | None]
+DispatchMany = Callable[[list[Message]], Awaitable[None] | None]
 DecodeFailed = Callable[[Frame, DecodeError], Awaitable[None] | None]
+
+# The built-in codecs decode a read's frames in one loop (``decode_many``).
+_LOOPED = (JsonCodec, StructCodec)
 
 # Close codes 1012 (service restart) and 1013 (try again later) ask us to wait.
 _SLOW_DOWN_CODES = {1012, 1013}
@@ -150,11 +155,14 @@ class Connection:
         decode_failed: DecodeFailed | None = None,
         lifecycle: Dispatch | None = None,
         start_delay: float = 0.0,
+        dispatch_many: DispatchMany | None = None,
     ) -> None:
         self.name = name
         self.section = section
         self.codec = codec
         self.dispatch = dispatch
+        #: ``dispatch`` for a read's messages at once (the daemon's dispatcher has one).
+        self.dispatch_many = dispatch_many
         # `$connected`/`$disconnected` take their own path: a frame's `$` key never
         # reaches the routes that name them (the daemon's dispatcher tells them apart).
         self.lifecycle = lifecycle or dispatch
@@ -485,37 +493,75 @@ class Connection:
             )
 
     def _frame_handler(self) -> FrameHandler:
-        """The per-frame path, called by the transport's reader with each data frame.
+        """The per-read path, called by the transport's reader with a read's data frames.
 
-        Synchronous and lean (see bench/README.md): number, decode, dispatch.
-        It returns an awaitable only when the reader must wait — a full handler
-        queue under ``overflow = "block"``, or a frame to dead-letter.
+        Synchronous and lean (see bench/README.md): number and stamp the frames
+        (one clock read for the read: they arrived together), decode them (the
+        built-in codecs in one loop), dispatch them together. It returns an
+        awaitable only when the reader must wait — a full handler queue under
+        ``overflow = "block"``, or a frame to dead-letter — which finishes the
+        frames after it.
         """
         name = self.name
         decode = self.codec.decode
+        decode_many = self.codec.decode_many if isinstance(self.codec, _LOOPED) else None
         dispatch = self.dispatch
+        dispatch_many = self.dispatch_many
         stats = self.stats
         now = time.time
 
-        def handle(data: Data) -> Awaitable[None] | None:
-            seq = self._seq = self._seq + 1
+        def handle(frames: list[Data]) -> Awaitable[None] | None:
+            seq = self._seq
+            self._seq = seq + len(frames)
             stats.last_frame_at = received_at = now()
-            frame = Frame(name, data, seq, received_at)
-            try:
-                message = decode(frame)
-            except DecodeError as exc:
-                stats.decode_errors += 1
-                return self._decode_failed(frame, exc)
-            except Exception as exc:  # a codec bug: dead-letter the frame, keep reading
-                stats.decode_errors += 1
-                error = DecodeError(f"codec raised {type(exc).__name__}: {exc}")
-                return self._decode_failed(frame, error)
-            if self._expect is not None and message.key == self._expect[0]:
-                self._expect[1].set()
-            pending = dispatch(message)
+            messages: list[Message] = []
+            end = len(frames)
+            index = 0
+            while index < end:
+                if decode_many is not None:
+                    index = decode_many(name, frames, index, seq, received_at, messages)
+                    if index == end:
+                        break
+                frame = Frame(name, frames[index], seq + index + 1, received_at)
+                index += 1
+                try:
+                    messages.append(decode(frame))
+                except Exception as exc:
+                    stats.decode_errors += 1
+                    if not isinstance(exc, DecodeError):  # a codec bug: dead-letter, go on
+                        exc = DecodeError(f"codec raised {type(exc).__name__}: {exc}")
+                    return after_error(messages, frame, exc, frames[index:])
+            return route(messages)
+
+        def route(messages: list[Message]) -> Awaitable[None] | None:
+            expect = self._expect
+            if expect is not None:
+                for message in messages:
+                    if message.key == expect[0]:
+                        expect[1].set()
+            if dispatch_many is not None:
+                pending = dispatch_many(messages)
+            else:
+                pending = _each(dispatch, messages)
             if pending is not None:
                 return self._backpressure(pending)
             return None
+
+        async def after_error(
+            messages: list[Message], frame: Frame, error: DecodeError, rest: list[Data]
+        ) -> None:
+            # A read with an undecodable frame: the frames before it, its dead
+            # letter, then the frames after it (numbered from it on again).
+            if messages:
+                pending = route(messages)
+                if pending is not None:
+                    await pending
+            await self._decode_failed(frame, error)
+            if rest:
+                self._seq = frame.seq
+                pending = handle(rest)
+                if pending is not None:
+                    await pending
 
         return handle
 
@@ -646,6 +692,24 @@ class Connection:
         pending = self.lifecycle(message)
         if pending is not None:
             await pending
+
+
+def _each(dispatch: Dispatch, messages: list[Message]) -> Awaitable[None] | None:
+    """``dispatch`` one message after the other; an awaitable that finishes the rest
+    once one has to wait."""
+    for index, message in enumerate(messages):
+        pending = dispatch(message)
+        if pending is not None:
+            return _each_after(pending, dispatch, messages[index + 1 :])
+    return None
+
+
+async def _each_after(pending: Awaitable[None], dispatch: Dispatch, rest: list[Message]) -> None:
+    await pending
+    for message in rest:
+        waiting = dispatch(message)
+        if waiting is not None:
+            await waiting
 
 
 def _short(exc: BaseException) -> str:

@@ -30,6 +30,9 @@ __all__ = ["Dispatcher"]
 
 log = structlog.get_logger("wsroute.dispatch")
 
+# No message has this key: the first message of a read always looks its targets up.
+_NO_KEY = object()
+
 
 class Dispatcher:
     """Routes messages to handler runners; swap :attr:`router` to apply a new route table."""
@@ -90,6 +93,81 @@ class Dispatcher:
             budget.overflowed = False
             return asyncio.sleep(0)
         return None
+
+    def dispatch_many(self, messages: list[Message]) -> Awaitable[None] | None:
+        """:meth:`dispatch` for each of ``messages`` in order (one socket read's), in bulk.
+
+        Consecutive messages with the same targets — a read's are mostly one key —
+        go to each target's queue in one :meth:`~wsroute.handler.HandlerRunner.offer_many`.
+        A ``block`` queue that fills holds the rest back: the awaitable queues what
+        it did not take, in order, then routes the messages after them. The memory
+        budget and a drop are looked at once, after the read.
+        """
+        lookup = self.router.lookup
+        tap = self.tap
+        run: list[Message] = []
+        targets: tuple[HandlerRunner, ...] = ()
+        last_key: object = _NO_KEY
+        last_connection = ""
+        for position, message in enumerate(messages):
+            key = message.key
+            connection = message.connection
+            if key is not last_key or connection is not last_connection:
+                found = lookup(connection, key)
+                last_key, last_connection = key, connection
+                if found is not targets or not found:
+                    if run:
+                        blocked = _offer_run(run, targets)
+                        if blocked is not None:
+                            return self._resume(blocked, messages, position)
+                    targets = found
+                    run = []
+            if tap is not None:
+                tap(message, targets)
+            if targets:
+                run.append(message)
+            else:
+                pending = self._offer(message, targets)  # unmatched: the slow path
+                if pending is not None:
+                    return self._resume([(r, [message]) for r in pending], messages, position + 1)
+        if run:
+            blocked = _offer_run(run, targets)
+            if blocked is not None:
+                return self._resume(blocked, messages, len(messages))
+        return self._after_read()
+
+    def _after_read(self) -> Awaitable[None] | None:
+        budget = self.budget
+        if budget.raw >= budget.raw_limit:
+            return budget.wait()
+        if budget.overflowed:  # see dispatch(): the handler that dropped runs first
+            budget.overflowed = False
+            return asyncio.sleep(0)
+        return None
+
+    async def _resume(
+        self, blocked: list[tuple[HandlerRunner, list[Message]]], messages: list[Message], rest: int
+    ) -> None:
+        """Queue what full ``block`` queues did not take, in order, then ``messages[rest:]``."""
+        for index, (runner, waiting) in enumerate(blocked):
+            for position, message in enumerate(waiting):
+                try:
+                    await runner.put(message)
+                except anyio.get_cancelled_exc_class():
+                    # Stopped while waiting: every message these queues did not take was
+                    # routed to them, and is accounted for (queued if there is room, else
+                    # dead-lettered). Those after `rest` were never routed.
+                    for later, left in [(runner, waiting[position + 1 :]), *blocked[index + 1 :]]:
+                        for other in left:
+                            if not later.offer(other):
+                                later.stats.received += 1
+                                later.abandon(other, "shutdown")
+                    raise
+        pending = self.dispatch_many(messages[rest:]) if rest < len(messages) else None
+        if pending is None:
+            pending = self._after_read()
+        if pending is not None:
+            await pending
 
     def emit(self, message: Message) -> Awaitable[None] | None:
         """:meth:`dispatch` without the memory budget: for messages a handler emits.
@@ -216,6 +294,20 @@ def _offer_each(message: Message, targets: tuple[HandlerRunner, ...]) -> list[Ha
                 blocked = [runner]
             else:
                 blocked.append(runner)
+    return blocked
+
+
+def _offer_run(
+    run: list[Message], targets: tuple[HandlerRunner, ...]
+) -> list[tuple[HandlerRunner, list[Message]]] | None:
+    """Offer a run of messages with the same targets to each; what full queues left."""
+    blocked: list[tuple[HandlerRunner, list[Message]]] | None = None
+    for runner in targets:
+        taken = runner.offer_many(run)
+        if taken < len(run):
+            if blocked is None:
+                blocked = []
+            blocked.append((runner, run[taken:]))
     return blocked
 
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import operator
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -79,6 +80,7 @@ log = structlog.get_logger("wsroute.handler")
 _YIELD_EVERY = 64
 _RETRY_INITIAL = 0.1
 _RETRY_MAX = 5.0
+_raw = operator.attrgetter("raw")
 
 
 @dataclass
@@ -247,6 +249,39 @@ class HandlerRunner:
             self._item_set = True
             self._item.set()
         return True
+
+    def offer_many(self, messages: list[Message]) -> int:
+        """:meth:`offer` for each of ``messages`` in order, in one step; how many were taken.
+
+        Fewer than all: the queue filled under ``block`` (the rest wait, in order, for
+        :meth:`put`). One extend, one update of the accounts and at most one wake-up
+        of the workers when every message fits, which is what a socket read's
+        messages do while the handler keeps up.
+        """
+        queue = self._queue
+        count = len(messages)
+        if not count:
+            return 0
+        size = sum(map(len, map(_raw, messages)))
+        # Every message fits when the last one would: fewer than `queue` messages and
+        # `queue_bytes` bytes queued before it (offer()'s test, for the last one).
+        if (
+            len(queue) + count <= self._limit
+            and self.queued_raw + size - len(messages[-1].raw) < self._raw_limit
+        ):
+            queue.extend(messages)
+            self.stats.received += count
+            self.queued_raw += size
+            self.budget.raw += size
+            if not self._item_set:
+                self._item_set = True
+                self._item.set()
+            return count
+        offer = self.offer
+        for taken, message in enumerate(messages):
+            if not offer(message):
+                return taken
+        return count
 
     async def put(self, message: Message) -> None:
         """Queue a message, waiting for room under ``block`` (backpressure).

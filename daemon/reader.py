@@ -50,8 +50,6 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from .wire import (
-    HIGH_WATER,
-    HIGH_WATER_BYTES,
     MAX_FRAGMENTS,
     READ_SIZE,
     Data,
@@ -333,13 +331,19 @@ class FrameReader(asyncio.BufferedProtocol):
     def _split(self, data: bytes, hold: bool = True) -> None:
         """Split one read into frames: plain ones to the inbox, the rest to websockets.
 
+        The plain frames go to the inbox together, as one batch per run of them (a
+        read's, usually), and before any frame websockets gets after them.
         The per-frame path: keep it lean.
         """
+        batch: list[Data] = []
+        self._split_into(data, hold, batch)
+        if batch:
+            self.inbox.push_many(batch)
+
+    def _split_into(self, data: bytes, hold: bool, batch: list[Data]) -> None:
         size = len(data)
         pos = 0
         limit = self.limit
-        inbox = self.inbox
-        messages = inbox.messages
         budget = CONTROL_BUDGET
         while size - pos >= 2:
             if self._reading_paused and hold:
@@ -373,36 +377,23 @@ class FrameReader(asyncio.BufferedProtocol):
                 payload = data[pos + head : end]
                 pos = end
                 if first == _FIN_BINARY:
-                    message: Data = payload
-                else:
-                    try:
-                        message = str(payload, "utf-8")
-                    except UnicodeDecodeError as exc:
-                        self._fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
-                        if pos < size:
-                            self._feed(data[pos:])
-                        return
-                # Inbox.push, inlined: this runs once per frame.
-                if inbox.inline:
-                    inbox.take(message)
-                else:
-                    messages.append(message)
-                    inbox.size += len(message)
-                    if (
-                        len(messages) > HIGH_WATER or inbox.size > HIGH_WATER_BYTES
-                    ) and not inbox.paused:
-                        inbox.pause()
-                    waiter = inbox.waiter
-                    if waiter is not None:
-                        inbox.waiter = None
-                        if not waiter.done():
-                            waiter.set_result(None)
+                    batch.append(payload)
+                    continue
+                try:
+                    batch.append(str(payload, "utf-8"))
+                except UnicodeDecodeError as exc:
+                    self._push(batch)
+                    self._fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+                    if pos < size:
+                        self._feed(data[pos:])
+                    return
                 continue
             # Anything else goes to websockets: whole, or from its header on when the
             # header already declares more than websockets accepts.
             if end > size and length <= limit:
                 self._keep(data, pos, end)
                 return
+            self._push(batch)  # the messages before it go first
             self._feed(data[pos:end])
             pos = end
             if not self._fast:  # closing, failed, or inside a fragmented message
@@ -416,6 +407,12 @@ class FrameReader(asyncio.BufferedProtocol):
         if pos < size:
             self._rest = bytearray(data[pos:])
             self._need = size - pos + 1  # the header is incomplete: any byte may do
+
+    def _push(self, batch: list[Data]) -> None:
+        """Hand the plain messages split so far to the inbox, now."""
+        if batch:
+            self.inbox.push_many(batch.copy())
+            batch.clear()
 
     def _keep(self, data: bytes, pos: int, end: int) -> None:
         """The frame at ``pos`` ends at ``end``, in a later read."""

@@ -172,6 +172,7 @@ class Service:
             plan.config.connections[name],
             plan.codecs[name],
             self.dispatcher.dispatch,
+            dispatch_many=self.dispatcher.dispatch_many,
             decode_failed=self.dispatcher.decode_failed,
             lifecycle=self.dispatcher.dispatch_lifecycle,
             start_delay=random.uniform(0, spread) if spread > 0 else 0.0,

@@ -37,9 +37,10 @@ __all__ = [
 ]
 
 Data = bytes | str
-#: Called by :meth:`Transport.read` with each data frame, in order; a returned
-#: awaitable is awaited before the next frame is handed over (backpressure).
-FrameHandler = Callable[[Data], Awaitable[None] | None]
+#: Called by :meth:`Transport.read` with the data frames of a socket read (or part of
+#: one), in order; a returned awaitable is awaited before the next frames are handed
+#: over (backpressure).
+FrameHandler = Callable[[list[Data]], Awaitable[None] | None]
 
 # Messages waiting for the reader above which the socket is not read...
 HIGH_WATER = 64
@@ -59,10 +60,8 @@ READ_SIZE = 16 * 1024
 # workers: the daemon runs on asyncio only, and checkpoint() looks the backend up
 # on every call (3% of the CPU on small frames).
 YIELD_EVERY = 64
-# ... or once this many seconds went by since the reader last yielded, whichever
-# comes first (checked every 8 messages): on large frames 64 take milliseconds,
-# and a handler's timer (a slow handler's sleep) would wait that long to run.
-YIELD_AFTER = 0.0005
+# ... or about READ_SIZE bytes of them, whichever is fewer: on large frames 64 take
+# milliseconds, and a handler's timer (a slow handler's sleep) would wait that long.
 #: Frames one fragmented message may have (websockets' own receive loop has the same
 #: limit): more fail the connection with 1009. Without it, empty continuation frames
 #: would grow a message's list of parts without growing its size.
@@ -183,9 +182,13 @@ class Inbox:
 
     def take(self, data: Data) -> None:
         """Hand one message to the reader's handler now; only while :attr:`inline`."""
-        self.inline -= 1
+        self.take_many([data])
+
+    def take_many(self, batch: list[Data]) -> None:
+        """Hand messages to the reader's handler now; at most :attr:`inline` of them."""
+        self.inline -= len(batch)
         try:
-            pending = self.handle(data)
+            pending = self.handle(batch)
         except Exception as exc:  # a bug: the reader raises it, as if it had called
             pending = _reraise(exc)
         if pending is not None:
@@ -194,11 +197,27 @@ class Inbox:
 
     def push(self, data: Data) -> None:
         if self.inline:
-            self.take(data)
+            self.take_many([data])
             return
         messages = self.messages
         messages.append(data)
         self.size += len(data)
+        if (len(messages) > HIGH_WATER or self.size > HIGH_WATER_BYTES) and not self.paused:
+            self.pause()
+        self.wake()
+
+    def push_many(self, batch: list[Data]) -> None:
+        """:meth:`push` for each of ``batch`` (a socket read's messages, in order)."""
+        inline = self.inline
+        if inline:
+            if len(batch) <= inline:
+                self.take_many(batch)
+                return
+            self.take_many(batch[:inline])
+            batch = batch[inline:]
+        messages = self.messages
+        messages.extend(batch)
+        self.size += sum(map(len, batch))
         if (len(messages) > HIGH_WATER or self.size > HIGH_WATER_BYTES) and not self.paused:
             self.pause()
         self.wake()
@@ -237,25 +256,30 @@ class Inbox:
         self.handle = handle
         messages = self.messages
         loop = asyncio.get_running_loop()
-        clock = loop.time
         since_yield = 0
-        yield_at = clock() + YIELD_AFTER
         while True:
             pending = self.pending
             if pending is not None:
                 self.pending = None
                 await pending
             while messages:
-                data = messages.popleft()
-                self.size -= len(data)
                 # A callback appends a whole socket read at once: against a flooding
-                # upstream this loop would never let the handlers' workers run.
-                since_yield += 1
-                if since_yield >= YIELD_EVERY or (since_yield & 7 == 0 and clock() >= yield_at):
-                    since_yield = 0
+                # upstream this loop would never let the handlers' workers run. So
+                # the handler gets YIELD_EVERY messages at most, in one call, and
+                # the loop runs between two such calls.
+                if since_yield:
                     await asyncio.sleep(0)
-                    yield_at = clock() + YIELD_AFTER
-                pending = handle(data)
+                waiting = len(messages)
+                count = min(YIELD_EVERY, max(1, waiting * READ_SIZE // max(1, self.size)))
+                if waiting <= count:
+                    batch = list(messages)
+                    messages.clear()
+                else:
+                    popleft = messages.popleft
+                    batch = [popleft() for _ in range(count)]
+                self.size -= sum(map(len, batch))
+                since_yield = 1
+                pending = handle(batch)
                 if pending is not None:
                     await pending
             self.size = 0  # nothing waits (a message's length cannot change, but be exact)
@@ -266,7 +290,7 @@ class Inbox:
             self.inline = YIELD_EVERY
             try:
                 await waiter
-                yield_at = clock() + YIELD_AFTER
+                since_yield = 0
             except BaseException:
                 # Stopped while a frame already read was handed over (the callback ran
                 # before this task saw its cancellation) with something to await:
@@ -283,7 +307,7 @@ class Inbox:
                 self.inline = 0
 
 
-def _no_reader(data: Data) -> None:
+def _no_reader(batch: list[Data]) -> None:
     raise RuntimeError("Inbox.take() without a reader")  # pragma: no cover
 
 

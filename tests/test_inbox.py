@@ -29,7 +29,7 @@ async def test_an_idle_reader_has_messages_handed_over_in_the_callback() -> None
     inbox = Inbox()
     seen: list[Data] = []
     async with anyio.create_task_group() as tg:
-        tg.start_soon(inbox.drain, seen.append, lambda: False)
+        tg.start_soon(inbox.drain, seen.extend, lambda: False)
         await wait_until(lambda: inbox.waiter is not None, step=0.001)
         deliver(inbox, b"1")
         # Handled inside the callback: no task switch to the reader.
@@ -43,7 +43,7 @@ async def test_past_the_inline_budget_messages_queue_for_the_reader_in_order() -
     seen: list[Data] = []
     total = 3 * YIELD_EVERY + 5
     async with anyio.create_task_group() as tg:
-        tg.start_soon(inbox.drain, seen.append, lambda: False)
+        tg.start_soon(inbox.drain, seen.extend, lambda: False)
         await wait_until(lambda: inbox.waiter is not None, step=0.001)
         for n in range(total):  # one socket read: no await between them
             deliver(inbox, n.to_bytes(4, "big"))
@@ -60,9 +60,9 @@ async def test_a_busy_reader_gets_messages_through_the_deque_not_inline() -> Non
     seen: list[Data] = []
     release = asyncio.Event()
 
-    def handle(data: Data) -> Awaitable[None] | None:
-        seen.append(data)
-        return wait_for_release() if data == b"hold" else None
+    def handle(batch: list[Data]) -> Awaitable[None] | None:
+        seen.extend(batch)
+        return wait_for_release() if b"hold" in batch else None
 
     async def wait_for_release() -> None:
         await release.wait()
@@ -85,8 +85,8 @@ async def test_a_busy_reader_gets_messages_through_the_deque_not_inline() -> Non
 async def test_a_handler_error_in_the_callback_is_raised_by_the_reader() -> None:
     inbox = Inbox()
 
-    def handle(data: Data) -> None:
-        raise ValueError(f"bug on {data!r}")
+    def handle(batch: list[Data]) -> None:
+        raise ValueError(f"bug on {batch[0]!r}")
 
     async def reader() -> None:
         await inbox.drain(handle, lambda: False)
@@ -112,7 +112,7 @@ async def test_a_stop_right_after_a_handover_still_awaits_what_was_handed_over()
             raise
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(inbox.drain, lambda data: wait_for_room(), lambda: False)
+        tg.start_soon(inbox.drain, lambda batch: wait_for_room(), lambda: False)
         await wait_until(lambda: inbox.waiter is not None, step=0.001)
         # A stop cancels the waiting reader; before the reader runs again, a frame
         # already read is handed over inline (the budget is given back only when the
@@ -129,7 +129,7 @@ async def test_a_wake_up_without_a_message_ends_the_inline_budget() -> None:
     seen: list[Data] = []
     finished = False
     async with anyio.create_task_group() as tg:
-        tg.start_soon(inbox.drain, seen.append, lambda: finished)
+        tg.start_soon(inbox.drain, seen.extend, lambda: finished)
         await wait_until(lambda: inbox.waiter is not None, step=0.001)
         finished = True
         inbox.wake()  # the connection was lost

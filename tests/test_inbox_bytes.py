@@ -55,8 +55,8 @@ async def test_a_few_large_messages_pause_the_socket_before_the_message_count_wo
     gate = anyio.Event()
     size = 100 * 1024
 
-    async def handle(data: Data) -> None:
-        seen.append(len(data))
+    async def handle(batch: list[Data]) -> None:
+        seen.extend(len(data) for data in batch)
         await gate.wait()
 
     async with socket_transport() as transport, anyio.create_task_group() as tg:
@@ -85,7 +85,7 @@ async def test_many_small_messages_still_pause_at_the_message_count() -> None:
     inbox = Inbox()
     gate = anyio.Event()
 
-    async def handle(data: Data) -> None:
+    async def handle(batch: list[Data]) -> None:
         await gate.wait()
 
     async with socket_transport() as transport, anyio.create_task_group() as tg:
