@@ -62,7 +62,9 @@ __all__ = [
 log = structlog.get_logger("wsroute.connection")
 
 Dispatch = Callable[[Message], Awaitable[None] | None]
-DispatchMany = Callable[[list[Message]], Awaitable[None] | None]
+#: ``None``: all dispatched; else how many were, and what to await before the rest.
+Blocked = tuple[int, Awaitable[None]]
+DispatchMany = Callable[[list[Message]], Blocked | None]
 DecodeFailed = Callable[[Frame, DecodeError], Awaitable[None] | None]
 
 # The built-in codecs decode a read's frames in one loop (``decode_many``).
@@ -505,14 +507,12 @@ class Connection:
         name = self.name
         decode = self.codec.decode
         decode_many = self.codec.decode_many if isinstance(self.codec, _LOOPED) else None
-        dispatch = self.dispatch
-        dispatch_many = self.dispatch_many
+        dispatch_many = self.dispatch_many or _one_by_one(self.dispatch)
         stats = self.stats
         now = time.time
 
         def handle(frames: list[Data]) -> Awaitable[None] | None:
             seq = self._seq
-            self._seq = seq + len(frames)
             stats.last_frame_at = received_at = now()
             messages: list[Message] = []
             end = len(frames)
@@ -534,34 +534,45 @@ class Connection:
             return route(messages)
 
         def route(messages: list[Message]) -> Awaitable[None] | None:
+            if not messages:
+                return None
             expect = self._expect
             if expect is not None:
                 for message in messages:
                     if message.key == expect[0]:
                         expect[1].set()
-            if dispatch_many is not None:
-                pending = dispatch_many(messages)
-            else:
-                pending = _each(dispatch, messages)
-            if pending is not None:
-                return self._backpressure(pending)
-            return None
+            blocked = dispatch_many(messages)
+            if blocked is None:
+                self._seq = messages[-1].seq
+                return None
+            return route_rest(messages, blocked)
+
+        async def route_rest(messages: list[Message], blocked: Blocked | None) -> None:
+            # A full queue: the frames routed so far are read; the one that waits for
+            # room too. The rest are read once it has room.
+            while blocked is not None:
+                count, pending = blocked
+                self._seq = messages[count - 1].seq
+                await self._backpressure(pending)
+                messages = messages[count:]
+                if not messages:
+                    return
+                blocked = dispatch_many(messages)
+            self._seq = messages[-1].seq
 
         async def after_error(
             messages: list[Message], frame: Frame, error: DecodeError, rest: list[Data]
         ) -> None:
             # A read with an undecodable frame: the frames before it, its dead
-            # letter, then the frames after it (numbered from it on again).
-            if messages:
-                pending = route(messages)
-                if pending is not None:
-                    await pending
+            # letter, then the frames after it.
+            pending = route(messages)
+            if pending is not None:
+                await pending
+            self._seq = frame.seq
             await self._decode_failed(frame, error)
-            if rest:
-                self._seq = frame.seq
-                pending = handle(rest)
-                if pending is not None:
-                    await pending
+            pending = handle(rest) if rest else None
+            if pending is not None:
+                await pending
 
         return handle
 
@@ -694,22 +705,17 @@ class Connection:
             await pending
 
 
-def _each(dispatch: Dispatch, messages: list[Message]) -> Awaitable[None] | None:
-    """``dispatch`` one message after the other; an awaitable that finishes the rest
-    once one has to wait."""
-    for index, message in enumerate(messages):
-        pending = dispatch(message)
-        if pending is not None:
-            return _each_after(pending, dispatch, messages[index + 1 :])
-    return None
+def _one_by_one(dispatch: Dispatch) -> DispatchMany:
+    """A ``dispatch_many`` made of ``dispatch``: one message after the other."""
 
+    def dispatch_many(messages: list[Message]) -> Blocked | None:
+        for index, message in enumerate(messages):
+            pending = dispatch(message)
+            if pending is not None:
+                return index + 1, pending
+        return None
 
-async def _each_after(pending: Awaitable[None], dispatch: Dispatch, rest: list[Message]) -> None:
-    await pending
-    for message in rest:
-        waiting = dispatch(message)
-        if waiting is not None:
-            await waiting
+    return dispatch_many
 
 
 def _short(exc: BaseException) -> str:

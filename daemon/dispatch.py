@@ -12,6 +12,7 @@ handed to the ``unmatched`` handler.
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -30,8 +31,7 @@ __all__ = ["Dispatcher"]
 
 log = structlog.get_logger("wsroute.dispatch")
 
-# No message has this key: the first message of a read always looks its targets up.
-_NO_KEY = object()
+_raw = operator.attrgetter("raw")
 
 
 class Dispatcher:
@@ -94,80 +94,68 @@ class Dispatcher:
             return asyncio.sleep(0)
         return None
 
-    def dispatch_many(self, messages: list[Message]) -> Awaitable[None] | None:
-        """:meth:`dispatch` for each of ``messages`` in order (one socket read's), in bulk.
+    def dispatch_many(self, messages: list[Message]) -> tuple[int, Awaitable[None]] | None:
+        """:meth:`dispatch` for ``messages`` in order (a socket read's), in bulk.
 
         Consecutive messages with the same targets — a read's are mostly one key —
         go to each target's queue in one :meth:`~wsroute.handler.HandlerRunner.offer_many`.
-        A ``block`` queue that fills holds the rest back: the awaitable queues what
-        it did not take, in order, then routes the messages after them. The memory
-        budget and a drop are looked at once, after the read.
+        ``None`` when all were queued; else ``(count, awaitable)``: the first
+        ``count`` were routed (the last of them may wait in the awaitable for room
+        in a full ``block`` queue, as :meth:`dispatch`'s does) and the caller awaits
+        it before it routes the rest. The memory budget and a drop are looked at
+        once, after the read: then ``count`` is all of them.
         """
         lookup = self.router.lookup
         tap = self.tap
-        run: list[Message] = []
-        targets: tuple[HandlerRunner, ...] = ()
-        last_key: object = _NO_KEY
-        last_connection = ""
-        for position, message in enumerate(messages):
-            key = message.key
-            connection = message.connection
-            if key is not last_key or connection is not last_connection:
-                found = lookup(connection, key)
-                last_key, last_connection = key, connection
-                if found is not targets or not found:
-                    if run:
-                        blocked = _offer_run(run, targets)
-                        if blocked is not None:
-                            return self._resume(blocked, messages, position)
-                    targets = found
-                    run = []
-            if tap is not None:
-                tap(message, targets)
-            if targets:
-                run.append(message)
+        total = len(messages)
+        position = 0
+        while position < total:
+            first = messages[position]
+            key = first.key
+            connection = first.connection
+            targets = lookup(connection, key)
+            if not targets:  # unmatched: the slow path, one message
+                if tap is not None:
+                    tap(first, targets)
+                position += 1
+                blocked = self._offer(first, targets)
+                if blocked is not None:
+                    return position, self._wait(first, blocked)
+                continue
+            end = position + 1
+            while end < total:
+                message = messages[end]
+                if message.key is not key or message.connection is not connection:
+                    if lookup(message.connection, message.key) is not targets:
+                        break
+                    key, connection = message.key, message.connection
+                end += 1
+            run = messages[position:end] if position or end < total else messages
+            waits_in: list[HandlerRunner] = []
+            if len(targets) == 1:
+                runner = targets[0]
+                taken = runner.offer_many(run)
+                if taken < len(run):  # the message after them waits for room
+                    run = run[: taken + 1]
+                    waits_in.append(runner)
             else:
-                pending = self._offer(message, targets)  # unmatched: the slow path
-                if pending is not None:
-                    return self._resume([(r, [message]) for r in pending], messages, position + 1)
-        if run:
-            blocked = _offer_run(run, targets)
-            if blocked is not None:
-                return self._resume(blocked, messages, len(messages))
-        return self._after_read()
-
-    def _after_read(self) -> Awaitable[None] | None:
+                run = _cut(run, targets)
+                for runner in targets:
+                    if runner.offer_many(run) < len(run):
+                        waits_in.append(runner)
+            if tap is not None:
+                for message in run:
+                    tap(message, targets)
+            position += len(run)
+            if waits_in:
+                return position, self._wait(run[-1], waits_in)
         budget = self.budget
         if budget.raw >= budget.raw_limit:
-            return budget.wait()
+            return total, budget.wait()
         if budget.overflowed:  # see dispatch(): the handler that dropped runs first
             budget.overflowed = False
-            return asyncio.sleep(0)
+            return total, asyncio.sleep(0)
         return None
-
-    async def _resume(
-        self, blocked: list[tuple[HandlerRunner, list[Message]]], messages: list[Message], rest: int
-    ) -> None:
-        """Queue what full ``block`` queues did not take, in order, then ``messages[rest:]``."""
-        for index, (runner, waiting) in enumerate(blocked):
-            for position, message in enumerate(waiting):
-                try:
-                    await runner.put(message)
-                except anyio.get_cancelled_exc_class():
-                    # Stopped while waiting: every message these queues did not take was
-                    # routed to them, and is accounted for (queued if there is room, else
-                    # dead-lettered). Those after `rest` were never routed.
-                    for later, left in [(runner, waiting[position + 1 :]), *blocked[index + 1 :]]:
-                        for other in left:
-                            if not later.offer(other):
-                                later.stats.received += 1
-                                later.abandon(other, "shutdown")
-                    raise
-        pending = self.dispatch_many(messages[rest:]) if rest < len(messages) else None
-        if pending is None:
-            pending = self._after_read()
-        if pending is not None:
-            await pending
 
     def emit(self, message: Message) -> Awaitable[None] | None:
         """:meth:`dispatch` without the memory budget: for messages a handler emits.
@@ -297,18 +285,15 @@ def _offer_each(message: Message, targets: tuple[HandlerRunner, ...]) -> list[Ha
     return blocked
 
 
-def _offer_run(
-    run: list[Message], targets: tuple[HandlerRunner, ...]
-) -> list[tuple[HandlerRunner, list[Message]]] | None:
-    """Offer a run of messages with the same targets to each; what full queues left."""
-    blocked: list[tuple[HandlerRunner, list[Message]]] | None = None
+def _cut(run: list[Message], targets: tuple[HandlerRunner, ...]) -> list[Message]:
+    """The part of ``run`` that is read now: up to the first message a ``block`` queue of
+    ``targets`` has no room for (included: it waits for room), as :meth:`Dispatcher.dispatch`
+    would have read them one by one. Every other target takes all of it."""
+    size = sum(map(len, map(_raw, run)))
+    cut = len(run)
     for runner in targets:
-        taken = runner.offer_many(run)
-        if taken < len(run):
-            if blocked is None:
-                blocked = []
-            blocked.append((runner, run[taken:]))
-    return blocked
+        cut = min(cut, runner.room_for(run, size) + 1)
+    return run if cut >= len(run) else run[:cut]
 
 
 def _track(message: Message, ack: Ack, targets: tuple[HandlerRunner, ...]) -> None:
