@@ -255,6 +255,8 @@ class HandlerRunner(HandlerQueue):
         since_yield = 0
         while True:
             batch = held[index]
+            failed: list[Message] = []
+            problems: list[BaseException] = []
             if outage is not None:  # the held messages wait out the outage
                 delays = delays or self.outage.delays()
                 waited = await self._wait_outage(index, outage, delays)
@@ -267,15 +269,37 @@ class HandlerRunner(HandlerQueue):
                 await self._gather(index)
                 batch = held[index]
                 attempts[index] = 1
-            elif queue:  # a batch of one, taken inline: the per-message path
-                message = queue.popleft()
-                size = len(message.raw)
-                self.queued_raw -= size
-                budget.raw -= size
-                if self._space is not None:
-                    self._room()
-                batch.append(message)
+            elif queue:  # batches of one, inline: the per-message path
                 attempts[index] = 1
+                while queue:
+                    message = queue.popleft()
+                    size = len(message.raw)
+                    self.queued_raw -= size
+                    budget.raw -= size
+                    if self._space is not None:
+                        self._room()
+                    batch.append(message)
+                    started[index] = monotonic()
+                    try:
+                        await call(message)
+                    except Exception as exc:
+                        started[index] = math.inf
+                        failed, problems = batch, [exc]  # its first attempt failed
+                        break
+                    # (`started` stays: the watchdog looks at held messages only.)
+                    batch.clear()
+                    stats.handled += 1
+                    if acks:
+                        self._settle(message)
+                    if delays is not None:
+                        delays = None
+                        self.outage.recovered()
+                    since_yield += 1
+                    if since_yield >= _YIELD_EVERY:
+                        since_yield = 0
+                        await asyncio.sleep(0)  # let the readers in
+                else:
+                    continue
             else:
                 # All workers wait on the same event. Once it fired, every waiter
                 # was released, so clearing it cannot strand one.
@@ -287,37 +311,15 @@ class HandlerRunner(HandlerQueue):
                 await self._item.wait()
                 since_yield = 0
                 continue
-            started[index] = monotonic()
-            failures: BatchResult = None
-            problems: list[BaseException]
-            try:
-                if single:
-                    await call(batch[0])
-                else:
-                    failures = await self._call_batch(batch)
-            except Exception as exc:
-                started[index] = math.inf
-                failed, problems = batch, [exc] * len(batch)
-            else:
-                started[index] = math.inf
-                if not failures:  # the usual case: everything handled
-                    stats.handled += len(batch)
-                    if acks:
-                        for message in batch:
-                            self._settle(message)
-                    if single:
-                        batch.clear()
-                    else:  # the plugin may keep the list it was given
-                        held[index] = []
-                    if delays is not None or self.outage.since is not None:
+            if not failed:  # an attempt of what the worker holds (a batch, a retry)
+                outcome = await self._attempt(index, batch, single)
+                if outcome is None:
+                    if delays is not None or not single:
                         delays = None
                         self.outage.recovered()
-                    since_yield += 1
-                    if since_yield >= _YIELD_EVERY or not single:
-                        since_yield = 0
-                        await asyncio.sleep(0)  # let the readers in
+                    await asyncio.sleep(0)  # one batch at a time: let the readers in
                     continue
-                failed, problems = self._partial(batch, failures)
+                failed, problems = outcome
             # Some failed: an outage holds them, anything else is a failed attempt.
             waiting: list[Message] = []
             if any(isinstance(p, Unavailable) for p in problems):
@@ -336,6 +338,31 @@ class HandlerRunner(HandlerQueue):
             if waiting:
                 held[index] = waiting + held[index]
             await asyncio.sleep(0)
+
+    async def _attempt(
+        self, index: int, batch: list[Message], single: bool
+    ) -> tuple[list[Message], list[BaseException]] | None:
+        """One call with the messages a worker holds; ``None``: all handled (settled),
+        else the failed ones and their errors (the others settled)."""
+        self._started[index] = time.monotonic()
+        failures: BatchResult = None
+        try:
+            if single:
+                await self._call(batch[0])
+            else:
+                failures = await self._call_batch(batch)
+        except Exception as exc:
+            self._started[index] = math.inf
+            return batch, [exc] * len(batch)
+        self._started[index] = math.inf
+        if failures:
+            return self._partial(batch, failures)
+        self.stats.handled += len(batch)
+        if self.acks:
+            for message in batch:
+                self._settle(message)
+        self._held[index] = []  # a new list: the plugin may keep the one it was given
+        return None
 
     def _partial(
         self, batch: list[Message], failures: Mapping[int, BaseException]
