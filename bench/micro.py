@@ -300,6 +300,10 @@ async def async_costs(rows: list[tuple[str, float]]) -> None:
         cost = await pipeline_cost(handlers)
         name = f"wsroute per frame, no websockets: Frame+decode+dispatch+worker, x{handlers}"
         rows.append((name, cost))
+    for handlers in (1, 3):
+        cost = await pipeline_cost(handlers, per_read=True)
+        name = f"  the same per read of 170: decode_many+dispatch_many+worker, x{handlers}"
+        rows.append((name, cost))
 
 
 async def runner_cost(timeout: float, batch: int, n: int = 100_000) -> float:
@@ -382,8 +386,9 @@ async def inline_cost(batch: int = 64, n: int = 100_000) -> float:
     return statistics.median(samples)
 
 
-async def pipeline_cost(handlers: int, n: int = 100_000) -> float:
-    """What the reader and the workers do per frame, minus websockets."""
+async def pipeline_cost(handlers: int, n: int = 100_000, *, per_read: bool = False) -> float:
+    """What the reader and the workers do per frame, minus websockets; ``per_read``: the
+    frames of a 16 KiB read (~170 small ones) at a time, as the connection hands them."""
     n //= SCALE
     samples = []
     datas = [payload("binary", i, time.time_ns())[0] for i in range(1000)]
@@ -404,12 +409,21 @@ async def pipeline_cost(handlers: int, n: int = 100_000) -> float:
             now = time.time
             seq = 0
             for _ in range(n // 256):
-                for i in range(256):
-                    seq += 1
-                    frame = Frame("up", datas[i], seq, now())
-                    pending = dispatch(decode(frame))
-                    if pending is not None:
-                        await pending
+                if per_read:
+                    for start in (0, 170):
+                        frames = datas[start : start + 170] if start == 0 else datas[170:256]
+                        messages: list[Message] = []
+                        codec.decode_many("up", frames, 0, seq, now(), messages)
+                        seq += len(frames)
+                        assert dispatcher.dispatch_many(messages) is None
+                        await asyncio.sleep(0)
+                else:
+                    for i in range(256):
+                        seq += 1
+                        frame = Frame("up", datas[i], seq, now())
+                        pending = dispatch(decode(frame))
+                        if pending is not None:
+                            await pending
                 while any(r.queued for r in runners):
                     await asyncio.sleep(0)
             samples.append((time.perf_counter_ns() - t) / (n // 256 * 256))

@@ -9,8 +9,10 @@ writes, to the file named by ``$WSROUTE_PROBE_OUT`` (JSON):
 - ``inline``: frames handed to the handlers inside the socket callback (the
   reader waited with nothing in hand, within its budget);
 - ``reader_waits``: socket reads that woke the waiting reader (one event-loop
-  iteration each), and ``reader_gets``, every frame handed to the connection's
-  frame handler;
+  iteration each), ``reader_gets``, every frame handed to the connection's
+  frame handler, and ``reader_batches``, the calls that handed them (a read's
+  frames, or up to 64 of them);
+- ``offer_calls``: how many ``offer_many`` calls queued the ``offers``;
 - ``blocked``: how often a full ``block`` queue made the reader wait;
 - ``queue_max`` and a histogram of the queue length seen at each offer;
 - ``gc``: collections and their total time per generation.
@@ -42,6 +44,8 @@ stats: dict[str, Any] = {
     "inline": 0,
     "reader_waits": 0,
     "reader_gets": 0,
+    "reader_batches": 0,
+    "offer_calls": 0,
     "blocked": 0,
     "queue_max": 0,
 }
@@ -90,12 +94,29 @@ async def blocked_wait(self: dispatch.Dispatcher, message: Any, blocked: Any) ->
     await _wait(self, message, blocked)
 
 
-_take = wire.Inbox.take
+_take_many = wire.Inbox.take_many
 
 
-def take(self: wire.Inbox, data: Any) -> None:
-    stats["inline"] += 1
-    _take(self, data)
+def take_many(self: wire.Inbox, batch: Any) -> None:
+    stats["inline"] += len(batch)
+    _take_many(self, batch)
+
+
+_offer_many = handler.HandlerRunner.offer_many
+
+
+def offer_many(self: handler.HandlerRunner, messages: Any) -> int:
+    stats["offers"] += len(messages)
+    stats["offer_calls"] += 1
+    n = len(self._queue)
+    queue_hist[_bucket(n)] += 1
+    if n > stats["queue_max"]:
+        stats["queue_max"] = n
+    asleep = not self._item.is_set()
+    taken = _offer_many(self, messages)
+    if taken and asleep and self._item.is_set():
+        stats["wakeups"] += 1
+    return taken
 
 
 _frame_handler = connection.Connection._frame_handler
@@ -104,9 +125,10 @@ _frame_handler = connection.Connection._frame_handler
 def frame_handler(self: connection.Connection) -> Any:
     handle = _frame_handler(self)
 
-    def counted(data: Any) -> Any:
-        stats["reader_gets"] += 1
-        return handle(data)
+    def counted(frames: Any) -> Any:
+        stats["reader_gets"] += len(frames)
+        stats["reader_batches"] += 1
+        return handle(frames)
 
     return counted
 
@@ -135,7 +157,8 @@ if __name__ == "__main__":
     apply([n for n in os.environ.get("WSROUTE_EXPERIMENTS", "").split(",") if n])
     handler.HandlerRunner.offer = offer  # type: ignore[method-assign]
     dispatch.Dispatcher._wait = blocked_wait  # type: ignore[method-assign]
-    wire.Inbox.take = take  # type: ignore[method-assign]
+    wire.Inbox.take_many = take_many  # type: ignore[method-assign]
+    handler.HandlerRunner.offer_many = offer_many  # type: ignore[method-assign]
     connection.Connection._frame_handler = frame_handler  # type: ignore[method-assign]
     reader.FrameReader.buffer_updated = buffer_updated  # type: ignore[method-assign]
     gc.callbacks.append(_gc_callback)

@@ -8,6 +8,7 @@ the connection up and is dead-lettered or counted.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 from collections.abc import MutableMapping
@@ -289,6 +290,43 @@ async def test_undecodable_and_unrouted_frames_keep_the_connection_up(
     assert totals["decode_errors"] == 3
     assert totals["unmatched"] == 2
     assert not events(logs, "delivery_unbalanced")
+
+
+async def test_one_read_with_undecodable_and_unrouted_frames_among_good_ones() -> None:
+    """A socket read's frames are decoded and routed together: an undecodable or
+    unrouted frame among them is dead-lettered or counted in its place, and the
+    frames after it are delivered, numbered on."""
+    tick = struct.pack("<i", 1)
+    sequence = [
+        (OP_BINARY, tick + b'{"ok": 1}'),
+        (OP_TEXT, b"{not json"),
+        (OP_BINARY, struct.pack("<i", 99) + b"{}"),
+        (OP_BINARY, tick + b'{"ok": 2}'),
+        (OP_BINARY, tick + b'{"ok": 3}'),
+        (OP_BINARY, b"\x01"),
+        (OP_BINARY, tick + b'{"ok": 4}'),
+    ]
+
+    async def peer(session: RawSession) -> None:
+        control = asyncio.ensure_future(session.answer_control())
+        await asyncio.sleep(0.2)  # apart from the handshake's response: the fast path reads it
+        await session.send(b"".join(frame(op, data) for op, data in sequence))  # one write
+        await control
+
+    text = STRUCT_CONFIG.replace("UNMATCHED", 'unmatched = "unm"')
+    server = RawServer(peer)
+    async with server.serve() as url, running(text.replace("URL", url)) as svc:
+        await wait_until(lambda: len(Collect.seen["h"]) == 4, timeout=5)
+        await wait_until(lambda: len(Collect.seen["dlq"]) == 2, timeout=5)
+        await wait_until(lambda: len(Collect.seen["unm"]) == 1, timeout=5)
+        assert svc.connections["up"].seq == len(sequence)
+        assert_balanced(svc)
+    assert [m.seq for m in Collect.seen["h"]] == [1, 4, 5, 7]
+    assert [m.body["ok"] for m in Collect.seen["h"]] == [1, 2, 3, 4]
+    assert [m.seq for m in Collect.seen["dlq"]] == [2, 6]
+    assert [m.raw for m in Collect.seen["dlq"]] == ["{not json", b"\x01"]
+    assert [(m.seq, m.key) for m in Collect.seen["unm"]] == [(3, 99)]
+    assert server.connections == 1
 
 
 async def test_codec_that_raises_a_non_decode_error_dead_letters_the_frame() -> None:
