@@ -209,7 +209,7 @@ class Upstream:
         delivered: list[Data] = []
         with anyio.fail_after(10):
             transport = await open_transport(section, None)
-            await transport.read(delivered.append)  # type: ignore[arg-type]
+            await transport.read(delivered.extend)
             await transport.close()
             await done.wait()
         reported, _ = transport.close_details()
