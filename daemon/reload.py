@@ -16,7 +16,6 @@ connections and sources restart, and retired handlers drain within
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Protocol
@@ -27,13 +26,14 @@ import structlog
 from .config import ApiSection, Config
 from .connection import Connection
 from .exceptions import ConfigError, PluginError
-from .handler import HandlerRunner, HandlerStats
+from .handler import HandlerRunner
 from .plan import Plan
 from .reload_plan import ReloadPlan
 from .shutdown import drain_all, log_handler_totals
 from .sources import SourceSupervisor
+from .wiring import dead_letter_targets
 
-__all__ = ["Reloadable", "add_stats", "apply", "dead_letter_targets"]
+__all__ = ["Reloadable", "apply"]
 
 log = structlog.get_logger("wsroute.service")
 
@@ -175,31 +175,6 @@ async def apply(owner: Reloadable, new_plan: Plan, changes: ReloadPlan) -> list[
         routes=len(new.routes),
     )
     return []
-
-
-def add_stats(total: HandlerStats | None, more: HandlerStats) -> HandlerStats:
-    """``total`` plus ``more``, counter by counter (a new object)."""
-    if total is None:
-        return dataclasses.replace(more)
-    return HandlerStats(
-        **{f.name: getattr(total, f.name) + getattr(more, f.name) for f in dataclasses.fields(more)}
-    )
-
-
-def dead_letter_targets(
-    config: Config, runners: dict[str, HandlerRunner]
-) -> dict[str, HandlerRunner | None]:
-    """Each runner's dead-letter runner under ``config``, without changing any runner."""
-    default_dlq = config.daemon.dead_letter
-    explicit = {h.dead_letter for h in config.handlers.values()}
-    dlq_targets = (explicit | {default_dlq}) - {None}
-    targets: dict[str, HandlerRunner | None] = {}
-    for name, runner in runners.items():
-        # A dead-letter handler takes no default dead letter of its own: its
-        # failures are logged and counted as lost, never looped back.
-        target = runner.section.dead_letter or (None if name in dlq_targets else default_dlq)
-        targets[name] = runners[target] if target and target != name else None
-    return targets
 
 
 def _short_error(exc: BaseException) -> str:

@@ -54,13 +54,14 @@ from .notify import Notifier, watchdog_loop
 from .plan import HandlerPlan, Plan, SourcePlan, plan
 from .preflight import checked
 from .registry import create_handler, create_source
-from .reload import add_stats, apply, dead_letter_targets
+from .reload import apply
 from .reload_plan import reload_plan
 from .router import Router
 from .shutdown import stop_all
-from .snapshot import status_line
+from .snapshot import add_stats, status_line
 from .sources import SourceSupervisor
 from .view import TapHook
+from .wiring import dead_letter_targets, route_table
 
 __all__ = ["HandlerPlan", "Plan", "Service", "SourcePlan", "plan"]
 
@@ -189,14 +190,6 @@ class Service:
             self.runners[name].dead_letter = target
         self.dispatcher.dead_letter = self.runners.get(config.daemon.dead_letter or "")
 
-    def _build_router(self, config: Config) -> Router[HandlerRunner]:
-        rules = [
-            (name, route.connection, route.keys, [self.runners[h] for h in route.handlers])
-            for name, route in config.routes.items()
-        ]
-        unmatched = self.runners.get(config.daemon.unmatched or "")
-        return Router.compile(rules, unmatched)
-
     # -- changing what runs (wsroute.reload.Reloadable) ----------------------
 
     async def _start(self, run: Callable[..., Coroutine[Any, Any, Any]]) -> None:
@@ -219,7 +212,7 @@ class Service:
         self.runners = runners
         self.set_tap(self.dispatcher.tap)  # new runners show their dead letters to taps too
         self._wire_dead_letters(plan.config)
-        self.dispatcher.router = self._build_router(plan.config)
+        self.dispatcher.router = route_table(plan.config, self.runners)
         self.budget.set_limit(plan.config.daemon.memory_budget)
         self.plan, self.config = plan, plan.config
         await self.api.commit()
@@ -257,7 +250,7 @@ class Service:
         if self._preflight:
             self._check(self.plan)  # ConfigError: nothing started
         self.runners = {name: self.build_runner(self.plan, name) for name in self.plan.handlers}
-        self.dispatcher = Dispatcher(self._build_router(self.config), budget=self.budget)
+        self.dispatcher = Dispatcher(route_table(self.config, self.runners), budget=self.budget)
         self._wire_dead_letters(self.config)
         async with anyio.create_task_group() as tg:
             self._task_group = tg

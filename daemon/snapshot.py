@@ -28,7 +28,7 @@ from .logging import mask_secrets
 if TYPE_CHECKING:
     from .view import DaemonView
 
-__all__ = ["handler_counts", "outage_state", "readiness", "status", "status_line"]
+__all__ = ["add_stats", "handler_counts", "outage_state", "readiness", "status", "status_line"]
 
 _COUNTERS = [f.name for f in dataclasses.fields(HandlerStats)]
 
@@ -178,4 +178,13 @@ def status_line(daemon: DaemonView) -> str:
     return ("reload failed; " if daemon.reload_failed else "") + (
         f"{up}/{len(daemon.connections)} connected; frames={frames} handled={handled} "
         f"dead_lettered={dead} dropped={dropped} queued={queued}"
+    )
+
+
+def add_stats(total: HandlerStats | None, more: HandlerStats) -> HandlerStats:
+    """``total`` plus ``more``, counter by counter (a new object)."""
+    if total is None:
+        return dataclasses.replace(more)
+    return HandlerStats(
+        **{f.name: getattr(total, f.name) + getattr(more, f.name) for f in dataclasses.fields(more)}
     )
