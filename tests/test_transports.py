@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, MutableMapping
@@ -800,6 +801,25 @@ def test_picows_is_refused_naming_the_replacement() -> None:
     assert issue.path == "connections.up.transport"
     assert 'use transport = "websockets" (the default)' in issue.message
     assert issue.line == 3
+
+
+def test_check_refuses_picows_in_one_line_naming_the_replacement(tmp_path: Path) -> None:
+    config = tmp_path / "old.toml"
+    config.write_text(
+        '[connections.up]\nurl = "ws://127.0.0.1:1/"\ntransport = "picows"\n'
+        'compression = "none"\n[routes.all]\nhandlers = ["h"]\n[handlers.h]\nplugin = "log"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "wsroute.cli", "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 78, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "connections.up.transport" in lines[0]
+    assert 'use transport = "websockets" (the default)' in lines[0]
 
 
 def test_unknown_transport_names_the_choices() -> None:
