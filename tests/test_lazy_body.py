@@ -122,13 +122,18 @@ def test_an_invalid_struct_body_is_a_decode_error_by_default() -> None:
 
 
 def test_with_validate_false_an_invalid_body_fails_when_read() -> None:
-    message = struct_codec(validate=False).decode(frame(BAD))
+    codec = struct_codec(validate=False)
+    message = codec.decode(frame(BAD))
     assert message.key == 7
     assert message.body_json is None
     for _ in range(2):  # every read fails the same way
         with pytest.raises(DecodeError, match="invalid JSON body"):
             _ = message.body
-    assert "body cannot be built" in repr(message)
+    # Looking at it does not build it (nor fail): repr shows the body unbuilt.
+    assert "body=<unbuilt>" in repr(message)
+    assert not message.body_built
+    assert message == codec.decode(frame(BAD))
+    assert not message.body_built
 
 
 def test_a_large_bytes_body_is_sliced_on_first_read() -> None:
