@@ -294,3 +294,18 @@ def wait_for_event(log: Path, name: str, timeout: float = 15.0) -> dict[str, Any
                 return event
         time.sleep(0.05)
     raise AssertionError(f"no {name} event within {timeout}s:\n{log.read_text()}")
+
+
+@pytest.mark.anyio
+async def test_the_service_runs_the_preflight_whoever_builds_it(tmp_path: Path) -> None:
+    # In-process, as the demo and the plugin author's fixture build a daemon: the
+    # preflight is part of the service's own start, not only of `wsroute run`.
+    from wsroute.config import loads
+    from wsroute.service import Service, plan
+
+    out = tmp_path / "missing" / "out.jsonl"
+    config = loads(f'[handlers.out]\nplugin = "jsonl"\npath = "{out}"\n', path="wsroute.toml")
+    service = Service(plan(config))
+    with pytest.raises(ConfigError, match=r"handlers\.out\.path: the folder .* does not exist"):
+        await service.run()
+    assert service.runners == {}  # refused before anything was built or started
