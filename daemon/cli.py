@@ -358,6 +358,11 @@ def _check(path: str) -> int:
     configure("warning", "console")
     the_plan = plan(config)
     checked(the_plan)  # TLS files, output folders, plugins' check hooks
+    from .api.check import listen_issues
+
+    listen = listen_issues(config.daemon.api)  # what `run` would refuse: check = run
+    if listen:
+        raise ConfigError(listen, source=path)
     for warning in config.warnings:
         print(mask_secrets(f"warning: {warning}"))
     print(f"{path}: OK")

@@ -170,10 +170,14 @@ def status_line(daemon: DaemonView) -> str:
     up = states.get(ConnectionState.CONNECTED.value, 0)
     frames = sum(c.seq for c in daemon.connections.values())
     runners = daemon.runners.values()
-    handled = sum(r.stats.handled for r in runners)
+    # Over the daemon's life, as /metrics: a handler a reload replaced or removed
+    # still counts (the line must never go backwards).
+    names = {*daemon.runners, *daemon.retired, *(r.name for r in daemon.retiring)}
+    totals = [handler_counts(daemon, name) for name in names]
+    handled = sum(t["handled"] for t in totals)
     # Undecodable frames are dead-lettered by the dispatcher, not by a handler.
-    dead = sum(r.stats.dead_lettered for r in runners) + sum(daemon.decode_errors.values())
-    dropped = sum(r.stats.dropped for r in runners)
+    dead = sum(t["dead_lettered"] for t in totals) + sum(daemon.decode_errors.values())
+    dropped = sum(t["dropped"] for t in totals)
     queued = sum(r.queued for r in runners)
     return ("reload failed; " if daemon.reload_failed else "") + (
         f"{up}/{len(daemon.connections)} connected; frames={frames} handled={handled} "

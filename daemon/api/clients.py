@@ -12,6 +12,7 @@ whoever has not closed by then. At a stop the grace is :func:`stop_grace`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -55,11 +56,37 @@ class ApiConnection(ServerConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._socket = transport
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.clients.add(self)
+        if self.clients.full():
+            # Past twice max_clients (a flood of connections that send nothing): not even
+            # a 503, which would need the request; up to that, _answer says 503.
+            self.cut_off()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.clients.discard(self)
+        self._flowing.set()  # a writer waiting for room sees the end, not a timeout
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # asyncio's flow control: the transport's buffer is above its high-water mark.
+        self._flowing.clear()
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self._flowing.set()
+        super().resume_writing()
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        """Write whole WebSocket frames in one call (the tap's own, encoded once for all)."""
+        transport = getattr(self, "_socket", None)
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.writelines(frames)
+
+    async def writable(self) -> None:
+        """Return once the socket's buffer is below asyncio's low-water mark again."""
+        await self._flowing.wait()
 
     def cut_off(self) -> None:
         """Abort the socket now: no close frame, nothing more written or read."""
@@ -71,8 +98,9 @@ class ApiConnection(ServerConnection):
 class Clients:
     """One listener's open connections, and its bounded close."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, full: Callable[[], bool] = lambda: False) -> None:
         self.address = address
+        self.full = full
         self._open: set[ApiConnection] = set()
 
     def connection_class(self) -> type[ApiConnection]:

@@ -118,14 +118,18 @@ class ApiServer:
         self.listeners: dict[str, Listener] = {}
         self._pending: dict[str, Listener] = {}
         self._pending_section: ApiSection | None = None
+        # Addresses prepare() closed to make way for a new host on their port: reopened
+        # by rollback() if the reload fails after all.
+        self._displaced: list[str] = []
 
     # -- life ----------------------------------------------------------------
 
     async def start(self, section: ApiSection) -> None:
         """Open every address; ``ConfigError`` on ``daemon.api.listen`` if one cannot be."""
         problems = await self.prepare(section)
-        if problems:
-            raise ConfigError([ConfigIssue(_KEY, problem) for problem in problems])
+        if problems:  # each starts with the key already: said once on the exit-78 line
+            issues = [ConfigIssue(_KEY, p.removeprefix(f"{_KEY}: ")) for p in problems]
+            raise ConfigError(issues)
         await self.commit()
 
     async def prepare(self, section: ApiSection) -> list[str]:
@@ -136,17 +140,41 @@ class ApiServer:
         """
         await self.rollback()
         opened: dict[str, Listener] = {}
+        self._pending_section = section
         for address in dict.fromkeys(section.listen):
             if address in self.listeners:
                 continue
             try:
-                opened[address] = await self._open(address, section.mode)
+                opened[address] = await self._open_making_way(address, section)
             except (OSError, ValueError) as exc:
-                for listener in opened.values():
-                    await listener.close(self.grace)
+                self._pending = opened
+                await self.rollback()
                 return [f"{_KEY}: cannot listen on {address}: {_reason(exc)}"]
-        self._pending, self._pending_section = opened, section
+        self._pending = opened
         return []
+
+    async def _open_making_way(self, address: str, section: ApiSection) -> Listener:
+        """Open ``address``; if its port is taken by one of ours on another host that
+        ``section`` no longer lists (127.0.0.1:P becoming 0.0.0.0:P), close that one
+        first. Raises what opening raised; :meth:`rollback` reopens what was closed."""
+        try:
+            return await self._open(address, section.mode)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            port = _tcp_port(address)
+            olds = [
+                old
+                for old in self.listeners
+                if old not in section.listen and port is not None and _tcp_port(old) == port
+            ]
+            if not olds:
+                raise
+        for old in olds:
+            await self.listeners.pop(old).close(self.grace)
+            self._displaced.append(old)
+            log.info("api_moving", address=old, to=address)
+        return await self._open(address, section.mode)
 
     async def commit(self) -> None:
         """Apply what :meth:`prepare` prepared: close the addresses no longer listed."""
@@ -154,23 +182,36 @@ class ApiServer:
         if section is None:
             return
         opened, self._pending, self._pending_section = self._pending, {}, None
+        self._displaced = []
         gone = [a for a in self.listeners if a not in section.listen]
-        self.section = section
-        for address, listener in self.listeners.items():
-            if listener.path is not None and address not in gone:
-                with contextlib.suppress(OSError):
-                    os.chmod(listener.path, section.mode)  # socket_mode may have changed
+        old, self.section = self.section, section
+        if section.mode != old.mode:
+            for address, listener in self.listeners.items():
+                if listener.path is not None and address not in gone:
+                    _set_mode(listener.path, listener.inode, section.mode)
+        self.hub.set_limit(section.tap_buffer)
         self.listeners.update(opened)
         for address in gone:  # their clients too: a tap there must not hold the reload
             await self.listeners.pop(address).close(self.grace)
+        if not section.tap_over_tcp:  # taps already open on TCP end too
+            await self.hub.close_tcp(self.grace)
         for listener in opened.values():
             log.info("api_listening", address=listener.address, listening=listener.where())
 
     async def rollback(self) -> None:
-        """Close what :meth:`prepare` opened (a reload that failed after it)."""
+        """Close what :meth:`prepare` opened (a reload that failed after it), and reopen
+        what it closed to make way."""
         opened, self._pending, self._pending_section = self._pending, {}, None
+        displaced, self._displaced = self._displaced, []
         for listener in opened.values():
             await listener.close(self.grace)
+        for address in displaced:
+            try:
+                self.listeners[address] = await self._open(address, self.section.mode)
+            except (OSError, ValueError) as exc:
+                log.error("api_restore_failed", address=address, error=_reason(exc))
+            else:
+                log.info("api_restored", address=address)
 
     async def stop(self) -> None:
         """Close every listener and every client, remove the Unix sockets.
@@ -199,7 +240,7 @@ class ApiServer:
 
     async def _open(self, address: str, mode: int) -> Listener:
         kind, where = parse_listen(address)
-        clients = Clients(address)
+        clients = Clients(address, lambda: self.open_clients > 2 * self.section.max_clients)
         options: dict[str, Any] = {
             "compression": None,
             "max_size": 2**16,  # a tap client has nothing to say
@@ -215,7 +256,7 @@ class ApiServer:
             sock, inode = _bind_unix(where, mode)
             try:
                 server = await unix_serve(
-                    self._tap,
+                    functools.partial(self._tap, unix=True),
                     sock=sock,
                     process_request=functools.partial(self._answer, unix=True),
                     **options,
@@ -226,7 +267,7 @@ class ApiServer:
                 raise
             return Listener(address, server, clients, where, inode)
         server = await serve(
-            self._tap,
+            functools.partial(self._tap, unix=False),
             kind,
             int(where),
             process_request=functools.partial(self._answer, unix=False),
@@ -242,7 +283,13 @@ class ApiServer:
         path = url.path.rstrip("/") or "/"
         if path not in ENDPOINTS:
             return _text(http.HTTPStatus.NOT_FOUND, f"not found: {path}\n")
-        if path in PRIVATE and not unix and not self.section.tap_over_tcp:
+        section = self.section
+        if self.open_clients > section.max_clients:  # this one is counted already
+            return _text(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                f"too many API clients ([daemon.api] max_clients = {section.max_clients})\n",
+            )
+        if path in PRIVATE and not unix and not section.tap_over_tcp:
             return _text(
                 http.HTTPStatus.FORBIDDEN,
                 f"{path} is served on the Unix socket only "
@@ -263,9 +310,17 @@ class ApiServer:
             _tap_filter(request.path, self.service)
         except ValueError as exc:
             return _text(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        if len(self.hub) >= section.max_taps:
+            return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, _too_many_taps(section))
         return None
 
-    async def _tap(self, ws: ServerConnection) -> None:
+    @property
+    def open_clients(self) -> int:
+        """API connections open now, on every address (and those a reload prepares)."""
+        listeners = [*self.listeners.values(), *self._pending.values()]
+        return sum(len(listener.clients) for listener in listeners)
+
+    async def _tap(self, ws: ServerConnection, *, unix: bool) -> None:
         """The one WebSocket endpoint: ``/tap``, already checked by :meth:`_answer`."""
         assert ws.request is not None
         assert isinstance(ws, ApiConnection)  # create_connection made it
@@ -274,7 +329,18 @@ class ApiServer:
         except ValueError as exc:  # the routes changed since the handshake
             await ws.close(1008, str(exc)[:120])
             return
-        await self.hub.serve(ws, match)
+        section = self.section
+        if len(self.hub) >= section.max_taps:  # others upgraded since the answer
+            await ws.close(1013, _too_many_taps(section).strip())
+            return
+        if not unix and not section.tap_over_tcp:  # a reload turned it off meanwhile
+            await ws.close(1008, "/tap is served on the Unix socket only")
+            return
+        await self.hub.serve(ws, match, section.tap_buffer, unix=unix)
+
+
+def _too_many_taps(section: ApiSection) -> str:
+    return f"too many /tap clients ([daemon.api] max_taps = {section.max_taps})\n"
 
 
 def _tap_filter(target: str, service: DaemonView) -> TapFilter:
@@ -314,7 +380,8 @@ def _bind_unix(path: str, mode: int) -> tuple[socket.socket, int]:
         sock.bind(path)
         inode = os.lstat(path).st_ino
         try:
-            os.chmod(path, mode)  # before listen(): nobody connects with the umask's mode
+            # Before listen(): nobody connects with the umask's mode.
+            _chmod_socket(path, inode, mode)
         except OSError:
             _remove_ours(path, inode)
             raise
@@ -348,6 +415,34 @@ def _clear_stale(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     log.info("api_stale_socket_removed", path=path)
+
+
+def _chmod_socket(path: str, inode: int, mode: int) -> None:
+    """chmod the socket file we bound at ``path``, never what a symlink there points
+    to: the path is opened without following links, and only the socket with our
+    inode is changed (through the descriptor); anything else is an ``OSError``."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISSOCK(info.st_mode) or info.st_ino != inode:
+            raise OSError(errno.EEXIST, "the socket file was replaced (by a link or a file)")
+        # An O_PATH descriptor takes no fchmod(); its /proc entry is that very file.
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
+
+
+def _set_mode(path: str, inode: int, mode: int) -> None:
+    """A reload's new ``socket_mode`` on a socket kept open; a problem is logged."""
+    try:
+        _chmod_socket(path, inode, mode)
+    except OSError as exc:
+        log.warning("api_socket_mode_not_set", path=path, error=_reason(exc))
+
+
+def _tcp_port(address: str) -> int | None:
+    kind, where = parse_listen(address)
+    return where if kind != "unix" and isinstance(where, int) else None
 
 
 def _remove_ours(path: str, inode: int) -> None:
