@@ -10,7 +10,10 @@ comma-separated list (``bench/run.py --experiment NAMES`` does this):
   socket, instead of wsroute's 64;
 - ``read_sizeN`` (``read_size64``, ``read_size256``): KiB the frame reader
   reads from the socket at once (split in one go), instead of wsroute's 16; 256 is
-  asyncio's own, which wsroute used before 2026-12-06.
+  asyncio's own, which wsroute used before 2026-12-06;
+- ``yield_everyN`` (``yield_every256``): messages the inbox hands the connection in
+  one call (and inline, from the socket's callback, while the reader waits) before
+  the loop runs, instead of wsroute's 64.
 
 Config-level experiments (``timeout0``, ``queue1000``) are applied by
 ``bench/run.py`` to the generated TOML, not here. Earlier experiments went
@@ -41,6 +44,12 @@ def _read_size(kib: int) -> None:
     wire.READ_SIZE = reader.READ_SIZE = kib * 1024
 
 
+def _yield_every(count: int) -> None:
+    from wsroute import wire
+
+    wire.YIELD_EVERY = count
+
+
 def apply(names: list[str]) -> None:
     """Patch in the named experiments; an unknown name is an error."""
     for name in names:
@@ -48,6 +57,8 @@ def apply(names: list[str]) -> None:
             gc.set_threshold(50_000, 20, 100)
         elif name.startswith("read_size") and name.removeprefix("read_size").isdigit():
             _read_size(int(name.removeprefix("read_size")))
+        elif name.startswith("yield_every") and name.removeprefix("yield_every").isdigit():
+            _yield_every(int(name.removeprefix("yield_every")))
         elif name.startswith("high_water") and name.removeprefix("high_water").isdigit():
             _high_water(int(name.removeprefix("high_water")))
         else:

@@ -165,6 +165,7 @@ CODE_EXPERIMENTS = {
     "high_water1024": "frame reader: stop reading above 1024 waiting messages (not 64)",
     "read_size64": "frame reader: read 64 KiB from the socket at once (not 16)",
     "read_size256": "websockets transport: read 256 KiB at once (not 16; asyncio's own)",
+    "yield_every256": "inbox: 256 messages to the connection per call and inline (not 64)",
 }
 
 

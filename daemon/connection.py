@@ -33,17 +33,15 @@ import anyio.abc
 import structlog
 
 from . import exceptions
-from .codec import JsonCodec, StructCodec
 from .config import ConnectionSection, ReconnectSection
 from .exceptions import DecodeError, SendError
+from .frames import Dispatch, DispatchMany, ReadPath, one_by_one
 from .net import redact_url, retry_after
 from .plugin import Codec, Frame, Key, Message, Outgoing
 from .tls import tls_context
 from .transport import (
     BadURL,
     ConnectionClosed,
-    Data,
-    FrameHandler,
     HandshakeFailed,
     HandshakeRejected,
     Transport,
@@ -61,14 +59,7 @@ __all__ = [
 
 log = structlog.get_logger("wsroute.connection")
 
-Dispatch = Callable[[Message], Awaitable[None] | None]
-#: ``None``: all dispatched; else how many were, and what to await before the rest.
-Blocked = tuple[int, Awaitable[None]]
-DispatchMany = Callable[[list[Message]], Blocked | None]
 DecodeFailed = Callable[[Frame, DecodeError], Awaitable[None] | None]
-
-# The built-in codecs decode a read's frames in one loop (``decode_many``).
-_LOOPED = (JsonCodec, StructCodec)
 
 # Close codes 1012 (service restart) and 1013 (try again later) ask us to wait.
 _SLOW_DOWN_CODES = {1012, 1013}
@@ -181,11 +172,18 @@ class Connection:
         self._every = [(spec.interval, spec.outgoing()) for spec in section.every]
         self._on_close = [frame.outgoing() for frame in section.on_close]
         self._ssl = make_ssl_context(section, f"connections.{name}.tls")
-        self._seq = 0
+        # This connection's frames, per socket read: numbered, decoded, dispatched.
+        self._read = ReadPath(
+            name,
+            codec,
+            dispatch_many or one_by_one(dispatch),
+            self._decode_failed,
+            self._backpressure,
+            self.stats,
+        )
         # The open socket, whichever library speaks it.
         self._ws: Transport | None = None
         self._blocked = False
-        self._expect: tuple[Key, anyio.Event] | None = None
         self._stop = anyio.CancelScope()
         self._stopped = anyio.Event()
         self._disconnected_at: float | None = None
@@ -200,7 +198,7 @@ class Connection:
     @property
     def seq(self) -> int:
         """The sequence number of the last frame read (0 before the first)."""
-        return self._seq
+        return self._read.seq
 
     @property
     def connected(self) -> bool:
@@ -271,7 +269,7 @@ class Connection:
         A reload that restarts a connection is a reconnect: the new one's first
         connect counts in ``reconnects``, and its ``$connected`` carries the outage.
         """
-        self._seq = previous._seq
+        self._read.seq = previous._read.seq
         self.subscriptions = dict(previous.subscriptions)
         old = previous.stats
         self.stats.connects = old.connects
@@ -409,7 +407,7 @@ class Connection:
             reason=reason,
             cause=cause or None,
             up_for=round(up_for, 3),
-            seq=self._seq,
+            seq=self._read.seq,
         )
         if self._announced:  # $disconnected only pairs with a $connected
             self._announced = False
@@ -449,7 +447,7 @@ class Connection:
                 if self.section.idle_timeout > 0:
                     tg.start_soon(self._idle_watch, ws)
                 try:
-                    await ws.read(self._frame_handler())
+                    await ws.read(self._read.handle)
                     peer_gone = True
                 finally:
                     tg.cancel_scope.cancel()
@@ -493,88 +491,6 @@ class Connection:
                 frames=len(self._on_close),
                 timed_out=scope.cancelled_caught,
             )
-
-    def _frame_handler(self) -> FrameHandler:
-        """The per-read path, called by the transport's reader with a read's data frames.
-
-        Synchronous and lean (see bench/README.md): number and stamp the frames
-        (one clock read for the read: they arrived together), decode them (the
-        built-in codecs in one loop), dispatch them together. It returns an
-        awaitable only when the reader must wait — a full handler queue under
-        ``overflow = "block"``, or a frame to dead-letter — which finishes the
-        frames after it.
-        """
-        name = self.name
-        decode = self.codec.decode
-        decode_many = self.codec.decode_many if isinstance(self.codec, _LOOPED) else None
-        dispatch_many = self.dispatch_many or _one_by_one(self.dispatch)
-        stats = self.stats
-        now = time.time
-
-        def handle(frames: list[Data]) -> Awaitable[None] | None:
-            seq = self._seq
-            stats.last_frame_at = received_at = now()
-            messages: list[Message] = []
-            end = len(frames)
-            index = 0
-            while index < end:
-                if decode_many is not None:
-                    index = decode_many(name, frames, index, seq, received_at, messages)
-                    if index == end:
-                        break
-                frame = Frame(name, frames[index], seq + index + 1, received_at)
-                index += 1
-                try:
-                    messages.append(decode(frame))
-                except Exception as exc:
-                    stats.decode_errors += 1
-                    if not isinstance(exc, DecodeError):  # a codec bug: dead-letter, go on
-                        exc = DecodeError(f"codec raised {type(exc).__name__}: {exc}")
-                    return after_error(messages, frame, exc, frames[index:])
-            return route(messages)
-
-        def route(messages: list[Message]) -> Awaitable[None] | None:
-            if not messages:
-                return None
-            expect = self._expect
-            if expect is not None:
-                for message in messages:
-                    if message.key == expect[0]:
-                        expect[1].set()
-            blocked = dispatch_many(messages)
-            if blocked is None:
-                self._seq = messages[-1].seq
-                return None
-            return route_rest(messages, blocked)
-
-        async def route_rest(messages: list[Message], blocked: Blocked | None) -> None:
-            # A full queue: the frames routed so far are read; the one that waits for
-            # room too. The rest are read once it has room.
-            while blocked is not None:
-                count, pending = blocked
-                self._seq = messages[count - 1].seq
-                await self._backpressure(pending)
-                messages = messages[count:]
-                if not messages:
-                    return
-                blocked = dispatch_many(messages)
-            self._seq = messages[-1].seq
-
-        async def after_error(
-            messages: list[Message], frame: Frame, error: DecodeError, rest: list[Data]
-        ) -> None:
-            # A read with an undecodable frame: the frames before it, its dead
-            # letter, then the frames after it.
-            pending = route(messages)
-            if pending is not None:
-                await pending
-            self._seq = frame.seq
-            await self._decode_failed(frame, error)
-            pending = handle(rest) if rest else None
-            if pending is not None:
-                await pending
-
-        return handle
 
     async def _backpressure(self, pending: Awaitable[None]) -> None:
         """Wait for room in a full handler queue; the keepalive knows the reader is paused."""
@@ -629,12 +545,12 @@ class Connection:
 
     async def _wait_for(self, ws: Transport, index: int, key: Key, timeout: float) -> None:
         event = anyio.Event()
-        self._expect = (key, event)
+        self._read.expect = (key, event)
         try:
             with anyio.move_on_after(timeout):
                 await event.wait()
         finally:
-            self._expect = None
+            self._read.expect = None
         if not event.is_set():
             self._close_cause = f"expect_timeout (on_connect[{index}] key={key!r})"
             self.log.error("expect_timeout", step=index, key=key, timeout=timeout)
@@ -684,12 +600,12 @@ class Connection:
         """No frame for ``idle_timeout`` (and not paused by us) → reconnect."""
         idle = self.section.idle_timeout
         step = idle / 4
-        last_seq = self._seq
+        last_seq = self._read.seq
         quiet_since = time.monotonic()
         while True:
             await anyio.sleep(step)
-            if self._seq != last_seq or self._blocked:
-                last_seq = self._seq
+            if self._read.seq != last_seq or self._blocked:
+                last_seq = self._read.seq
                 quiet_since = time.monotonic()
                 continue
             if time.monotonic() - quiet_since >= idle:
@@ -699,23 +615,10 @@ class Connection:
                 return
 
     async def _lifecycle(self, key: str, body: dict[str, Any]) -> None:
-        message = Message(self.name, key, body, seq=self._seq, received_at=time.time(), raw="")
+        message = Message(self.name, key, body, seq=self._read.seq, received_at=time.time(), raw="")
         pending = self.lifecycle(message)
         if pending is not None:
             await pending
-
-
-def _one_by_one(dispatch: Dispatch) -> DispatchMany:
-    """A ``dispatch_many`` made of ``dispatch``: one message after the other."""
-
-    def dispatch_many(messages: list[Message]) -> Blocked | None:
-        for index, message in enumerate(messages):
-            pending = dispatch(message)
-            if pending is not None:
-                return index + 1, pending
-        return None
-
-    return dispatch_many
 
 
 def _short(exc: BaseException) -> str:

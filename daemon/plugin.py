@@ -214,9 +214,7 @@ class Message:
         """Whether :attr:`body` is built already (reading it then costs nothing)."""
         return self._body is not _UNBUILT
 
-    # Neither dunder builds a lazy body: looking at a message (a log line, a test's
-    # comparison, a debugger) must not change it or run a codec.
-
+    # Neither dunder builds a lazy body: looking at a message must not change it.
     def __repr__(self) -> str:
         return (
             f"Message(connection={self.connection!r}, key={self.key!r}, seq={self.seq}, "
@@ -277,16 +275,12 @@ class Message:
 
 
 def _same_builder(one: Any, other: Any) -> bool:
-    """Two lazy bodies' builders build the same body from the same ``raw``: the same
-    function, of one codec or of two with equal options."""
-    if one == other:
-        return True
-    owner, owner_other = getattr(one, "__self__", None), getattr(other, "__self__", None)
-    return (
-        owner is not None
-        and type(owner) is type(owner_other)
+    """The same builder: one function, of one codec or of two with equal options."""
+    owner, theirs = getattr(one, "__self__", None), getattr(other, "__self__", None)
+    return one == other or (
+        type(owner) is type(theirs)
         and getattr(one, "__func__", None) is getattr(other, "__func__", None)
-        and getattr(owner, "options", None) == getattr(owner_other, "options", None)
+        and getattr(owner, "options", one) == getattr(theirs, "options", other)
     )
 
 
