@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import urllib.parse
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
@@ -63,10 +64,7 @@ class _Secrets:
         for value in values:
             if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
                 continue
-            forms.add(value)
-            escaped = json.dumps(value)[1:-1]  # how a JSON line spells it
-            if escaped != value:
-                forms.add(escaped)
+            forms.update(f for f in spellings(value) if len(f) >= MIN_SECRET_LENGTH)
         with self.lock:
             new = forms - self.values
             if not new:
@@ -74,9 +72,40 @@ class _Secrets:
             self.values |= new
             # Longest first: a secret that contains another is masked whole.
             ordered = sorted(self.values, key=lambda v: (-len(v), v))
-            self.pattern = re.compile("|".join(map(re.escape, ordered)))
+            self.pattern = re.compile("|".join(map(_pattern_of, ordered)))
 
 
+def spellings(value: str) -> set[str]:
+    """The ways a secret value may be written where it turns up again: as it is, as a
+    JSON string spells it, and percent-encoded or decoded as a URL holds it (an
+    upstream that echoes its query string in a close reason, a library that logs
+    the URL as sent) — ``+`` or ``%20`` for a space; ``%2F`` and ``%2f`` alike are
+    matched by :func:`_pattern_of`."""
+    forms = {value}
+    for form in (
+        urllib.parse.quote(value, safe=""),
+        urllib.parse.quote_plus(value, safe=""),
+        urllib.parse.quote(value, safe="/:@!$&'()*+,;="),  # what a URL leaves as it is
+        urllib.parse.unquote(value),
+        urllib.parse.unquote_plus(value),
+    ):
+        forms.add(form)
+    forms |= {json.dumps(form)[1:-1] for form in forms}  # how a JSON line spells each
+    return forms
+
+
+def _pattern_of(form: str) -> str:
+    """``form`` as a regular expression whose percent escapes match either case."""
+
+    def either_case(match: re.Match[str]) -> str:
+        return "%" + "".join(
+            f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in match.group(1)
+        )
+
+    return _PERCENT.sub(either_case, re.escape(form))
+
+
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _SECRETS = _Secrets()
 
 
