@@ -177,10 +177,19 @@ def _mask(value: Any) -> Any:
     return value
 
 
+#: Values a secret-looking key may hold that only say what happened to a secret
+#: (``redirect_followed``'s ``credentials``: ``sent`` or ``dropped``): shown as they are.
+_ABOUT_A_SECRET = frozenset({"sent", "dropped"})
+
+
 def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """Mask the values of secret-looking keys (``token``, ``authorization``...)."""
+    """Mask the values of secret-looking keys (``token``, ``authorization``...), except
+    a boolean or a word that only says what became of one (:data:`_ABOUT_A_SECRET`)."""
     for key in list(event_dict):
         if _is_secret(key):
+            value = event_dict[key]
+            if isinstance(value, bool) or (isinstance(value, str) and value in _ABOUT_A_SECRET):
+                continue
             event_dict[key] = "***"
         elif key in ("headers", "request_headers"):
             event_dict[key] = _mask(event_dict[key])

@@ -154,3 +154,100 @@ def _lost(path: Path) -> list[dict[str, Any]]:
             if record.get("event") == "connection_lost" and record.get("code") == 4001:
                 found.append(record)
     return found
+
+
+async def _redirect_then_upgrade(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """``/start``: a 307 to ``/next`` on the same origin; ``/next``: the upgrade, then silence."""
+    try:
+        async with asyncio.timeout(10):
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            if head.split(" ", 2)[1].startswith("/start"):
+                writer.write(
+                    b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /next\r\n"
+                    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                await writer.drain()
+                return
+            key = next(
+                line.partition(":")[2].strip()
+                for line in head.split("\r\n")
+                if line.lower().startswith("sec-websocket-key:")
+            )
+            accept = base64.b64encode(hashlib.sha1((key + _GUID).encode()).digest()).decode()
+            writer.write(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+            )
+            await writer.drain()
+        await reader.read(4096)
+    except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, StopIteration):
+        pass
+    finally:
+        writer.transport.abort()
+
+
+async def test_redirect_followed_says_whether_credentials_were_sent(tmp_path: Path) -> None:
+    """``credentials`` is a secret-looking key, but its ``sent``/``dropped`` is not a secret:
+    the log line says what the docs say it does, while the header value stays masked."""
+    async with tcp_server(_redirect_then_upgrade) as port:
+        config = tmp_path / "wsroute.toml"
+        config.write_text(
+            f"""
+[daemon]
+log_level = "info"
+log_format = "json"
+shutdown_timeout = "1s"
+
+[connections.up]
+url = "ws://127.0.0.1:{port}/start"
+headers = {{ Authorization = "Bearer redirect-s3cret-77" }}
+close_timeout = "300ms"
+
+[handlers.log]
+plugin = "log"
+
+[routes.all]
+handlers = ["log"]
+"""
+        )
+        err_path = tmp_path / "stderr"
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}
+        with err_path.open("wb") as err:
+            proc = await anyio.open_process(
+                [WSROUTE, "run", "-c", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+            )
+        try:
+            with anyio.fail_after(20):
+                while not _events(err_path, "connected"):
+                    await anyio.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            with anyio.fail_after(15):
+                assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                with anyio.move_on_after(5):
+                    await proc.wait()
+    (followed,) = _events(err_path, "redirect_followed")
+    assert (followed["status"], followed["same_origin"], followed["credentials"]) == (
+        307,
+        True,
+        "sent",
+    )
+    assert "redirect-s3cret-77" not in err_path.read_text(errors="replace")
+
+
+def _events(path: Path, event: str) -> list[dict[str, Any]]:
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("event") == event:
+                found.append(record)
+    return found
