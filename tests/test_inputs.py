@@ -389,6 +389,23 @@ def test_absurd_numbers_in_the_config_are_refused_at_their_key(
     )
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "most"),
+    [
+        ("queue", "10000001", "10000000"),
+        ("concurrency", "1001", "1000"),
+        ("retries", "1001", "1000"),
+        ("batch", "{ max = 100001 }", "100000"),
+    ],
+)
+def test_counts_have_an_upper_bound(config: Path, key: str, value: str, most: str) -> None:
+    config.write_text(config.read_text() + f'\n[handlers.more]\nplugin = "log"\n{key} = {value}\n')
+    result = run("check", "-c", str(config))
+    assert result.returncode == 78, result.stderr
+    path = "handlers.more.batch.max" if key == "batch" else f"handlers.more.{key}"
+    assert f"{path}: must be at most {most}, got" in result.stderr, result.stderr
+
+
 def test_the_longest_duration_is_accepted(config: Path) -> None:
     config.write_text(config.read_text() + '\n[handlers.archive.batch]\nwait = "8760h"\n')
     result = run("check", "-c", str(config))

@@ -554,6 +554,8 @@ class BatchSection:
     def __post_init__(self) -> None:
         if self.max < 1:
             raise ValueError(f"max must be at least 1, got {self.max}")
+        if self.max > 100_000:
+            raise ValueError(f"max must be at most 100000, got {self.max}")
         if self.wait < 0:
             raise ValueError(f"wait must not be negative, got {self.wait}")
 
@@ -610,12 +612,18 @@ class HandlerSection:
             raise ValueError("plugin must not be empty")
         if self.queue < 1:
             raise ValueError(f"queue must be at least 1, got {self.queue}")
+        if self.queue > 10_000_000:
+            raise ValueError(f"queue must be at most 10000000, got {self.queue}")
         if self.queue_bytes < 1:
             raise ValueError(f"queue_bytes must be at least 1B, got {self.queue_bytes}B")
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.concurrency > 1000:
+            raise ValueError(f"concurrency must be at most 1000, got {self.concurrency}")
         if self.retries < 0:
             raise ValueError(f"retries must not be negative, got {self.retries}")
+        if self.retries > 1000:
+            raise ValueError(f"retries must be at most 1000, got {self.retries}")
         if self.outage_timeout is not None and self.outage_timeout <= 0:
             raise ValueError("outage_timeout must be above 0 (leave it out to wait forever)")
 
