@@ -6,13 +6,19 @@ the sink's ``handle_batch`` on one stream without dedupe (no per-frame objects),
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import trustme
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 
 from wsroute import DeadLetter, Message
 from wsroute.plugins.redis.entry import (
@@ -23,10 +29,10 @@ from wsroute.plugins.redis.entry import (
 )
 from wsroute.plugins.redis.roundtrip import Link, round_trip
 from wsroute.plugins.redis.sink import RedisHandler
-from wsroute.testing import build_handler
+from wsroute.testing import build_handler, free_port
 
 from conftest import tcp_server
-from redis_helpers import RedisServer, requires_redis
+from redis_helpers import REDIS_SERVER, RedisServer, requires_redis
 
 pytestmark = pytest.mark.anyio
 
@@ -132,6 +138,78 @@ async def test_a_push_where_a_reply_is_due_is_never_taken_for_the_reply() -> Non
         finally:
             await link.aclose()
     assert b"AUTH\r\n$4\r\nuser\r\n$6\r\ns@cret\r\n" in seen[0]
+
+
+@contextlib.contextmanager
+def _redis_with(folder: Path, *options: str) -> Iterator[None]:
+    """A redis-server with ``options`` (no TCP port of its own unless they give one)."""
+    assert REDIS_SERVER is not None
+    log = folder / "redis.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", "0", "--save", "", "--dir", str(folder), *options],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while b"ready to accept connections" not in log.read_bytes().lower():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.02)
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@requires_redis
+async def test_a_link_over_tls_checks_the_certificate_and_sends_auth_and_select(
+    tmp_path: Path,
+) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    port = free_port()
+    tls = ("--tls-port", str(port), "--tls-auth-clients", "no")
+    files = ("--tls-cert-file", "cert.pem", "--tls-key-file", "key.pem", "--tls-ca-cert-file")
+    with _redis_with(tmp_path, *tls, *files, "ca.pem", "--requirepass", "s3cret"):
+        url = f"rediss://:s3cret@localhost:{port}/2"
+        link = Link(f"{url}?ssl_ca_certs={tmp_path / 'ca.pem'}", timeout=5.0)
+        try:
+            assert await link.round_trip([("SET", "k", "v")]) == [b"OK"]
+            (info,) = await link.round_trip([("CLIENT", "INFO")])
+            assert b" db=2 " in info
+        finally:
+            await link.aclose()
+        # The system's CAs do not know the test CA: the certificate is refused.
+        untrusting = Link(url, timeout=5.0)
+        try:
+            with pytest.raises(RedisConnectionError, match=r"(?i)certificate"):
+                await untrusting.round_trip([("PING",)])
+        finally:
+            await untrusting.aclose()
+        wrong = Link(f"rediss://:nope@localhost:{port}/2?ssl_cert_reqs=none", timeout=5.0)
+        try:
+            with pytest.raises(AuthenticationError):
+                await wrong.round_trip([("PING",)])
+        finally:
+            await wrong.aclose()
+
+
+@requires_redis
+async def test_a_link_over_a_unix_socket_uses_the_urls_database(tmp_path: Path) -> None:
+    path = tmp_path / "redis.sock"
+    with _redis_with(tmp_path, "--unixsocket", str(path)):
+        link = Link(f"unix://{path}?db=3", timeout=5.0)
+        try:
+            assert await link.round_trip([("SET", "k", "v")]) == [b"OK"]
+            (info,) = await link.round_trip([("CLIENT", "INFO")])
+            assert b" db=3 " in info
+        finally:
+            await link.aclose()
 
 
 async def _sink(options: dict[str, Any]) -> RedisHandler:
