@@ -1,8 +1,8 @@
 """The bare ``websockets`` receive loop: what wsroute is compared with.
 
 ``async for message in ws: count += 1`` on one or more connections, with
-``websockets``' defaults (compression is not negotiated: the upstream
-declines it), measured from outside exactly like ``wsroute run``: it prints the
+``websockets``' defaults (compression is not negotiated unless ``--deflate``:
+the upstream declines it), measured from outside exactly like ``wsroute run``: it prints the
 same done line as the ``benchcount`` plugin (see ``bench/plugins/benchcount.py``)
 when ``--expect`` messages arrived, then waits to be terminated, so the driver
 can read its CPU time and RSS first.
@@ -30,7 +30,7 @@ from benchcount import Tally
 
 async def receive(url: str, tally: Tally, args: argparse.Namespace, opened: list[Any]) -> None:
     """One connection's receive loop; the body is the whole point of the baseline."""
-    kwargs: dict[str, Any] = {"compression": None, "proxy": None}
+    kwargs: dict[str, Any] = {"compression": "deflate" if args.deflate else None, "proxy": None}
     if args.max_queue is not None:
         kwargs["max_queue"] = args.max_queue
     async with connect(url, **kwargs) as ws:
@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=1000, help="with --delay: progress lines")
     p.add_argument("--max-queue", type=int, default=None, help="websockets max_queue")
     p.add_argument("--uvloop", action="store_true")
+    p.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
     return p
 
 

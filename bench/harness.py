@@ -64,6 +64,7 @@ class Scenario:
     idle: bool = False  # no frames at all
     read_body: bool = False  # the handler reads message.body (builds a lazy body)
     validate: bool = True  # the codec's validate option
+    deflate: bool = False  # permessage-deflate negotiated (both clients), every frame compressed
 
     def per_connection(self, quick: bool) -> int:
         return self.quick_count if quick else self.count
@@ -85,6 +86,13 @@ SCENARIOS: list[Scenario] = [
         handlers=3,
     ),
     Scenario("json", "JSON text frames, 1 handler", kind="json", count=300_000, quick_count=60_000),
+    Scenario(
+        "deflate",
+        'small binary frames, compression = "deflate"',
+        count=150_000,
+        quick_count=30_000,
+        deflate=True,
+    ),
     Scenario(
         "large",
         "4 KiB frames, handler does not read the body",
@@ -209,7 +217,7 @@ def wsroute_config(
     for i in range(scenario.connections):
         name = "up" if scenario.connections == 1 else f"up{i}"
         lines += [f"[connections.{name}]", f'url = "{url}"', f'codec = "{codec}"']
-        lines.append('compression = "none"')
+        lines.append(f'compression = "{"deflate" if scenario.deflate else "none"}"')
         lines.append("")
     lines += [
         "[codecs.exchange]",
@@ -288,6 +296,8 @@ def client_argv(client: str, scenario: Scenario, port: int, config: Path, s: Set
             argv.append("--latency")
         if scenario.delay:
             argv += ["--delay", str(scenario.delay), "--every", "20"]
+        if scenario.deflate:
+            argv.append("--deflate")
         if s.uvloop:
             argv.append("--uvloop")
         return argv
@@ -456,6 +466,7 @@ def upstream_argv(scenario: Scenario, quick: bool) -> list[str]:
         f"--connections={scenario.connections}",
         "--wait-go",
         "--hold",
+        *(["--deflate"] if scenario.deflate else []),
     ]
 
 

@@ -24,6 +24,9 @@ EOF on stdin is a ``stop``. Frame kinds (``--kind``):
 - ``json``: an ~80-byte JSON text frame with ``"type": "tick"``;
 - ``large``: opcode 1 and a JSON order-book body, 4096 bytes in all.
 
+``--deflate`` accepts permessage-deflate (``server_no_context_takeover``: each
+message compressed on its own) and sends every frame compressed (RSV1).
+
 ``--count 0`` sends until ``stop``. Run ``python bench/upstream.py --help``.
 """
 
@@ -37,9 +40,11 @@ import struct
 import sys
 import threading
 import time
+import zlib
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
 OPCODE_TICK = 1
 _HEADER = struct.Struct("<i")
@@ -49,9 +54,15 @@ _BATCH = 256
 _DISTINCT = 1024
 
 
-def ws_frame(payload: bytes, *, text: bool) -> bytes:
-    """One unmasked, unfragmented server-to-client WebSocket frame (RFC 6455 §5.2)."""
+def ws_frame(payload: bytes, *, text: bool, deflate: bool = False) -> bytes:
+    """One unmasked, unfragmented server-to-client WebSocket frame (RFC 6455 §5.2);
+    ``deflate``: the payload compressed on its own (permessage-deflate, RSV1 set)."""
     first = 0x81 if text else 0x82
+    if deflate:
+        compressor = zlib.compressobj(wbits=-15)
+        payload = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        payload = payload.removesuffix(b"\x00\x00\xff\xff")
+        first |= 0x40
     size = len(payload)
     if size < 126:
         head = bytes((first, size))
@@ -91,10 +102,10 @@ def payload(kind: str, n: int, ts: int = 0) -> tuple[bytes, bool]:
     raise ValueError(f"unknown frame kind {kind!r}")
 
 
-def encoded(kind: str, n: int, ts: int = 0) -> bytes:
+def encoded(kind: str, n: int, ts: int = 0, *, deflate: bool = False) -> bytes:
     """Frame ``n`` of ``kind``, WebSocket framing included, ready to write."""
     data, text = payload(kind, n, ts)
-    return ws_frame(data, text=text)
+    return ws_frame(data, text=text, deflate=deflate)
 
 
 def _book_body(n: int, ts: int, size: int) -> bytes:
@@ -134,7 +145,7 @@ class Upstream:
         # Pre-encoded flood: _BATCH frames per chunk, cycling through _DISTINCT frames.
         # A real-looking 19-digit timestamp keeps flood frames the size of paced ones.
         stamp = time.time_ns()
-        frames = [encoded(args.kind, n, stamp) for n in range(_DISTINCT)]
+        frames = [encoded(args.kind, n, stamp, deflate=args.deflate) for n in range(_DISTINCT)]
         self.chunks = [
             b"".join(frames[(i + j) % _DISTINCT] for j in range(_BATCH))
             for i in range(0, _DISTINCT, _BATCH)
@@ -173,7 +184,10 @@ class Upstream:
                 sent += _BATCH
                 self.sent += _BATCH
             else:
-                one = [encoded(self.args.kind, sent + j, time.time_ns()) for j in range(left)]
+                kind, deflate = self.args.kind, self.args.deflate
+                one = [
+                    encoded(kind, sent + j, time.time_ns(), deflate=deflate) for j in range(left)
+                ]
                 transport.write(b"".join(one))
                 sent += left
                 self.sent += left
@@ -205,7 +219,7 @@ class Upstream:
             if due > sent:
                 out = []
                 while sent < due:
-                    out.append(encoded(kind, sent, time.time_ns()))
+                    out.append(encoded(kind, sent, time.time_ns(), deflate=args.deflate))
                     sent += 1
                 transport.write(b"".join(out) if len(out) > 1 else out[0])
                 self.sent += len(out)
@@ -248,6 +262,11 @@ async def main(args: argparse.Namespace) -> None:
         "127.0.0.1",
         0,
         compression=None,
+        extensions=(
+            [ServerPerMessageDeflateFactory(server_no_context_takeover=True)]
+            if args.deflate
+            else None
+        ),
         max_size=2**20,
         ping_interval=None,
         write_limit=2**18,
@@ -280,6 +299,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=1, help="wait for this many clients")
     p.add_argument("--wait-go", action="store_true", help='start sending on "go" from stdin')
     p.add_argument("--hold", action="store_true", help="keep connections open until stop/EOF")
+    p.add_argument("--deflate", action="store_true", help="permessage-deflate, frames compressed")
     return p
 
 

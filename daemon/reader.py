@@ -73,6 +73,8 @@ _OPEN = State.OPEN
 _TEXT, _BINARY, _CONT, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PONG
 # The first byte of a plain frame: FIN, no reserved bit, text or binary.
 _FIN_TEXT, _FIN_BINARY = 0x81, 0x82
+# ... and of a whole binary message compressed with permessage-deflate (RSV1).
+_FIN_BINARY_DEFLATED = 0xC2
 _HEAD_END = b"\r\n\r\n"
 
 
@@ -106,6 +108,8 @@ class FrameReader(asyncio.BufferedProtocol):
         #: Data frames are delivered; ``False`` once we close or the connection failed.
         self.taking = True
         self._parts: list[bytes] | None = None
+        #: The messages of the events being taken (:meth:`_events`): to the inbox together.
+        self._batch: list[Data] = []
         self._parts_text = False
         self._inbox_paused = False
         self._write_paused = False
@@ -345,11 +349,14 @@ class FrameReader(asyncio.BufferedProtocol):
         pos = 0
         limit = self.limit
         budget = CONTROL_BUDGET
+        # Consecutive whole compressed binary messages go to websockets together,
+        # from `run` to `pos`: one parse, one push of their messages.
+        run = -1
         while size - pos >= 2:
             if self._reading_paused and hold:
                 # The inbox (or the write buffer) is full: the rest of this read
                 # waits, unsplit, until reading resumes.
-                self._rest = bytearray(data[pos:])
+                self._rest = bytearray(data[pos if run < 0 else run :])
                 self._need = 0
                 self._held = True
                 return
@@ -371,6 +378,10 @@ class FrameReader(asyncio.BufferedProtocol):
                 head += 4  # masked: websockets refuses it (1002)
             end = pos + head + length
             if _FIN_TEXT <= first <= _FIN_BINARY and second < 0x80 and length <= limit:
+                if run >= 0:
+                    if not self._feed_run(data, run, pos):
+                        return
+                    run = -1
                 if end > size:
                     self._keep(data, pos, end)
                     return
@@ -390,9 +401,26 @@ class FrameReader(asyncio.BufferedProtocol):
                 continue
             # Anything else goes to websockets: whole, or from its header on when the
             # header already declares more than websockets accepts.
+            if run >= 0 and (first != _FIN_BINARY_DEFLATED or second >= 0x80 or end > size):
+                if not self._feed_run(data, run, pos):
+                    return
+                run = -1
             if end > size and length <= limit:
                 self._keep(data, pos, end)
                 return
+            budget -= 1
+            if first == _FIN_BINARY_DEFLATED and second < 0x80 and end <= size:
+                # A whole compressed binary message: nothing of ours can fail it (no
+                # UTF-8 to check), so the ones after it may go to websockets with it.
+                if run < 0:
+                    self._push(batch)  # the messages before it go first
+                    run = pos
+                pos = end
+                if not budget and hold and pos < size:
+                    if self._feed_run(data, run, pos):
+                        self._yield(data[pos:])
+                    return
+                continue
             self._push(batch)  # the messages before it go first
             self._feed(data[pos:end])
             pos = end
@@ -400,13 +428,24 @@ class FrameReader(asyncio.BufferedProtocol):
                 if pos < size:
                     self._feed(data[pos:])
                 return
-            budget -= 1
             if not budget and hold and pos < size:
                 self._yield(data[pos:])
                 return
+        if run >= 0 and not self._feed_run(data, run, min(pos, size)):
+            return
         if pos < size:
             self._rest = bytearray(data[pos:])
             self._need = size - pos + 1  # the header is incomplete: any byte may do
+
+    def _feed_run(self, data: bytes, run: int, pos: int) -> bool:
+        """Frames ``data[run:pos]`` to websockets; ``False`` if the plain path stops there
+        (closing, failed, inside a fragmented message): the rest of ``data`` went too."""
+        self._feed(data[run:pos])
+        if self._fast:
+            return True
+        if pos < len(data):
+            self._feed(data[pos:])
+        return False
 
     def _push(self, batch: list[Data]) -> None:
         """Hand the plain messages split so far to the inbox, now."""
@@ -491,6 +530,14 @@ class FrameReader(asyncio.BufferedProtocol):
                 self._data(frame)
             elif opcode is _PONG:
                 self._pong(bytes(frame.data))
+        self._push_batch()
+
+    def _push_batch(self) -> None:
+        """The messages websockets gave since the last push, to the inbox in one go."""
+        batch = self._batch
+        if batch:
+            self._batch = []
+            self.inbox.push_many(batch)
 
     def _data(self, frame: Frame) -> None:
         """A data frame websockets parsed: whole, or a fragment (its order checked)."""
@@ -500,6 +547,7 @@ class FrameReader(asyncio.BufferedProtocol):
             if parts is None:  # websockets refuses a stray continuation itself
                 return
             if len(parts) >= MAX_FRAGMENTS:
+                self._push_batch()  # what came before it is delivered
                 self._fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
                 return
             parts.append(bytes(frame.data))
@@ -518,14 +566,15 @@ class FrameReader(asyncio.BufferedProtocol):
             return
         payload = parts[0] if len(parts) == 1 else b"".join(parts)
         if not self._parts_text:
-            self.inbox.push(payload)
+            self._batch.append(payload)
             return
         try:
             text = payload.decode()
         except UnicodeDecodeError as exc:
+            self._push_batch()  # what came before it is delivered
             self._fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
             return
-        self.inbox.push(text)
+        self._batch.append(text)
 
     def _pong(self, data: bytes) -> None:
         """A pong acknowledges its ping and every ping sent before it."""
