@@ -289,6 +289,7 @@ def _lines(path: Path) -> int:
 
 
 @need("systemd-nspawn")
+@pytest.mark.timeout(300)  # the operator's whole first day, an upgrade and a rollback
 def test_the_shipped_unit_under_a_real_systemd(tmp_path: Path) -> None:
     reason = _why_not()
     if reason:
