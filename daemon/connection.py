@@ -368,6 +368,11 @@ class Connection:
             self.stats.note_error(f"connect_failed: {_short(exc)}")
             self.log.warning("connect_failed", error=_short(exc), url=self.url_for_logs)
             return backoff.next()
+        except Exception as exc:  # a bug in the connect path: a failed attempt, never a crash
+            self.stats.failed_attempts += 1
+            self.stats.note_error(f"connect_failed: {_short(exc)}")
+            self.log.exception("connect_crashed", error=_short(exc), url=self.url_for_logs)
+            return backoff.next()
 
         connected_at = time.monotonic()
         try:
