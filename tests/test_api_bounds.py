@@ -410,6 +410,7 @@ def test_check_refuses_the_api_addresses_run_refuses(run: Run, tmp_path: Path) -
         f"unix:{in_the_way}": "a file that is not a socket is in the way",
         f"unix:{tmp_path}": "a file that is not a socket is in the way",
         f"127.0.0.1:{taken}": "Address already in use",
+        "unix:/tmp/" + "x" * 100 + "/api.sock": "at most 107 bytes",
     }
     with busy:
         for address, words in cases.items():

@@ -49,7 +49,13 @@ def listen_issues(section: ApiSection) -> list[ConfigIssue]:
     return issues
 
 
+#: The longest path a Unix socket can be bound at (``sun_path`` less its NUL, on Linux).
+_MAX_SOCKET_PATH = 107
+
+
 def _unix_problem(path: str) -> str | None:
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        return f"a Unix socket path has at most {_MAX_SOCKET_PATH} bytes"
     folder = os.path.dirname(path) or "/"
     try:
         info = os.stat(folder)

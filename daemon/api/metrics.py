@@ -11,6 +11,7 @@ global one) with the standard ``process_*`` metrics beside ours.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -162,77 +163,90 @@ def _per(
 
 def render_text(snap: dict[str, Any]) -> str:
     """The text format of :func:`families` of ``snap``, written directly: the same
-    families, samples and order, in a tenth of the time prometheus_client takes
+    families, samples and order, in a sixth of the time prometheus_client takes
     (its objects per sample cost ~25 ms a scrape with 200 handlers, all of it on
-    the event loop; this is ~2 ms)."""
-    out: list[str] = []
-    put = out.append
+    the event loop; this is ~4 ms)."""
+    return "".join(family_texts(snap))
 
-    def head(name: str, text: str, kind: str) -> None:
-        put(f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {kind}\n")
 
-    def samples(name: str, label: str, items: dict[str, dict[str, Any]], field: str) -> None:
-        for key, values in items.items():
-            put(f'{name}{{{label}="{_escape(key)}"}} {_float(values.get(field))}\n')
+def family_texts(snap: dict[str, Any]) -> Iterator[str]:
+    """:func:`render_text` one family at a time, so that a scrape can let the event
+    loop run between them."""
+
+    def head(name: str, text: str, kind: str) -> str:
+        return f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {kind}\n"
 
     def per(
         items: dict[str, dict[str, Any]],
         label: str,
         specs: tuple[tuple[str, str, str], ...],
         kind: str,
-    ) -> None:
+    ) -> Iterator[str]:
         for metric, field, text in specs:
-            head(metric, text, kind)
-            samples(metric, label, items, field)
+            lines = [head(metric, text, kind)]
+            lines += [
+                f'{metric}{{{label}="{_escape(key)}"}} {_float(values.get(field))}\n'
+                for key, values in items.items()
+            ]
+            yield "".join(lines)
 
-    head("wsroute_build_info", "wsroute's version.", "gauge")
-    put(f'wsroute_build_info{{version="{_escape(str(snap.get("version", "")))}"}} 1.0\n')
+    version = _escape(str(snap.get("version", "")))
+    yield head("wsroute_build_info", "wsroute's version.", "gauge") + (
+        f'wsroute_build_info{{version="{version}"}} 1.0\n'
+    )
     connections: dict[str, dict[str, Any]] = snap.get("connections") or {}
-    head("wsroute_connection_up", "1 while the upstream is connected.", "gauge")
+    lines = [head("wsroute_connection_up", "1 while the upstream is connected.", "gauge")]
     for name, conn in connections.items():
         state = "1.0" if conn.get("state") == "connected" else "0.0"
-        put(f'wsroute_connection_up{{connection="{_escape(name)}"}} {state}\n')
-    per(connections, "connection", _CONNECTION_COUNTERS[:3], "counter")
-    head(
-        "wsroute_connection_last_frame_timestamp_seconds",
-        "When the last frame was read (Unix time).",
-        "gauge",
-    )
+        lines.append(f'wsroute_connection_up{{connection="{_escape(name)}"}} {state}\n')
+    yield "".join(lines)
+    yield from per(connections, "connection", _CONNECTION_COUNTERS[:3], "counter")
+    lines = [
+        head(
+            "wsroute_connection_last_frame_timestamp_seconds",
+            "When the last frame was read (Unix time).",
+            "gauge",
+        )
+    ]
     for name, conn in connections.items():
         if conn.get("last_frame_at") is not None:
-            put(
+            lines.append(
                 "wsroute_connection_last_frame_timestamp_seconds"
                 f'{{connection="{_escape(name)}"}} {_float(conn["last_frame_at"])}\n'
             )
+    yield "".join(lines)
     unmatched = dict(connections)
     for name, source in (snap.get("sources") or {}).items():
         unmatched.setdefault(name, source)
-    per(unmatched, "connection", _CONNECTION_COUNTERS[3:], "counter")
+    yield from per(unmatched, "connection", _CONNECTION_COUNTERS[3:], "counter")
     handlers: dict[str, dict[str, Any]] = snap.get("handlers") or {}
-    per(handlers, "handler", _HANDLER_COUNTERS[:1], "counter")
-    head("wsroute_handler_messages_total", "Messages settled, by outcome.", "counter")
+    yield from per(handlers, "handler", _HANDLER_COUNTERS[:1], "counter")
+    lines = [head("wsroute_handler_messages_total", "Messages settled, by outcome.", "counter")]
     for name, counts in handlers.items():
         label = _escape(name)
         for outcome in HANDLER_OUTCOMES:
-            put(
+            lines.append(
                 f'wsroute_handler_messages_total{{handler="{label}",outcome="{outcome}"}} '
                 f"{_float(counts.get(outcome))}\n"
             )
-    per(handlers, "handler", _HANDLER_GAUGES, "gauge")
-    per(handlers, "handler", _HANDLER_COUNTERS[1:], "counter")
-    per(handlers, "handler", _HANDLER_OUTAGE[:1], "gauge")
-    per(handlers, "handler", _HANDLER_OUTAGE[1:], "counter")
-    per(snap.get("sources") or {}, "source", _SOURCE_COUNTERS, "counter")
+    yield "".join(lines)
+    yield from per(handlers, "handler", _HANDLER_GAUGES, "gauge")
+    yield from per(handlers, "handler", _HANDLER_COUNTERS[1:], "counter")
+    yield from per(handlers, "handler", _HANDLER_OUTAGE[:1], "gauge")
+    yield from per(handlers, "handler", _HANDLER_OUTAGE[1:], "counter")
+    yield from per(snap.get("sources") or {}, "source", _SOURCE_COUNTERS, "counter")
     memory: dict[str, Any] = snap.get("memory") or {}
-    head("wsroute_memory_queued_bytes", "Bytes queued in all handlers (estimated).", "gauge")
-    put(f"wsroute_memory_queued_bytes {_float(memory.get('queued_bytes'))}\n")
-    head("wsroute_memory_budget_bytes", "The daemon-wide memory_budget.", "gauge")
-    put(f"wsroute_memory_budget_bytes {_float(memory.get('budget'))}\n")
-    head("wsroute_config_reloads_total", "Config reloads, by result.", "counter")
+    yield head(
+        "wsroute_memory_queued_bytes", "Bytes queued in all handlers (estimated).", "gauge"
+    ) + (f"wsroute_memory_queued_bytes {_float(memory.get('queued_bytes'))}\n")
+    yield head("wsroute_memory_budget_bytes", "The daemon-wide memory_budget.", "gauge") + (
+        f"wsroute_memory_budget_bytes {_float(memory.get('budget'))}\n"
+    )
     counts = snap.get("reloads") or {}
-    for result in ("success", "failure"):
-        put(f'wsroute_config_reloads_total{{result="{result}"}} {_float(counts.get(result))}\n')
-    return "".join(out)
+    yield head("wsroute_config_reloads_total", "Config reloads, by result.", "counter") + "".join(
+        f'wsroute_config_reloads_total{{result="{result}"}} {_float(counts.get(result))}\n'
+        for result in ("success", "failure")
+    )
 
 
 def _float(value: Any) -> str:
@@ -265,3 +279,13 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text format of every metric, read now."""
         return render_text(status(self.service)).encode() + generate_latest(self.registry)
+
+    async def render_async(self) -> bytes:
+        """:meth:`render` for a scrape: the counters read at once (one consistent
+        snapshot), then the text written a family at a time, the event loop running
+        in between, so that a scrape never holds the routing for long."""
+        parts = []
+        for text in family_texts(status(self.service)):
+            parts.append(text)
+            await asyncio.sleep(0)
+        return "".join(parts).encode() + generate_latest(self.registry)

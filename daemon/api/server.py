@@ -277,7 +277,9 @@ class ApiServer:
 
     # -- answering -----------------------------------------------------------
 
-    def _answer(self, ws: ServerConnection, request: Request, *, unix: bool) -> Response | None:
+    async def _answer(
+        self, ws: ServerConnection, request: Request, *, unix: bool
+    ) -> Response | None:
         """``process_request``: answer a plain GET, or ``None`` to let ``/tap`` upgrade."""
         url = urlsplit(request.path)
         path = url.path.rstrip("/") or "/"
@@ -303,7 +305,8 @@ class ApiServer:
             return _json_response(code, body)
         if path == "/metrics":
             metrics = self.metrics
-            return _response(http.HTTPStatus.OK, metrics.render(), metrics.content_type)
+            text = await metrics.render_async()  # the loop runs between its families
+            return _response(http.HTTPStatus.OK, text, metrics.content_type)
         if path == "/status":
             return _json_response(http.HTTPStatus.OK, status(self.service))
         try:  # /tap: a bad filter is refused before the upgrade
