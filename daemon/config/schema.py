@@ -78,18 +78,19 @@ class ApiSection:
     )
     max_clients: int = _doc(
         "API connections open at once, on all addresses together (taps included); the "
-        "next is answered 503 and closed.",
+        "next is answered 503 and closed. 1 to 10000.",
         default=64,
     )
     max_taps: int = _doc(
         "/tap clients at once; the next is answered 503 before the upgrade. Each one "
-        "costs routing time (docs/observability.md has the figures).",
+        "costs routing time (docs/observability.md has the figures). 0 (no /tap) to "
+        "max_clients.",
         default=10,
     )
     tap_buffer: Size = _doc(
         "Bound of each /tap client's buffer, in bytes (a message counts as 3 × its frame "
         "plus 256 B); what does not fit is dropped, counted and told to the client. "
-        "A single larger message is still sent alone.",
+        "A single larger message is still sent alone. 64KiB to 1GiB.",
         default=Size(4 * 2**20),
     )
 
