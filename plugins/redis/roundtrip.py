@@ -31,6 +31,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -242,8 +243,12 @@ class Link:
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
-            # Let the transport finish closing before the loop may end.
-            await connection.writer.wait_closed()
+        # Let the transports finish closing before the loop may end; a TLS goodbye to
+        # a frozen server is not waited for longer than a round trip.
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout(self._timeout):
+                for connection in idle:
+                    await connection.writer.wait_closed()
 
     def _take(self) -> _Connection | None:
         idle = self._idle
