@@ -78,6 +78,14 @@ _FIN_BINARY_DEFLATED = 0xC2
 _HEAD_END = b"\r\n\r\n"
 
 
+def _starts_large(view: memoryview) -> bool:
+    """Whether a read starts with a plain frame of 1 KiB or more (:meth:`_split_large`)."""
+    if len(view) < 1024 or (view[0] != _FIN_BINARY and view[0] != _FIN_TEXT):
+        return False
+    second = view[1]
+    return second == 127 or (second == 126 and ((view[2] << 8) | view[3]) >= 1024)
+
+
 class FrameReader(asyncio.BufferedProtocol):
     """The asyncio protocol of one upstream socket (see the module docstring).
 
@@ -100,6 +108,8 @@ class FrameReader(asyncio.BufferedProtocol):
         self._rest = bytearray()
         #: How many bytes :attr:`_rest` needs before splitting can go on.
         self._need = 0
+        #: :attr:`_need` is where the one frame :attr:`_rest` starts ends.
+        self._frame_end = False
         #: :attr:`_rest` waits for the inbox, not for more bytes.
         self._held = False
         #: Plain frames may be taken: open, no fragmented message, data wanted.
@@ -202,15 +212,40 @@ class FrameReader(asyncio.BufferedProtocol):
         if self._response is not None:
             self._handshake_data(bytes(self._view[:nbytes]))
             return
+        view = self._view[:nbytes]
+        batch: list[Data] = []
         rest = self._rest
         if rest:
-            rest += self._view[:nbytes]
-            if self._held or len(rest) < self._need:
+            if self._held or len(rest) + nbytes < self._need:
+                rest += view
                 return
-            data = bytes(rest)
+            if not (self._fast and self._frame_end):
+                self._rest = bytearray()
+                self._handle(b"".join((rest, view)))  # one copy
+                return
+            # ``rest`` is the start of one frame, which ends in this read: that frame
+            # alone is joined; the rest of the read goes on below, in the same batch.
+            cut = self._need - len(rest)
             self._rest = bytearray()
+            self._split_into(b"".join((rest, view[:cut])), True, batch)
+            view = view[cut:]
+            if not view or self._rest:  # the end of the read, or held: reading paused
+                self._rest += view
+                if batch:
+                    self.inbox.push_many(batch)
+                return
+        if not self._fast:
+            if batch:
+                self.inbox.push_many(batch)
+            self._feed(bytes(view))
+        elif _starts_large(view):
+            self._split_large(view, batch)
         else:
-            data = bytes(self._view[:nbytes])
+            self._split_into(bytes(view), True, batch)
+            if batch:
+                self.inbox.push_many(batch)
+
+    def _handle(self, data: bytes) -> None:
         if self._fast:
             self._split(data)
         else:
@@ -436,6 +471,7 @@ class FrameReader(asyncio.BufferedProtocol):
         if pos < size:
             self._rest = bytearray(data[pos:])
             self._need = size - pos + 1  # the header is incomplete: any byte may do
+            self._frame_end = False
 
     def _feed_run(self, data: bytes, run: int, pos: int) -> bool:
         """Frames ``data[run:pos]`` to websockets; ``False`` if the plain path stops there
@@ -453,10 +489,53 @@ class FrameReader(asyncio.BufferedProtocol):
             self.inbox.push_many(batch.copy())
             batch.clear()
 
-    def _keep(self, data: bytes, pos: int, end: int) -> None:
+    def _keep(self, data: bytes | memoryview, pos: int, end: int) -> None:
         """The frame at ``pos`` ends at ``end``, in a later read."""
-        self._rest = bytearray(data[pos:])
+        self._rest = bytearray(memoryview(data)[pos:])
         self._need = end - pos
+        self._frame_end = True
+
+    def _split_large(self, view: memoryview, batch: list[Data]) -> None:
+        """A read that starts with plain frames of 1 KiB or more, split without a copy of
+        the read (each payload is copied once, into its message); from the first other
+        frame on, the rest goes by :meth:`_split_into`. The batch is handed over."""
+        size = len(view)
+        pos = 0
+        limit = self.limit
+        while size - pos >= 4 and not self._reading_paused:
+            first = view[pos]
+            second = view[pos + 1]
+            if (first != _FIN_BINARY and first != _FIN_TEXT) or second < 126 or second > 127:
+                break
+            if second == 126:
+                length = (view[pos + 2] << 8) | view[pos + 3]
+                head = 4
+            else:
+                if size - pos < 10:
+                    break
+                length = int.from_bytes(view[pos + 2 : pos + 10], "big")
+                head = 10
+            if length > limit:
+                break
+            end = pos + head + length
+            if end > size:
+                if batch:
+                    self.inbox.push_many(batch)
+                self._keep(view, pos, end)
+                return
+            payload = view[pos + head : end]
+            if first == _FIN_BINARY:
+                batch.append(bytes(payload))
+            else:
+                try:
+                    batch.append(str(payload, "utf-8"))
+                except UnicodeDecodeError:
+                    break  # _split fails the connection for it, after the batch
+            pos = end
+        if pos < size:
+            self._split_into(bytes(view[pos:]), True, batch)
+        if batch:
+            self.inbox.push_many(batch)
 
     def _feed(self, data: bytes) -> None:
         """Whole frames (or, closing or inside a fragmented message, any bytes) to
@@ -521,6 +600,7 @@ class FrameReader(asyncio.BufferedProtocol):
         if pos < size:
             self._rest = bytearray(data[pos:])
             self._need = size - pos + 1
+            self._frame_end = False
 
     def _events(self) -> None:
         for event in self.protocol.events_received():

@@ -167,7 +167,8 @@ class Script:
 class Upstream:
     """A raw upstream playing one script per connection, recording the client's close."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = LIMIT) -> None:
+        self.limit = limit
         self.scripts: deque[Script] = deque()
         self.server = RawServer(self._play)
         self.done: dict[int, asyncio.Event] = {}
@@ -195,7 +196,7 @@ class Upstream:
         async with self.server.serve() as url:
             text = (
                 f'[connections.up]\nurl = "{url}"\ncompression = "none"\n'
-                f'max_frame_size = "{LIMIT}B"\nclose_timeout = "2s"\n'
+                f'max_frame_size = "{self.limit}B"\nclose_timeout = "2s"\n'
                 '[routes.all]\nhandlers = ["h"]\n[handlers.h]\nplugin = "log"\n'
             )
             yield loads(text).connections["up"]
@@ -420,3 +421,33 @@ async def test_differential_fuzz_matches_websockets_alone(seed: int) -> None:
             pieces = [stream[a:b] for a, b in itertools.pairwise(edges) if b > a]
             got = await upstream.verdict(section, pieces)
             assert got == websockets_alone(stream), (seed, number, stream[:200])
+
+
+async def test_large_frames_cut_anywhere_match_websockets_alone() -> None:
+    """Plain frames of 1-20 KiB (a read often starts with one: the reader then splits
+    it without copying the read), cut at random places and at frame boundaries, with
+    an invalid one and a control frame now and then: websockets' verdict."""
+    limit = 64 * 1024
+    rng = random.Random(4096)
+    upstream = Upstream(limit)
+    async with upstream.serve() as section:
+        for number in range(12):
+            frames = []
+            for _ in range(rng.randint(3, 12)):
+                size = rng.randint(1024, 20_000)
+                roll = rng.random()
+                if roll < 0.45:
+                    frames.append(raw_frame(OP_BINARY, rng.randbytes(size)))
+                elif roll < 0.9:
+                    frames.append(text("ü" * (size // 2)))
+                elif roll < 0.95:
+                    frames.append(raw_frame(OP_PING, b"p"))
+                else:
+                    frames.append(text(b"x" * (size - 1) + b"\xff"))
+            stream = b"".join(frames)
+            bounds = list(itertools.accumulate(len(f) for f in frames))[:-1]
+            points = sorted({*rng.sample(range(1, len(stream)), 4), *rng.sample(bounds, 1)})
+            edges = [0, *points, len(stream)]
+            pieces = [stream[a:b] for a, b in itertools.pairwise(edges) if b > a]
+            got = await upstream.verdict(section, pieces)
+            assert got == websockets_alone(stream, limit), number
