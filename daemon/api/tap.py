@@ -163,10 +163,49 @@ class _Entry:
     def frame(self) -> bytes:
         """The record as a whole WebSocket text frame (built at the first call)."""
         if self._frame is None:
-            out = record(self.message, verbatim=True)
-            out["handlers"] = [runner.name for runner in self.targets]
-            self._frame = text_frame(_encoder.encode(out))
+            message = self.message
+            names = [runner.name for runner in self.targets]
+            text = message.body_json
+            if text is not None and message.dead_letter is None and not _spans_lines(text):
+                # The common record, as a struct: what record() and "handlers" give,
+                # field for field, for a third less time.
+                data = _encoder.encode(
+                    _Record(
+                        message.connection,
+                        message.key,
+                        message.seq,
+                        message.received_at,
+                        message.fields,
+                        msgspec.Raw(text),
+                        names,
+                    )
+                )
+            else:
+                out = record(message, verbatim=True)
+                out["handlers"] = names
+                data = _encoder.encode(out)
+            self._frame = text_frame(data)
         return self._frame
+
+
+class _Record(msgspec.Struct):
+    """:func:`~wsroute.records.record` of a message whose body is validated JSON and
+    that is no dead letter, plus the tap's ``handlers``, in the same order."""
+
+    connection: str
+    key: Any
+    seq: int
+    received_at: float
+    fields: Any
+    body: msgspec.Raw
+    handlers: list[str]
+
+
+def _spans_lines(text: bytes | str) -> bool:
+    # As the record format: a body spanning lines is written decoded, on one line.
+    if isinstance(text, str):
+        return "\n" in text or "\r" in text
+    return b"\n" in text or b"\r" in text
 
 
 def text_frame(payload: bytes) -> bytes:
