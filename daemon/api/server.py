@@ -430,7 +430,11 @@ def _chmod_socket(path: str, inode: int, mode: int) -> None:
         if not stat.S_ISSOCK(info.st_mode) or info.st_ino != inode:
             raise OSError(errno.EEXIST, "the socket file was replaced (by a link or a file)")
         # An O_PATH descriptor takes no fchmod(); its /proc entry is that very file.
-        os.chmod(f"/proc/self/fd/{fd}", mode)
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", mode)
+        except FileNotFoundError:
+            # No /proc (a bare chroot): the path, just checked to be our socket.
+            os.chmod(path, mode)
     finally:
         os.close(fd)
 
