@@ -87,6 +87,25 @@ def test_the_production_config_checks_with_one_warning_until_filled_in(tmp_path:
     assert "everything: exchange / any key -> archive" in filled.stdout
 
 
+def test_the_production_config_checks_before_systemd_made_its_folders(tmp_path: Path) -> None:
+    """As installed: /var/lib/wsroute and /run/wsroute are made by the unit at start
+    (StateDirectory=, RuntimeDirectory=), so their absence is no problem for check;
+    another missing socket folder is."""
+    if Path("/run/wsroute").exists():
+        pytest.skip("/run/wsroute exists here: the daemon may be running")
+    shipped = PRODUCTION.read_text().replace(
+        'url = "wss://ws.example.com/"', 'url = "wss://feed.acme.test/"'
+    )
+    config = tmp_path / "wsroute.toml"
+    config.write_text(shipped)
+    result = wsroute("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    config.write_text(shipped.replace("unix:/run/wsroute/", f"unix:{tmp_path}/nowhere/"))
+    refused = wsroute("check", "-c", str(config))
+    assert refused.returncode == 78
+    assert f"its folder {tmp_path}/nowhere: No such file or directory" in refused.stderr
+
+
 def test_a_placeholder_in_a_sink_url_is_warned_about_too(tmp_path: Path) -> None:
     config = production(tmp_path, url="wss://feed.acme.test/")
     config.write_text(

@@ -1,8 +1,9 @@
 """``wsroute check`` for ``[daemon.api] listen``: what ``wsroute run`` would refuse, found first.
 
 :func:`listen_issues` tries each address as the daemon would open it, without
-keeping it: a Unix socket's folder must exist and be a folder we may create
-the socket in, and nothing but a stale socket may be at its path (a file, a
+keeping it: a Unix socket's folder must exist (or be the runtime directory
+the shipped units create at start, ``/run/wsroute``) and be a folder we may
+create the socket in, and nothing but a stale socket may be at its path (a file, a
 folder or a symlink there is refused, as the daemon refuses it); a TCP
 address must be bindable. An address held by a running wsroute — the daemon
 this check precedes a ``systemctl reload`` of — is not a problem: the probe
@@ -19,6 +20,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import socket
 import stat
 
@@ -52,6 +54,20 @@ def listen_issues(section: ApiSection) -> list[ConfigIssue]:
 #: The longest path a Unix socket can be bound at (``sun_path`` less its NUL, on Linux).
 _MAX_SOCKET_PATH = 107
 
+#: What the shipped units create at start with ``RuntimeDirectory=``: ``/run/wsroute``,
+#: and ``/run/wsroute-NAME`` for the instance ``wsroute@NAME``.
+_RUNTIME_DIRECTORY = re.compile(r"/run/wsroute(-[^/]+)?")
+
+
+def _created_at_start(folder: str) -> bool:
+    """A runtime directory systemd makes when the unit starts (and removes at stop):
+    missing while the daemon is stopped, which is when ``check`` runs first."""
+    folder = os.path.normpath(folder)
+    named = os.environ.get("RUNTIME_DIRECTORY", "").split(":")
+    return folder in {os.path.normpath(p) for p in named if p} or bool(
+        _RUNTIME_DIRECTORY.fullmatch(folder)
+    )
+
 
 def _unix_problem(path: str) -> str | None:
     if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
@@ -59,6 +75,10 @@ def _unix_problem(path: str) -> str | None:
     folder = os.path.dirname(path) or "/"
     try:
         info = os.stat(folder)
+    except FileNotFoundError as exc:
+        if _created_at_start(folder):
+            return None  # RuntimeDirectory= creates it, owned by the daemon's user
+        return f"its folder {folder}: {exc.strerror or exc}"
     except OSError as exc:
         return f"its folder {folder}: {exc.strerror or exc}"
     if not stat.S_ISDIR(info.st_mode):
