@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from wsroute import connection, dispatch, handler, reader, wire
+from wsroute import dispatch, frames, handler, reader, wire
 from wsroute.cli import main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -119,18 +119,13 @@ def offer_many(self: handler.HandlerRunner, messages: Any) -> int:
     return taken
 
 
-_frame_handler = connection.Connection._frame_handler
+_handle = frames.ReadPath.handle
 
 
-def frame_handler(self: connection.Connection) -> Any:
-    handle = _frame_handler(self)
-
-    def counted(frames: Any) -> Any:
-        stats["reader_gets"] += len(frames)
-        stats["reader_batches"] += 1
-        return handle(frames)
-
-    return counted
+def handle(self: frames.ReadPath, batch: Any) -> Any:
+    stats["reader_gets"] += len(batch)
+    stats["reader_batches"] += 1
+    return _handle(self, batch)
 
 
 _buffer_updated = reader.FrameReader.buffer_updated
@@ -159,7 +154,7 @@ if __name__ == "__main__":
     dispatch.Dispatcher._wait = blocked_wait  # type: ignore[method-assign]
     wire.Inbox.take_many = take_many  # type: ignore[method-assign]
     handler.HandlerRunner.offer_many = offer_many  # type: ignore[method-assign]
-    connection.Connection._frame_handler = frame_handler  # type: ignore[method-assign]
+    frames.ReadPath.handle = handle  # type: ignore[method-assign]
     reader.FrameReader.buffer_updated = buffer_updated  # type: ignore[method-assign]
     gc.callbacks.append(_gc_callback)
     atexit.register(_dump)

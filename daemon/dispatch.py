@@ -102,8 +102,9 @@ class Dispatcher:
         ``None`` when all were queued; else ``(count, awaitable)``: the first
         ``count`` were routed (the last of them may wait in the awaitable for room
         in a full ``block`` queue, as :meth:`dispatch`'s does) and the caller awaits
-        it before it routes the rest. The memory budget and a drop are looked at
-        once, after the read: then ``count`` is all of them.
+        it before it routes the rest. A drop makes it a yield to the loop, at the
+        first message a full ``drop-*`` queue drops, as :meth:`dispatch` does. The
+        memory budget is looked at once, after the read.
         """
         lookup = self.router.lookup
         tap = self.tap
@@ -131,6 +132,10 @@ class Dispatcher:
                     key, connection = message.key, message.connection
                 end += 1
             run = messages[position:end] if position or end < total else messages
+            if len(run) > 1 and any(runner.drops_next for runner in targets):
+                # A handler that is behind drops one: the reader gives way to it before
+                # it routes the rest of the read (see dispatch()), as frame by frame.
+                run = run[:1]
             waits_in: list[HandlerRunner] = []
             if len(targets) == 1:
                 runner = targets[0]
@@ -149,6 +154,9 @@ class Dispatcher:
             position += len(run)
             if waits_in:
                 return position, self._wait(run[-1], waits_in)
+            if self.budget.overflowed and position < total:
+                self.budget.overflowed = False
+                return position, asyncio.sleep(0)
         budget = self.budget
         if budget.raw >= budget.raw_limit:
             return total, budget.wait()

@@ -103,6 +103,11 @@ class HandlerQueue:
         letters may pass the limits)."""
         return len(self._queue) >= self._limit or self.queued_raw >= self._raw_limit
 
+    @property
+    def drops_next(self) -> bool:
+        """Full under ``drop-oldest``/``drop-newest``: the next offer drops a message."""
+        return self._policy != "block" and self._accepting and self.full
+
     def offer(self, message: Message) -> bool:
         """Queue a message without waiting. ``False``: full under ``block``; call again later.
 

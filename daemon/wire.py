@@ -146,17 +146,17 @@ class Transport(Protocol):
 class Inbox:
     """Whole messages on their way from the socket's callback to the connection's reader.
 
-    While the reader waits with nothing in hand, the
-    callback hands a message straight to the reader's handler (:meth:`take`):
-    at moderate rates a frame then costs one task switch (to the handler's
-    worker), not two. Otherwise — the reader is busy, or it was given
-    :data:`YIELD_EVERY` messages since it last ran — the callback appends to
-    :attr:`messages` (inlined on the per-frame path: append, :meth:`pause`
-    above :data:`HIGH_WATER`, wake :attr:`waiter`) or calls :meth:`push`;
-    :meth:`drain` hands them to the handler, yielding to the loop every
-    :data:`YIELD_EVERY`, resumes the socket once everything waiting was handed
-    over, and sleeps until the next push. One task switch per socket read, not
-    per frame, under a flood.
+    The socket's callback gives it a read's messages together (:meth:`push_many`;
+    :meth:`push` for one). While the reader waits with nothing in hand, the
+    callback hands them straight to the reader's handler, as one list
+    (:meth:`take_many`): at moderate rates a frame then costs one task switch
+    (to the handler's worker), not two. Otherwise — the reader is busy, or it
+    was given :data:`YIELD_EVERY` messages since it last ran — they are
+    appended to :attr:`messages` (:meth:`pause` above :data:`HIGH_WATER`,
+    wake :attr:`waiter`); :meth:`drain` hands them to the handler in lists of
+    at most :data:`YIELD_EVERY`, letting the loop run between two, resumes
+    the socket once everything waiting was handed over, and sleeps until the
+    next push. One task switch per socket read, not per frame, under a flood.
     """
 
     __slots__ = ("handle", "inline", "messages", "paused", "pending", "size", "socket", "waiter")
