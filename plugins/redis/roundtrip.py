@@ -5,10 +5,10 @@ socket, from the plugin's ``url``) and speaks to them through hiredis' public
 API only: ``pack_command`` packs each command in C, one write carries them all,
 and a ``hiredis.Reader`` fed with what the socket returns hands back one reply
 per command. Against the other public ways, per ``XADD`` of a frame's 16
-arguments (111 per round trip, client CPU; ``bench/README.md``): this 2.1 µs,
-redis-py's pipeline 18.8 µs, redis-py's connection with one ``read_response``
-per reply 8.1 µs (each arms and cancels a timeout). The round trip has one
-deadline, ``timeout``, from the write to the last reply.
+arguments (111 per round trip, client CPU; ``bench/redis_roundtrip.py``): this
+about 2 µs, redis-py's pipeline about 16 µs, redis-py's connection with one
+``read_response`` per reply about 7 µs (each arms and cancels a timeout). The
+round trip has one deadline, ``timeout``, from the write to the last reply.
 
 Invariants:
 
