@@ -17,16 +17,17 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import trustme
-from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
+from redis.exceptions import AuthenticationError, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from wsroute import DeadLetter, Message
+from wsroute import DeadLetter, Message, Unavailable
 from wsroute.plugins.redis.entry import (
     encode_entry_bytes,
     pack_entry_bytes,
     pack_messages,
     unpack_entry,
 )
+from wsroute.plugins.redis.outage import is_redis_outage, unavailable
 from wsroute.plugins.redis.roundtrip import Link, round_trip
 from wsroute.plugins.redis.sink import RedisHandler
 from wsroute.testing import build_handler, free_port
@@ -262,3 +263,29 @@ async def test_handle_batch_reports_each_frame_of_a_refused_entry(
     finally:
         await handler.stop()
     assert (handler.stats.entries, handler.stats.frames) == (2 if pack == 1 else 1, 2)
+
+
+@requires_redis
+async def test_a_replicas_readonly_reply_is_an_outage_and_wrongtype_a_refusal(
+    server: RedisServer,
+) -> None:
+    # A failover turns the server into a read-only replica for a while: "not now";
+    # a command against the wrong type of key is "not this": that message's failure.
+    admin = aioredis.Redis.from_url(server.url)
+    link = Link(server.url, timeout=5.0)
+    try:
+        await admin.set("str", "x")
+        await admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+        (readonly,) = await round_trip(link, [("XADD", "s", "*", "n", 1)])
+        await admin.execute_command("REPLICAOF", "NO", "ONE")
+        (wrongtype,) = await round_trip(link, [("XADD", "str", "*", "a", "b")])
+    finally:
+        await link.aclose()
+        await admin.aclose()
+    assert isinstance(readonly, ReadOnlyError)
+    assert is_redis_outage(readonly)
+    assert isinstance(unavailable(readonly), Unavailable)
+    assert isinstance(wrongtype, ResponseError)
+    assert str(wrongtype).startswith("WRONGTYPE")
+    assert not is_redis_outage(wrongtype)
+    assert unavailable(wrongtype) is wrongtype

@@ -13,7 +13,7 @@ that message: a failure.
 from __future__ import annotations
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wsroute import Unavailable
@@ -33,6 +33,8 @@ def is_redis_outage(error: BaseException) -> bool:
         error = error.__cause__
     if isinstance(error, RedisConnectionError | RedisTimeoutError):
         return True  # BusyLoadingError (LOADING) is a ConnectionError too
+    if isinstance(error, ReadOnlyError):
+        return True  # READONLY, whose class drops the word from its message
     if isinstance(error, ResponseError):
         return str(error).startswith(OUTAGE_REPLIES)
     if isinstance(error, RedisError):
