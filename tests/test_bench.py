@@ -41,6 +41,7 @@ def test_every_scenario_runs_and_is_reported_beside_the_bare_loop() -> None:
         "| small binary frames, 1 handler |",
         "| small binary frames, fan-out to 3 handlers |",
         "| JSON text frames, 1 handler |",
+        '| small binary frames, compression = "deflate" |',
         "| 4 KiB frames, handler does not read the body |",
         "| 4 KiB frames, body not read, validate = false |",
         "| 4 KiB frames, handler reads the body |",
@@ -54,7 +55,7 @@ def test_every_scenario_runs_and_is_reported_beside_the_bare_loop() -> None:
     ):
         assert row in out, row
     assert "picows" not in out
-    assert "12 scenarios x 1 runs" in out
+    assert "13 scenarios x 1 runs" in out
 
 
 @pytest.mark.timeout(60)
